@@ -19,14 +19,23 @@ pub const DEFAULT_YAML: &str = include_str!("../config/default.yaml");
 /// Named partial configurations, merged over the defaults.
 pub const PRESETS: &[(&str, &str)] = &[
     ("desktop", include_str!("../config/presets/desktop.yaml")),
-    ("dev-server", include_str!("../config/presets/dev-server.yaml")),
+    (
+        "dev-server",
+        include_str!("../config/presets/dev-server.yaml"),
+    ),
     (
         "production-server",
         include_str!("../config/presets/production-server.yaml"),
     ),
-    ("low-memory", include_str!("../config/presets/low-memory.yaml")),
+    (
+        "low-memory",
+        include_str!("../config/presets/low-memory.yaml"),
+    ),
     ("low-cpu", include_str!("../config/presets/low-cpu.yaml")),
-    ("low-storage", include_str!("../config/presets/low-storage.yaml")),
+    (
+        "low-storage",
+        include_str!("../config/presets/low-storage.yaml"),
+    ),
 ];
 
 /// The whole agent configuration.
@@ -288,6 +297,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write config file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{origin}: invalid YAML{location}: {message}")]
     Syntax {
         origin: String,
@@ -487,7 +502,12 @@ impl Config {
             1,
             3650,
         );
-        int("alerts.max_memory_mb", self.alerts.max_memory_mb, 1, 1_048_576);
+        int(
+            "alerts.max_memory_mb",
+            self.alerts.max_memory_mb,
+            1,
+            1_048_576,
+        );
         int(
             "alerts.max_storage_growth_mb_per_day",
             self.alerts.max_storage_growth_mb_per_day,
@@ -571,6 +591,45 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_default()
     }
 
+    /// Writes the config to `path` atomically (temporary file, fsync,
+    /// rename), readable only by its owner: a crash or a full disk leaves
+    /// the previous file intact.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let werr = |source| ConfigError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(werr)?;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "config.yaml".into());
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        let text = format!(
+            "# edr-agent configuration (written by edr-agent; see `edr-agent config default` for every key with comments)\n{}",
+            self.to_yaml()
+        );
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            werr(e)
+        })
+    }
+
     /// The data directory, resolved: the configured one with `~` expanded,
     /// or the platform's per-user data directory.
     pub fn data_dir(&self) -> PathBuf {
@@ -583,6 +642,34 @@ impl Config {
     /// The storage cap in bytes.
     pub fn max_storage_bytes(&self) -> u64 {
         (self.storage.max_storage_size_gb * 1024.0 * 1024.0 * 1024.0) as u64
+    }
+}
+
+/// Where a running agent's config comes from, so an edit of the file can be
+/// re-read with the same preset and overrides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSource {
+    pub preset: Option<String>,
+    pub file: Option<PathBuf>,
+    /// Overrides `storage.local_storage.data_dir` (the `--data-dir` flag).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// Defaults, then the preset, then the file, then the override.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut layers = Vec::new();
+        if let Some(p) = &self.preset {
+            layers.push(Layer::preset(p)?);
+        }
+        if let Some(f) = &self.file {
+            layers.push(Layer::from_file(f)?);
+        }
+        let mut config = Config::load(&layers)?;
+        if let Some(d) = &self.data_dir {
+            config.storage.local_storage.data_dir = Some(d.display().to_string());
+        }
+        Ok(config)
     }
 }
 
@@ -654,7 +741,11 @@ fn deserialize(origin: &str, value: Value) -> Result<Config, ConfigError> {
         let key = e.path().to_string();
         ConfigError::Type {
             origin: origin.to_string(),
-            key: if key == "." { "(top level)".into() } else { key },
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
             message: e.into_inner().to_string(),
         }
     })
@@ -716,11 +807,11 @@ fn collect_unknown(v: &Value, prefix: &str, valid: &BTreeSet<String>, out: &mut 
             continue;
         }
         // Prefer a sibling (a typo), then any key (a misplaced one).
-        let siblings = valid.iter().filter(|k| {
-            k.rsplit_once('.').map(|(p, _)| p).unwrap_or("") == prefix
-        });
-        let suggestion = nearest(&path, siblings.map(String::as_str))
-            .or_else(|| nearest_by_leaf(&name, valid));
+        let siblings = valid
+            .iter()
+            .filter(|k| k.rsplit_once('.').map(|(p, _)| p).unwrap_or("") == prefix);
+        let suggestion =
+            nearest(&path, siblings.map(String::as_str)).or_else(|| nearest_by_leaf(&name, valid));
         out.push(UnknownKey {
             key: path,
             suggestion,
@@ -834,7 +925,8 @@ mod tests {
     fn misplaced_key_gets_its_real_place() {
         let e = Config::from_yaml("f.yaml", "retention_days: 3\n").unwrap_err();
         assert!(
-            e.to_string().contains("did you mean `storage.retention_days`"),
+            e.to_string()
+                .contains("did you mean `storage.retention_days`"),
             "{e}"
         );
     }

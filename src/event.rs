@@ -146,6 +146,35 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    /// Accepts the RFC 3339 form we write, or milliseconds since the epoch.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 timestamp or milliseconds since the epoch")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                Timestamp::parse(v).ok_or_else(|| E::custom(format!("bad timestamp {v:?}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Timestamp {
+    /// Parses an RFC 3339 timestamp (as written by [`Timestamp::format`]).
+    pub fn parse(s: &str) -> Option<Timestamp> {
+        humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+            .ok()
+            .map(Timestamp::from)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; 24];
@@ -447,15 +476,18 @@ mod tests {
             "2026-11-25T19:47:15.123Z"
         );
         assert_eq!(Timestamp(951_782_400_000).day(), "2000-02-29");
-        assert_eq!(Timestamp(1_795_636_035_123).compact(), "20261125T194715123Z");
+        assert_eq!(
+            Timestamp(1_795_636_035_123).compact(),
+            "20261125T194715123Z"
+        );
     }
 
     #[test]
     fn timestamps_agree_with_humantime() {
         for ms in [1u64, 86_399_999, 1_234_567_890_123, 4_102_444_799_999] {
             let ours = Timestamp(ms).to_string();
-            let theirs =
-                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+            let theirs = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string();
             assert_eq!(ours, theirs);
         }
     }

@@ -4,8 +4,15 @@
 //! writes batches of ECS JSON events as compressed files; the metrics
 //! sampler measures the agent itself. See `ARCHITECTURE.md`.
 
+pub mod batcher;
 pub mod collectors;
 pub mod config;
+pub mod engine;
 pub mod event;
+pub mod metrics;
 pub mod pipeline;
 pub mod redact;
+pub mod storage;
+
+pub use config::Config;
+pub use engine::{EngineError, EngineHandle, EngineOptions, Snapshot};

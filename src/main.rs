@@ -1,1 +1,152 @@
-fn main() {}
+//! `edr-agent`: the headless agent and its operator commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "edr-agent",
+    version,
+    about = "Endpoint telemetry agent: process, file and network events stored as compressed ECS JSON"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to find the data dir for read-only commands: an explicit dir,
+/// or the one a config file names, or the platform default.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataDirArgs {
+    /// The agent's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Take the data directory from this config file.
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        let config = match &self.config {
+            Some(f) => edr_agent::Config::from_file(f)?,
+            None => edr_agent::Config::default(),
+        };
+        Ok(config.data_dir())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent until SIGINT or SIGTERM (the open batch is written first).
+    Run(cli::run::RunArgs),
+    /// Whether an agent runs on a data dir, its live metrics, alerts and storage.
+    Status {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Print the raw status snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Storage efficiency per batch file and in total.
+    Stats {
+        #[command(flatten)]
+        dir: DataDirArgs,
+        /// Only the total line.
+        #[arg(long)]
+        summary: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream stored events as NDJSON (one JSON event per line).
+    Events(cli::events::EventsArgs),
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (merged over the defaults, and over a preset if given).
+    Check {
+        file: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        preset: Option<String>,
+    },
+    /// Print the default configuration, with comments.
+    Default,
+    /// Print the effective configuration of a file and/or preset.
+    Show {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "NAME")]
+        preset: Option<String>,
+    },
+    /// List the presets.
+    Presets,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cli::run::run(args),
+        Command::Status { dir, json } => dir.resolve().and_then(|d| cli::status::status(&d, json)),
+        Command::Stats { dir, summary, json } => dir
+            .resolve()
+            .and_then(|d| cli::stats::stats(&d, summary, json)),
+        Command::Events(args) => cli::events::events(args),
+        Command::Config(c) => config_command(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<edr_agent::config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn config_command(c: ConfigCommand) -> anyhow::Result<ExitCode> {
+    use edr_agent::config::{self, Config, Layer};
+    match c {
+        ConfigCommand::Check { file, preset } => {
+            let config = Config::load(&cli::run::layers(Some(&file), preset.as_deref())?)?;
+            cli::out(format_args!(
+                "{}: ok (data dir {})\n",
+                file.display(),
+                config.data_dir().display()
+            ))?;
+        }
+        ConfigCommand::Default => cli::out(format_args!("{}", config::DEFAULT_YAML))?,
+        ConfigCommand::Show { config, preset } => {
+            let layers: Vec<Layer> = cli::run::layers(config.as_deref(), preset.as_deref())?;
+            let c = Config::load(&layers).context("invalid configuration")?;
+            cli::out(format_args!("{}", c.to_yaml()))?;
+        }
+        ConfigCommand::Presets => {
+            for (name, yaml) in config::PRESETS {
+                let summary = yaml
+                    .lines()
+                    .take_while(|l| l.starts_with('#'))
+                    .map(|l| l.trim_start_matches('#').trim())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                cli::out(format_args!("{name:<18} {summary}\n"))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -33,7 +33,15 @@ const SECRET_FLAGS: &[&str] = &[
 
 /// Suffixes (after `-` or `_`) that make any flag or variable name secret.
 const SECRET_SUFFIXES: &[&str] = &[
-    "password", "passwd", "pass", "secret", "token", "key", "apikey", "passphrase", "pwd",
+    "password",
+    "passwd",
+    "pass",
+    "secret",
+    "token",
+    "key",
+    "apikey",
+    "passphrase",
+    "pwd",
 ];
 
 /// Per-tool flags whose next argument (or glued remainder) is a secret.
@@ -45,8 +53,14 @@ const TOOL_FLAGS: &[(&str, &[&str])] = &[
     ("mariadb-dump", &["-p"]),
     ("sshpass", &["-p"]),
     ("redis-cli", &["-a"]),
-    ("curl", &["-u", "--user", "-H", "--header", "--proxy-user", "-U"]),
-    ("wget", &["--http-password", "--ftp-password", "--proxy-password"]),
+    (
+        "curl",
+        &["-u", "--user", "-H", "--header", "--proxy-user", "-U"],
+    ),
+    (
+        "wget",
+        &["--http-password", "--ftp-password", "--proxy-password"],
+    ),
     ("htpasswd", &["-b"]),
     ("smbclient", &["-U"]),
     ("openssl", &["-passin", "-passout", "-pass", "-k"]),
@@ -254,9 +268,32 @@ fn redact_authorization(v: &str) -> String {
 /// key ids, Stripe, Google, OpenAI-style keys, npm, PyPI, JWTs, SendGrid,
 /// Hugging Face, DigitalOcean, Shopify.
 const TOKEN_PREFIXES: &[&str] = &[
-    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xoxb-", "xoxp-", "xoxa-",
-    "xoxs-", "sk_live_", "sk_test_", "rk_live_", "sk-", "AIza", "ya29.", "npm_", "pypi-", "AKIA",
-    "ASIA", "eyJ", "SG.", "hf_", "dop_v1_", "shpat_",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxs-",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "sk-",
+    "AIza",
+    "ya29.",
+    "npm_",
+    "pypi-",
+    "AKIA",
+    "ASIA",
+    "eyJ",
+    "SG.",
+    "hf_",
+    "dop_v1_",
+    "shpat_",
 ];
 
 fn is_token_char(c: char) -> bool {
@@ -356,8 +393,14 @@ mod tests {
             redact_value("postgres://app:s3cret@db:5432/x"),
             "postgres://app:[REDACTED]@db:5432/x"
         );
-        assert_eq!(redact_env_entry("GITHUB_TOKEN=abc"), "GITHUB_TOKEN=[REDACTED]");
-        assert_eq!(redact_env_entry("AWS_SECRET_ACCESS_KEY=abc"), "AWS_SECRET_ACCESS_KEY=[REDACTED]");
+        assert_eq!(
+            redact_env_entry("GITHUB_TOKEN=abc"),
+            "GITHUB_TOKEN=[REDACTED]"
+        );
+        assert_eq!(
+            redact_env_entry("AWS_SECRET_ACCESS_KEY=abc"),
+            "AWS_SECRET_ACCESS_KEY=[REDACTED]"
+        );
         assert_eq!(redact_env_entry("MY_KEY=abc"), "MY_KEY=[REDACTED]");
         assert_eq!(redact_env_entry("PATH=/usr/bin"), "PATH=/usr/bin");
         assert_eq!(redact_env_entry("PWD=/home/u"), "PWD=/home/u");

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Origin;
@@ -33,7 +33,7 @@ pub struct CollectorContext {
 }
 
 /// What the collectors currently see, for `status` and the app.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Coverage {
     /// How processes are observed, e.g. `scan` (polling).
     pub process_source: Option<String>,
@@ -48,7 +48,7 @@ pub struct Coverage {
     pub unwatched_paths: Vec<UnwatchedPath>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UnwatchedPath {
     pub path: String,
     pub reason: String,

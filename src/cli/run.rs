@@ -1,0 +1,97 @@
+//! `edr-agent run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use edr_agent::config::{ConfigError, ConfigSource, Layer};
+use edr_agent::engine::{EngineHandle, EngineOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Config file, merged over the defaults (and over the preset).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A named preset merged over the defaults: desktop, dev-server,
+    /// production-server, low-memory, low-cpu, low-storage.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Overrides `storage.local_storage.data_dir`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `edr_agent=debug` (default: RUST_LOG, else info).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+/// The config layers, in order: preset, then file.
+pub fn layers(file: Option<&Path>, preset: Option<&str>) -> Result<Vec<Layer>, ConfigError> {
+    let mut layers = Vec::new();
+    if let Some(p) = preset {
+        layers.push(Layer::preset(p)?);
+    }
+    if let Some(f) = file {
+        layers.push(Layer::from_file(f)?);
+    }
+    Ok(layers)
+}
+
+fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
+    let spec = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let targets: tracing_subscriber::filter::Targets = spec
+        .parse()
+        .with_context(|| format!("bad log filter {spec:?}"))?;
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(targets)
+        .init();
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let source = ConfigSource {
+        preset: args.preset,
+        file: args.config,
+        data_dir: args.data_dir,
+    };
+    // Validate everything before any file is created or touched.
+    let config = source.load()?;
+    init_logging(args.log.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let opts = EngineOptions {
+            recent_events: 0,
+            config_source: source,
+        };
+        let engine = EngineHandle::start(config, opts, shutdown.clone())?;
+        wait_for_signal().await?;
+        tracing::info!("signal received, stopping");
+        engine.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

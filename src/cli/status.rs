@@ -1,0 +1,171 @@
+//! `edr-agent status`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use edr_agent::engine::{read_status, running_agent, Snapshot};
+
+use super::{human_bytes, human_duration, out};
+
+/// Exit code when no agent runs on the data dir (as `systemctl status`).
+const NOT_RUNNING: u8 = 3;
+
+pub fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let running = running_agent(data_dir);
+    let snapshot = read_status(data_dir);
+    if json {
+        let body = serde_json::json!({
+            "running": running.is_some(),
+            "pid": running.flatten(),
+            "data_dir": data_dir.display().to_string(),
+            "status": snapshot,
+        });
+        out(format_args!("{body}\n"))?;
+    } else {
+        print_human(data_dir, running, snapshot.as_ref())?;
+    }
+    Ok(if running.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_RUNNING)
+    })
+}
+
+fn print_human(
+    data_dir: &Path,
+    running: Option<Option<u32>>,
+    s: Option<&Snapshot>,
+) -> anyhow::Result<()> {
+    let now = SystemTime::now();
+    match (running, s) {
+        (Some(pid), Some(s)) => {
+            let up = now
+                .duration_since(SystemTime::from(s.started))
+                .unwrap_or_default();
+            out(format_args!(
+                "agent:       running (pid {}), up {}, {}\n",
+                pid.unwrap_or(s.pid),
+                human_duration(up),
+                if s.paused { "PAUSED" } else { "collecting" }
+            ))?;
+        }
+        (Some(pid), None) => {
+            out(format_args!(
+                "agent:       running (pid {}), no status written yet\n",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            ))?;
+        }
+        (None, Some(s)) => {
+            let age = now
+                .duration_since(SystemTime::from(s.latest.ts))
+                .unwrap_or_default();
+            out(format_args!(
+                "agent:       not running (last status {} ago, shown below)\n",
+                human_duration(age)
+            ))?;
+        }
+        (None, None) => {
+            out(format_args!(
+                "agent:       not running; no agent has run on {}\n",
+                data_dir.display()
+            ))?;
+            return Ok(());
+        }
+    }
+    out(format_args!("data dir:    {}\n", data_dir.display()))?;
+    let Some(s) = s else { return Ok(()) };
+    let l = &s.latest;
+    out(format_args!(
+        "resources:   RSS {}, VSZ {}, CPU {:.1}%\n",
+        human_bytes(l.rss_bytes),
+        human_bytes(l.vsz_bytes),
+        l.cpu_percent
+    ))?;
+    out(format_args!(
+        "events/s:    process {:.1}, file {:.1}, network {:.1}\n",
+        l.events_per_sec[0], l.events_per_sec[1], l.events_per_sec[2]
+    ))?;
+    let t = &s.totals;
+    out(format_args!(
+        "events:      {} stored (process {}, file {}, network {}); {} dropped (queue full), {} lost (not writable), {} filtered\n",
+        t.stored.iter().sum::<u64>(),
+        t.stored[0],
+        t.stored[1],
+        t.stored[2],
+        t.dropped_total(),
+        t.store_failed.iter().sum::<u64>(),
+        t.filtered.iter().sum::<u64>(),
+    ))?;
+    let st = &s.storage;
+    let pct = if st.cap_bytes > 0 {
+        st.used_bytes as f64 / st.cap_bytes as f64 * 100.0
+    } else {
+        0.0
+    };
+    out(format_args!(
+        "storage:     {} of {} cap ({pct:.2}%), {} files, retention {} days, growth {}/day\n",
+        human_bytes(st.used_bytes),
+        human_bytes(st.cap_bytes),
+        st.files,
+        st.retention_days,
+        human_bytes(l.storage_growth_per_day as u64),
+    ))?;
+    if let Some(e) = &st.error {
+        out(format_args!("storage err: {e}\n"))?;
+    }
+    if st.compress {
+        out(format_args!(
+            "compression: {:.1}% reduction, {:.1} bytes/event (last hour); last batch took {:.0} ms\n",
+            l.compression_ratio * 100.0,
+            l.bytes_per_event,
+            l.batch_latency_ms
+        ))?;
+    }
+    let c = &s.coverage;
+    if let Some(src) = &c.process_source {
+        out(format_args!(
+            "processes:   {src}{}\n",
+            c.process_note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ))?;
+    }
+    if let Some(src) = &c.network_source {
+        out(format_args!("network:     {src}\n"))?;
+    }
+    if !c.watched_paths.is_empty() {
+        out(format_args!(
+            "watching:    {}\n",
+            c.watched_paths.join(", ")
+        ))?;
+    }
+    for u in &c.unwatched_paths {
+        out(format_args!("not watched: {} ({})\n", u.path, u.reason))?;
+    }
+    if t.watcher_overflows > 0 {
+        out(format_args!(
+            "file events: the kernel queue overflowed {} times (events lost)\n",
+            t.watcher_overflows
+        ))?;
+    }
+    if let Some(e) = &s.config_error {
+        out(format_args!("config:      last edit not applied: {e}\n"))?;
+    }
+    if s.alerts.is_empty() {
+        out(format_args!("alerts:      none\n"))?;
+    } else {
+        for a in &s.alerts {
+            let since = now
+                .duration_since(SystemTime::from(a.since))
+                .unwrap_or(Duration::ZERO);
+            out(format_args!(
+                "ALERT:       {} (for {})\n",
+                a.message,
+                human_duration(since)
+            ))?;
+        }
+    }
+    Ok(())
+}
