@@ -746,9 +746,17 @@ fn deserialize(origin: &str, value: Value) -> Result<Config, ConfigError> {
             } else {
                 key
             },
-            message: e.into_inner().to_string(),
+            message: plain_types(&e.into_inner().to_string()),
         }
     })
+}
+
+/// Serde names Rust types (`u64`); users wrote YAML.
+fn plain_types(message: &str) -> String {
+    message
+        .replace("expected u64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected f64", "expected a number")
 }
 
 /// Every dotted key path a config may contain, from the defaults' shape.

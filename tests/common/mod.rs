@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edr_agent::config::Config;
+use edr_agent::storage::{batch_stats, list_batches, open_batch_reader};
+
+/// A config for tests: everything under `root`, file monitor watching
+/// `root/watched` only (created), process and network collectors off,
+/// hashing off. Tests switch on what they need.
+pub fn test_config(root: &Path) -> Config {
+    let watched = root.join("watched");
+    std::fs::create_dir_all(&watched).expect("create watched dir");
+    let mut c = Config::default();
+    c.storage.local_storage.data_dir = Some(root.join("data").display().to_string());
+    c.collectors.file_monitor.watch_paths = vec![watched.display().to_string()];
+    c.collectors.file_monitor.calculate_hashes = false;
+    c.collectors.process_monitor.enabled = false;
+    c.collectors.network_monitor.enabled = false;
+    c
+}
+
+pub fn watched(root: &Path) -> PathBuf {
+    root.join("watched")
+}
+
+/// Every stored event of a data dir, oldest batch first.
+pub fn read_events(data_dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for path in list_batches(data_dir).expect("list batches") {
+        let reader = open_batch_reader(&path).expect("open batch");
+        for line in std::io::BufRead::lines(reader) {
+            let line = line.expect("batch decompresses");
+            out.push(serde_json::from_str(&line).expect("each line is JSON"));
+        }
+    }
+    out
+}
+
+/// Events per batch file, oldest first.
+pub fn batch_sizes(data_dir: &Path) -> Vec<u64> {
+    list_batches(data_dir)
+        .expect("list batches")
+        .iter()
+        .map(|p| batch_stats(p).expect("readable batch").events)
+        .collect()
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Async flavour of [`wait_for`].
+pub async fn wait_for_async<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path-valued field of an event, e.g. `file.path`.
+pub fn field<'a>(event: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(event, |v, k| v.get(k))
+}
+
+pub fn str_field<'a>(event: &'a serde_json::Value, path: &str) -> Option<&'a str> {
+    field(event, path).and_then(|v| v.as_str())
+}

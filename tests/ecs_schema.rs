@@ -1,0 +1,143 @@
+//! Every field the agent stores is an ECS field of the right type with an
+//! allowed value (or lives under our own `edr.*` namespace). Events come
+//! from all three collectors running against real activity.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{read_events, test_config, wait_for_async, watched};
+use edr_agent::engine::{EngineHandle, EngineOptions};
+use edr_agent::event::Timestamp;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(serde::Deserialize)]
+struct FieldSpec {
+    #[serde(rename = "type")]
+    kind: String,
+    allowed: Option<Vec<String>>,
+}
+
+fn ecs_fields() -> BTreeMap<String, FieldSpec> {
+    let text = include_str!("data/ecs-fields.json");
+    serde_json::from_str(text).expect("ecs-fields.json parses")
+}
+
+/// Flattens an event into (dotted path, scalar value) pairs; array
+/// elements share their array's path (ECS fields may hold arrays).
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&path, child, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                flatten(prefix, item, out);
+            }
+        }
+        scalar => out.push((prefix.to_string(), scalar.clone())),
+    }
+}
+
+/// Why `value` does not fit an ECS field of type `kind`, if it does not.
+fn type_error(kind: &str, value: &Value) -> Option<String> {
+    let ok = match kind {
+        "keyword" | "wildcard" | "constant_keyword" | "match_only_text" | "text" => value.is_string(),
+        "long" | "integer" | "short" | "byte" | "unsigned_long" => value.is_i64() || value.is_u64(),
+        "float" | "double" | "scaled_float" | "half_float" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "ip" => value.as_str().is_some_and(|s| s.parse::<IpAddr>().is_ok()),
+        "date" => value.as_str().is_some_and(|s| Timestamp::parse(s).is_some()),
+        other => return Some(format!("unexpected ECS type {other} for a scalar")),
+    };
+    (!ok).then(|| format!("{value} is not a valid {kind}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_field_is_valid_ecs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.collectors.process_monitor.enabled = true;
+    c.collectors.process_monitor.scan_interval_ms = 200;
+    c.collectors.process_monitor.calculate_hashes = true;
+    c.collectors.process_monitor.collect_environment = true;
+    c.collectors.network_monitor.enabled = true;
+    c.collectors.network_monitor.scan_interval_ms = 200;
+    c.collectors.file_monitor.calculate_hashes = true;
+    c.agent.collection_interval_ms = 200;
+    let data = c.data_dir();
+    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
+        .expect("starts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A process that starts and ends.
+    let status = std::process::Command::new("sleep")
+        .arg("0.6")
+        .status()
+        .expect("sleep runs");
+    assert!(status.success());
+    // File activity of every kind.
+    let w = watched(dir.path());
+    std::fs::write(w.join("a.txt"), b"hello").expect("write");
+    std::fs::rename(w.join("a.txt"), w.join("b.txt")).expect("rename");
+    std::fs::remove_file(w.join("b.txt")).expect("remove");
+    // A connection on loopback, held across a scan.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).expect("read");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop((client, server, listener));
+
+    let all_kinds = wait_for_async(Duration::from_secs(15), || {
+        let events = read_events(&data);
+        let cats: BTreeSet<String> = events
+            .iter()
+            .filter_map(|e| e["event"]["category"][0].as_str().map(String::from))
+            .collect();
+        (cats.len() == 3).then_some(())
+    })
+    .await;
+    engine.shutdown().await;
+    assert!(all_kinds.is_some(), "not all three collectors produced events");
+
+    let fields = ecs_fields();
+    let mut problems = BTreeSet::new();
+    let events = read_events(&data);
+    for e in &events {
+        let mut flat = Vec::new();
+        flatten("", e, &mut flat);
+        for (path, value) in flat {
+            if path == "edr" || path.starts_with("edr.") {
+                continue;
+            }
+            let Some(spec) = fields.get(&path) else {
+                problems.insert(format!("{path}: not an ECS field"));
+                continue;
+            };
+            if let Some(err) = type_error(&spec.kind, &value) {
+                problems.insert(format!("{path}: {err}"));
+            }
+            if let (Some(allowed), Some(s)) = (&spec.allowed, value.as_str()) {
+                if !allowed.iter().any(|a| a == s) {
+                    problems.insert(format!("{path}: {s:?} is not an allowed value"));
+                }
+            }
+        }
+        for required in ["@timestamp", "event", "host", "agent", "ecs"] {
+            if e.get(required).is_none() {
+                problems.insert(format!("event without {required}: {e}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} events checked; problems:\n{}", events.len(), problems.into_iter().collect::<Vec<_>>().join("\n"));
+}

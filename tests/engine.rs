@@ -1,0 +1,257 @@
+//! The engine in-process, driven by real file activity in a watched temp
+//! dir: batch triggers, live config, pause, shutdown flush, retention,
+//! the data-dir lock and the metrics snapshot.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{batch_sizes, read_events, str_field, test_config, wait_for_async, watched};
+use edr_agent::engine::{EngineError, EngineHandle, EngineOptions};
+use tokio_util::sync::CancellationToken;
+
+fn start(config: edr_agent::Config) -> EngineHandle {
+    EngineHandle::start(config, EngineOptions::default(), CancellationToken::new())
+        .expect("engine starts")
+}
+
+fn touch_files(dir: &std::path::Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        std::fs::write(dir.join(format!("{prefix}-{i}.txt")), b"x").expect("write file");
+    }
+}
+
+async fn wait_stored(engine: &EngineHandle, at_least: u64) -> bool {
+    wait_for_async(Duration::from_secs(15), || {
+        (engine.snapshot().totals.stored.iter().sum::<u64>() >= at_least).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+async fn wait_produced(engine: &EngineHandle, at_least: u64) -> bool {
+    wait_for_async(Duration::from_secs(15), || {
+        (engine.snapshot().totals.produced.iter().sum::<u64>() >= at_least).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_batches_hold_exactly_max_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.max_events_per_batch = 25;
+    c.agent.collection_interval_ms = 3_600_000;
+    let data = c.data_dir();
+    let engine = start(c);
+    touch_files(&watched(dir.path()), "f", 120);
+    assert!(wait_stored(&engine, 100).await, "batches never filled");
+    engine.shutdown().await;
+    let sizes = batch_sizes(&data);
+    let (last, full) = sizes.split_last().expect("some batches");
+    assert!(full.len() >= 4, "{sizes:?}");
+    assert!(full.iter().all(|n| *n == 25), "{sizes:?}");
+    assert!(*last >= 1 && *last <= 25, "{sizes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_commits_a_partial_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.max_events_per_batch = 1000;
+    c.agent.collection_interval_ms = 300;
+    let data = c.data_dir();
+    let engine = start(c);
+    // Give the watch a moment to be set up before writing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_files(&watched(dir.path()), "interval", 3);
+    let found = wait_for_async(Duration::from_secs(10), || {
+        let events = read_events(&data);
+        let paths: Vec<String> = events
+            .iter()
+            .filter_map(|e| str_field(e, "file.path").map(String::from))
+            .collect();
+        (0..3)
+            .all(|i| paths.iter().any(|p| p.ends_with(&format!("interval-{i}.txt"))))
+            .then_some(())
+    })
+    .await;
+    // Still running: the interval, not shutdown, wrote the batch.
+    assert!(found.is_some(), "no batch written within the interval");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_the_open_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.collection_interval_ms = 3_600_000;
+    let data = c.data_dir();
+    let engine = start(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_files(&watched(dir.path()), "late", 5);
+    assert!(wait_produced(&engine, 5).await);
+    assert!(batch_sizes(&data).is_empty(), "nothing should be committed yet");
+    engine.shutdown().await;
+    let events = read_events(&data);
+    for i in 0..5 {
+        let name = format!("late-{i}.txt");
+        assert!(
+            events
+                .iter()
+                .any(|e| str_field(e, "file.path").is_some_and(|p| p.ends_with(&name))),
+            "{name} missing after shutdown"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_size_change_applies_to_the_next_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.max_events_per_batch = 1000;
+    c.agent.collection_interval_ms = 3_600_000;
+    let data = c.data_dir();
+    let engine = start(c.clone());
+    c.agent.max_events_per_batch = 10;
+    engine.apply_config(c).expect("valid change");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_files(&watched(dir.path()), "live", 60);
+    assert!(wait_stored(&engine, 50).await);
+    let sizes = batch_sizes(&data);
+    assert!(sizes.len() >= 5 && sizes.iter().all(|n| *n == 10), "{sizes:?}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_live_config_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = test_config(dir.path());
+    let engine = start(c.clone());
+    let mut bad = c.clone();
+    bad.agent.max_events_per_batch = 0;
+    let err = engine.apply_config(bad).expect_err("refused");
+    assert!(err.to_string().contains("agent.max_events_per_batch"), "{err}");
+    let mut moved = c.clone();
+    moved.storage.local_storage.data_dir = Some("/somewhere/else".into());
+    assert!(engine.apply_config(moved).is_err());
+    assert_eq!(*engine.config(), c);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_events_and_resume_restarts_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.collection_interval_ms = 200;
+    let engine = start(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.pause();
+    assert!(engine.snapshot().paused);
+    // Let the collectors wind down, then measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = engine.snapshot().totals.produced[1];
+    touch_files(&watched(dir.path()), "paused", 10);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(engine.snapshot().totals.produced[1], before, "events while paused");
+    engine.resume();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_files(&watched(dir.path()), "resumed", 10);
+    assert!(
+        wait_produced(&engine, before + 10).await,
+        "no events after resume"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_collector_live_stops_its_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = test_config(dir.path());
+    let engine = start(c.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut off = c.clone();
+    off.collectors.file_monitor.enabled = false;
+    engine.apply_config(off).expect("valid");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = engine.snapshot().totals.produced[1];
+    touch_files(&watched(dir.path()), "off", 10);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(engine.snapshot().totals.produced[1], before);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_cap_holds_with_one_batch_of_slack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.max_events_per_batch = 20;
+    c.storage.local_storage.compress_events = false;
+    // About 20 KB: a few uncompressed 20-event batches.
+    c.storage.max_storage_size_gb = 20_000.0 / (1024.0 * 1024.0 * 1024.0);
+    let cap = c.max_storage_bytes();
+    let data = c.data_dir();
+    let engine = start(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_files(&watched(dir.path()), "cap", 400);
+    assert!(wait_stored(&engine, 300).await);
+    engine.shutdown().await;
+    let snap_deleted = edr_agent::storage::list_batches(&data).expect("list");
+    let total: u64 = snap_deleted
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("meta").len())
+        .sum();
+    assert!(total <= cap, "stored {total} bytes over a cap of {cap}");
+    assert!(snap_deleted.len() >= 2, "cap too small for the test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_engine_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = test_config(dir.path());
+    let engine = start(c.clone());
+    match EngineHandle::start(c, EngineOptions::default(), CancellationToken::new()) {
+        Err(EngineError::AlreadyRunning { pid, .. }) => {
+            assert_eq!(pid, Some(std::process::id()))
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("second engine started"),
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_reports_the_agent_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.collection_interval_ms = 200;
+    let engine = EngineHandle::start(
+        c,
+        EngineOptions {
+            recent_events: 50,
+            ..EngineOptions::default()
+        },
+        CancellationToken::new(),
+    )
+    .expect("starts");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    touch_files(&watched(dir.path()), "snap", 30);
+    assert!(wait_stored(&engine, 30).await);
+    let ok = wait_for_async(Duration::from_secs(5), || {
+        let s = engine.snapshot();
+        (s.latest.rss_bytes > 0 && s.latest.stored_bytes_total > 0 && s.storage.used_bytes > 0)
+            .then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "{:?}", engine.snapshot());
+    let recent = engine.recent_events(10);
+    assert_eq!(recent.len(), 10);
+    assert!(recent.iter().all(|l| l.contains("\"category\":[\"file\"]")));
+    assert!(!engine.history(Duration::from_secs(60)).is_empty());
+    engine.shutdown().await;
+    // The status file the CLI reads reflects the stop.
+    let status = edr_agent::engine::read_status(engine.data_dir()).expect("status file");
+    assert!(!status.running);
+    assert!(edr_agent::engine::running_agent(engine.data_dir()).is_none());
+}
