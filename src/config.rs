@@ -962,6 +962,20 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        for key in valid_keys() {
+            if is_section(&valid_keys(), &key) {
+                continue;
+            }
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "README.md's config table lacks `{key}`"
+            );
+        }
+    }
+
+    #[test]
     fn home_expansion() {
         let home = dirs::home_dir().expect("home");
         assert_eq!(expand_home("~/x/y"), home.join("x/y"));
