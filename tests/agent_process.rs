@@ -40,11 +40,12 @@ fn data_dir(root: &Path) -> PathBuf {
     root.join("data")
 }
 
-/// Waits until the agent's status file shows it running with its watches set.
-fn wait_running(root: &Path) {
+/// Waits until the status file shows this agent (not an earlier, killed
+/// one) running with its watches set.
+fn wait_running(root: &Path, agent: &Child) {
     let ok = wait_for(Duration::from_secs(10), || {
         let s = edr_agent::engine::read_status(&data_dir(root))?;
-        (s.running && !s.coverage.watched_paths.is_empty()).then_some(())
+        (s.pid == agent.id() && s.running && !s.coverage.watched_paths.is_empty()).then_some(())
     });
     assert!(ok.is_some(), "agent did not come up");
 }
@@ -60,7 +61,7 @@ fn sigterm_commits_the_open_batch_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), |c| c.agent.collection_interval_ms = 3_600_000);
     let mut agent = spawn_agent(&config);
-    wait_running(dir.path());
+    wait_running(dir.path(), &agent);
     for i in 0..7 {
         std::fs::write(watched(dir.path()).join(format!("term-{i}.txt")), b"x").expect("write");
     }
@@ -128,7 +129,7 @@ pub fn sigkill_rounds(rounds: usize) {
     };
     for round in 0..rounds {
         let mut agent = spawn_agent(&config);
-        wait_running(dir.path());
+        wait_running(dir.path(), &agent);
         // Varied kill moments: 100..=700 ms after start-up.
         std::thread::sleep(Duration::from_millis(100 + (round as u64 * 137) % 600));
         signal(&agent, libc::SIGKILL);
@@ -145,7 +146,7 @@ pub fn sigkill_rounds(rounds: usize) {
     flood.join().expect("flood thread");
     // A final clean start removes whatever temporaries the kills left.
     let mut agent = spawn_agent(&config);
-    wait_running(dir.path());
+    wait_running(dir.path(), &agent);
     signal(&agent, libc::SIGTERM);
     assert_eq!(agent.wait().expect("exit").code(), Some(0));
     let leftovers: Vec<_> = walk(&data.join("events"))

@@ -15,6 +15,24 @@ fn start(config: edr_agent::Config) -> EngineHandle {
         .expect("engine starts")
 }
 
+/// Waits until the file collector's watch is in place.
+async fn wait_watching(engine: &EngineHandle) {
+    let ok = wait_for_async(Duration::from_secs(10), || {
+        (!engine.snapshot().coverage.watched_paths.is_empty()).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "watch never set up");
+}
+
+/// Waits until the file collector has stopped (its coverage is cleared).
+async fn wait_not_watching(engine: &EngineHandle) {
+    let ok = wait_for_async(Duration::from_secs(10), || {
+        engine.snapshot().coverage.watched_paths.is_empty().then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "file collector never stopped");
+}
+
 fn touch_files(dir: &std::path::Path, prefix: &str, n: usize) {
     for i in 0..n {
         std::fs::write(dir.join(format!("{prefix}-{i}.txt")), b"x").expect("write file");
@@ -45,6 +63,7 @@ async fn full_batches_hold_exactly_max_events() {
     c.agent.collection_interval_ms = 3_600_000;
     let data = c.data_dir();
     let engine = start(c);
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "f", 120);
     assert!(wait_stored(&engine, 100).await, "batches never filled");
     engine.shutdown().await;
@@ -63,8 +82,7 @@ async fn interval_commits_a_partial_batch() {
     c.agent.collection_interval_ms = 300;
     let data = c.data_dir();
     let engine = start(c);
-    // Give the watch a moment to be set up before writing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "interval", 3);
     let found = wait_for_async(Duration::from_secs(10), || {
         let events = read_events(&data);
@@ -89,10 +107,15 @@ async fn shutdown_commits_the_open_batch() {
     c.agent.collection_interval_ms = 3_600_000;
     let data = c.data_dir();
     let engine = start(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "late", 5);
-    assert!(wait_produced(&engine, 5).await);
-    assert!(batch_sizes(&data).is_empty(), "nothing should be committed yet");
+    // Each write is a creation and a modification.
+    assert!(wait_produced(&engine, 10).await);
+    assert!(
+        batch_sizes(&data).is_empty(),
+        "nothing should be committed yet: {:?}",
+        read_events(&data)
+    );
     engine.shutdown().await;
     let events = read_events(&data);
     for i in 0..5 {
@@ -116,7 +139,7 @@ async fn batch_size_change_applies_to_the_next_batches() {
     let engine = start(c.clone());
     c.agent.max_events_per_batch = 10;
     engine.apply_config(c).expect("valid change");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "live", 60);
     assert!(wait_stored(&engine, 50).await);
     let sizes = batch_sizes(&data);
@@ -146,17 +169,16 @@ async fn pause_stops_events_and_resume_restarts_them() {
     let mut c = test_config(dir.path());
     c.agent.collection_interval_ms = 200;
     let engine = start(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     engine.pause();
     assert!(engine.snapshot().paused);
-    // Let the collectors wind down, then measure.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_not_watching(&engine).await;
     let before = engine.snapshot().totals.produced[1];
     touch_files(&watched(dir.path()), "paused", 10);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(engine.snapshot().totals.produced[1], before, "events while paused");
     engine.resume();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "resumed", 10);
     assert!(
         wait_produced(&engine, before + 10).await,
@@ -170,11 +192,11 @@ async fn disabling_a_collector_live_stops_its_events() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = test_config(dir.path());
     let engine = start(c.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     let mut off = c.clone();
     off.collectors.file_monitor.enabled = false;
     engine.apply_config(off).expect("valid");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_not_watching(&engine).await;
     let before = engine.snapshot().totals.produced[1];
     touch_files(&watched(dir.path()), "off", 10);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -193,7 +215,7 @@ async fn size_cap_holds_with_one_batch_of_slack() {
     let cap = c.max_storage_bytes();
     let data = c.data_dir();
     let engine = start(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "cap", 400);
     assert!(wait_stored(&engine, 300).await);
     engine.shutdown().await;
@@ -235,7 +257,7 @@ async fn snapshot_reports_the_agent_itself() {
         CancellationToken::new(),
     )
     .expect("starts");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "snap", 30);
     assert!(wait_stored(&engine, 30).await);
     let ok = wait_for_async(Duration::from_secs(5), || {

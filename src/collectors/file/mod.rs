@@ -145,6 +145,7 @@ fn watch_and_translate(
         worker.run(&raw_rx, stop);
     }
     drop(watcher);
+    worker.drain(&raw_rx);
     worker.finish();
 }
 

@@ -251,6 +251,15 @@ impl Worker {
         }
     }
 
+    /// Translates what is still queued once the watcher is dropped, so a
+    /// shutdown keeps events that already happened. notify's thread drops
+    /// its sender as it exits; the timeout guards against it lingering.
+    pub(super) fn drain(&mut self, raw: &Receiver<Raw>) {
+        while let Ok(r) = raw.recv_timeout(Duration::from_secs(1)) {
+            self.handle(r);
+        }
+    }
+
     /// Reports renames still waiting for their other half.
     pub(super) fn finish(&mut self) {
         let mut changes = std::mem::take(&mut self.changes);
