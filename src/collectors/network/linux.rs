@@ -508,15 +508,13 @@ impl Owners {
     /// Looks through one process's fds for unknown socket inodes. A process
     /// that exits meanwhile or is not ours to read is skipped.
     fn search_pid(&mut self, pid: u32) {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        let path = format!("/proc/{pid}/fd");
+        let (Ok(names), Ok(dir)) = (fs::read_dir(&path), fs::File::open(&path)) else {
             return;
         };
         let mut owner: Option<Option<Arc<Owner>>> = None;
-        for entry in fds.flatten() {
-            let Ok(target) = fs::read_link(entry.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(target.as_os_str().as_bytes()) else {
+        for entry in names.flatten() {
+            let Some(inode) = socket_link(&dir, entry.file_name().as_bytes()) else {
                 continue;
             };
             if !self.unknown.remove(&inode) {
@@ -549,6 +547,31 @@ impl Owners {
             start: Some(Timestamp(start_ms)),
         })
     }
+}
+
+/// The socket inode an fd points to, read relative to the open fd
+/// directory: resolving one name instead of `/proc/<pid>/fd/<n>` from the
+/// root roughly halves the cost of the readlink that dominates the search.
+fn socket_link(fd_dir: &fs::File, name: &[u8]) -> Option<u64> {
+    // fd numbers are short; the zeroed tail is the C string's terminator.
+    let mut c_name = [0u8; 16];
+    c_name.get_mut(..name.len())?.copy_from_slice(name);
+    if name.len() == c_name.len() || name.contains(&0) {
+        return None;
+    }
+    // `socket:[4294967295]` fits; longer targets are not sockets.
+    let mut target = [0u8; 32];
+    // SAFETY: `c_name` is NUL-terminated and `target` is valid for its
+    // length for the call.
+    let n = unsafe {
+        libc::readlinkat(
+            fd_dir.as_raw_fd(),
+            c_name.as_ptr().cast(),
+            target.as_mut_ptr().cast(),
+            target.len(),
+        )
+    };
+    socket_inode(target.get(..usize::try_from(n).ok()?)?)
 }
 
 /// The inode of an fd link target `socket:[12345]`.
@@ -734,6 +757,15 @@ mod tests {
         assert_eq!(socket_inode(b"socket:[11650]"), Some(11650));
         assert_eq!(socket_inode(b"pipe:[11650]"), None);
         assert_eq!(socket_inode(b"/dev/null"), None);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let inode = fs::metadata(format!("/proc/self/fd/{}", sock.as_raw_fd()))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("stat");
+        let dir = fs::File::open("/proc/self/fd").expect("fd dir");
+        let name = sock.as_raw_fd().to_string();
+        assert_eq!(socket_link(&dir, name.as_bytes()), Some(inode));
+        assert_eq!(socket_link(&dir, b"999999"), None);
+        assert_eq!(socket_link(&dir, b"1234567890123456789"), None);
         let stat =
             "77 (a) b (c)) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 200";
         assert_eq!(start_ticks(stat), Some(123_456));
