@@ -438,6 +438,9 @@ impl Owners {
         }
         let scan = self.scan;
         self.by_inode.retain(|_, c| c.seen == scan);
+        // Keep a burst of sockets from pinning its memory for good.
+        self.by_inode.shrink_to(self.by_inode.len() * 2);
+        self.unknown.shrink_to(0);
         Ok(())
     }
 

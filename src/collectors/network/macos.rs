@@ -98,5 +98,5 @@ fn process_start_ms(pid: u32) -> Option<u64> {
             size,
         )
     };
-    (n == size).then(|| info.pbi_start_tvsec * 1000 + info.pbi_start_tvusec / 1000)
+    (n == size).then_some(info.pbi_start_tvsec * 1000 + info.pbi_start_tvusec / 1000)
 }

@@ -202,10 +202,10 @@ impl Tracker {
             emit(build_event(origin, ts, key, t, Phase::Closed(lived)));
             false
         });
+        // Keep a burst of sockets from pinning its memory for good.
+        self.live.shrink_to(self.live.len() * 2);
     }
-}
 
-impl Tracker {
     /// A connection seen in the accept queue had no inode yet (Linux gives
     /// it one when the server accepts it): the same connection, not a new
     /// one, so it keeps its first sighting and takes the new key.
@@ -214,19 +214,22 @@ impl Tracker {
             return false;
         }
         let pending = SocketKey { inode: 0, ..s.key };
-        if self.live.get(&pending).is_none_or(|t| t.seen == scan) {
-            return false;
+        match self.live.remove(&pending) {
+            Some(mut t) if t.seen != scan => {
+                t.seen = scan;
+                t.state = s.state;
+                if s.owner.is_some() {
+                    t.owner.clone_from(&s.owner);
+                }
+                self.live.insert(s.key, t);
+                true
+            }
+            Some(t) => {
+                self.live.insert(pending, t);
+                false
+            }
+            None => false,
         }
-        let Some(mut t) = self.live.remove(&pending) else {
-            return false;
-        };
-        t.seen = scan;
-        t.state = s.state;
-        if s.owner.is_some() {
-            t.owner.clone_from(&s.owner);
-        }
-        self.live.insert(s.key, t);
-        true
     }
 }
 
@@ -405,6 +408,7 @@ impl ScanState {
             elapsed_us = started.elapsed().as_micros() as u64,
             "network scan"
         );
+        self.sockets.shrink_to(self.sockets.len() * 2);
     }
 
     fn list(&mut self) -> Result<(), platform::ScanError> {
