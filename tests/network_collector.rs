@@ -1,0 +1,303 @@
+//! The network collector against real sockets on the loopback interface:
+//! what a SIEM would see for a listener, a connection and a UDP socket
+//! owned by this test process.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edr_agent::collectors::{network, CollectorContext, Coverage};
+use edr_agent::config::NetworkMonitorConfig;
+use edr_agent::event::{Event, Origin};
+use edr_agent::pipeline::{self, Counters};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Collector {
+    rt: tokio::runtime::Runtime,
+    rx: Receiver<Event>,
+    cancel: CancellationToken,
+    coverage: Arc<Mutex<Coverage>>,
+    counters: Arc<Counters>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let counters = Counters::new();
+        // Room for the whole host's inventory, so nothing of ours drops.
+        let (tx, rx) = pipeline::channel(65_536, Arc::clone(&counters));
+        let cancel = CancellationToken::new();
+        let coverage = Arc::new(Mutex::new(Coverage::default()));
+        let ctx = CollectorContext {
+            origin: Origin::detect(),
+            tx,
+            counters: Arc::clone(&counters),
+            coverage: Arc::clone(&coverage),
+            cancel: cancel.clone(),
+        };
+        let cfg = NetworkMonitorConfig {
+            enabled: true,
+            scan_interval_ms: 100,
+        };
+        let task = Some(rt.spawn(network::run(cfg, ctx)));
+        Collector {
+            rt,
+            rx,
+            cancel,
+            coverage,
+            counters,
+            task,
+        }
+    }
+
+    /// Reads events until each predicate has matched one, in any order;
+    /// returns the matches in predicate order.
+    fn wait_all(&self, what: &str, preds: &[&dyn Fn(&Value) -> bool]) -> Vec<Value> {
+        let end = Instant::now() + DEADLINE;
+        let mut found: Vec<Option<Value>> = vec![None; preds.len()];
+        while found.iter().any(Option::is_none) {
+            let left = end.saturating_duration_since(Instant::now());
+            let event = self
+                .rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; found {found:#?}"));
+            let v = serde_json::to_value(&event).expect("serializes");
+            for (slot, pred) in found.iter_mut().zip(preds) {
+                if slot.is_none() && pred(&v) {
+                    *slot = Some(v);
+                    break;
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    fn wait(&self, what: &str, pred: &dyn Fn(&Value) -> bool) -> Value {
+        self.wait_all(what, &[pred]).remove(0)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(DEADLINE, task).await });
+        }
+    }
+}
+
+fn is_ours(v: &Value) -> bool {
+    v["process"]["pid"] == std::process::id()
+}
+
+fn action(v: &Value) -> &str {
+    v["event"]["action"].as_str().unwrap_or_default()
+}
+
+fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("comm")
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn tcp_listener_and_its_connections_start_and_end() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let c = Collector::start();
+
+    let listening = c.wait("inventory of our listener", &|v| {
+        action(v) == "listening" && v["source"]["port"] == port
+    });
+    assert_eq!(listening["event"]["kind"], "state");
+    assert_eq!(
+        listening["event"]["category"],
+        serde_json::json!(["network"])
+    );
+    assert_eq!(listening["event"]["type"], serde_json::json!(["info"]));
+    assert_eq!(listening["network"]["transport"], "tcp");
+    assert_eq!(listening["network"]["type"], "ipv4");
+    assert_eq!(listening["network"]["direction"], "unknown");
+    assert_eq!(listening["source"]["ip"], "127.0.0.1");
+    assert_eq!(listening["edr"]["socket_state"], "LISTEN");
+    assert!(is_ours(&listening), "{listening}");
+    assert_eq!(listening["process"]["name"], own_comm().as_str());
+    let entity = listening["process"]["entity_id"]
+        .as_str()
+        .expect("entity_id");
+    assert_eq!(entity.len(), 16);
+
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    client.write_all(b"hello").expect("write");
+    let client_port = client.local_addr().expect("addr").port();
+    let between = |v: &Value, dir: &str| {
+        is_ours(v)
+            && v["network"]["direction"] == dir
+            && v["source"]["port"] == client_port
+            && v["destination"]["port"] == port
+    };
+    let opened = c.wait_all(
+        "both ends of the connection",
+        &[
+            &|v| action(v) == "connection-opened" && between(v, "outbound"),
+            &|v| action(v) == "connection-opened" && between(v, "inbound"),
+        ],
+    );
+    for e in &opened {
+        assert_eq!(e["event"]["kind"], "event");
+        assert_eq!(
+            e["event"]["type"],
+            serde_json::json!(["start", "connection"])
+        );
+        assert_eq!(e["edr"]["socket_state"], "ESTABLISHED");
+        assert_eq!(e["destination"]["ip"], "127.0.0.1");
+        assert!(is_ours(e), "{e}");
+        assert_eq!(e["process"]["entity_id"], entity);
+        assert!(e["event"].get("duration").is_none());
+    }
+
+    drop(client);
+    drop(server);
+    let closed = c.wait_all(
+        "both ends closed",
+        &[
+            &|v| action(v) == "connection-closed" && between(v, "outbound"),
+            &|v| action(v) == "connection-closed" && between(v, "inbound"),
+        ],
+    );
+    for e in &closed {
+        assert_eq!(e["event"]["type"], serde_json::json!(["end", "connection"]));
+        assert!(is_ours(e), "{e}");
+        let nanos = e["event"]["duration"].as_u64().expect("duration");
+        assert!(nanos > 0, "{e}");
+    }
+
+    drop(listener);
+    let stopped = c.wait("listener stopped", &|v| {
+        action(v) == "listen-stopped" && v["source"]["port"] == port
+    });
+    assert_eq!(stopped["event"]["type"], serde_json::json!(["end"]));
+    assert!(stopped["event"]["duration"].as_u64().expect("duration") > 0);
+    assert!(is_ours(&stopped));
+
+    assert_eq!(
+        c.coverage.lock().expect("lock").network_source.as_deref(),
+        Some("netlink sock_diag")
+    );
+    assert_eq!(
+        c.counters
+            .scan_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn udp_sockets_show_up_bound_and_connected() {
+    let bound = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = bound.local_addr().expect("addr").port();
+    let c = Collector::start();
+
+    let inventory = c.wait("inventory of our UDP socket", &|v| {
+        v["network"]["transport"] == "udp" && v["source"]["port"] == port
+    });
+    assert_eq!(inventory["event"]["kind"], "state");
+    assert_eq!(inventory["network"]["direction"], "unknown");
+    assert!(is_ours(&inventory), "{inventory}");
+    assert!(inventory.get("edr").is_none(), "UDP has no TCP state");
+
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    peer.connect(("127.0.0.1", port)).expect("connect");
+    let peer_port = peer.local_addr().expect("addr").port();
+    let opened = c.wait("connected UDP socket", &|v| {
+        action(v) == "connection-opened" && v["source"]["port"] == peer_port
+    });
+    assert_eq!(opened["network"]["transport"], "udp");
+    assert_eq!(opened["network"]["direction"], "outbound");
+    assert_eq!(opened["destination"]["port"], port);
+    assert!(is_ours(&opened), "{opened}");
+
+    drop(peer);
+    drop(bound);
+    c.wait_all(
+        "both UDP sockets closed",
+        &[
+            &|v| action(v) == "connection-closed" && v["source"]["port"] == peer_port,
+            &|v| action(v) == "listen-stopped" && v["source"]["port"] == port,
+        ],
+    );
+}
+
+#[test]
+fn ipv6_loopback_and_dual_stack_listeners() {
+    // Hosts without IPv6 loopback have nothing to show here.
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        return;
+    };
+    let port = listener.local_addr().expect("addr").port();
+    let c = Collector::start();
+    c.wait("inventory of our IPv6 listener", &|v| {
+        action(v) == "listening" && v["source"]["port"] == port && v["source"]["ip"] == "::1"
+    });
+
+    let client = TcpStream::connect(("::1", port)).expect("connect");
+    let (_server, _) = listener.accept().expect("accept");
+    let client_port = client.local_addr().expect("addr").port();
+    let inbound = c.wait("inbound IPv6 connection", &|v| {
+        action(v) == "connection-opened"
+            && v["network"]["direction"] == "inbound"
+            && v["source"]["port"] == client_port
+    });
+    assert_eq!(inbound["network"]["type"], "ipv6");
+    assert_eq!(inbound["source"]["ip"], "::1");
+    assert_eq!(inbound["destination"]["port"], port);
+    assert!(is_ours(&inbound));
+
+    // An IPv4 client of a dual-stack listener is reported as IPv4, not as
+    // its IPv4-mapped IPv6 form.
+    let dual = TcpListener::bind("[::]:0").expect("bind");
+    let dual_port = dual.local_addr().expect("addr").port();
+    let Ok(v4_client) = TcpStream::connect(("127.0.0.1", dual_port)) else {
+        return; // IPV6_V6ONLY is the host default
+    };
+    let (_v4_server, _) = dual.accept().expect("accept");
+    let v4_port = v4_client.local_addr().expect("addr").port();
+    let mapped = c.wait("IPv4 peer of a dual-stack listener", &|v| {
+        action(v) == "connection-opened"
+            && v["network"]["direction"] == "inbound"
+            && v["source"]["port"] == v4_port
+    });
+    assert_eq!(mapped["network"]["type"], "ipv4");
+    assert_eq!(mapped["source"]["ip"], "127.0.0.1");
+    assert_eq!(mapped["destination"]["ip"], "127.0.0.1");
+    assert_eq!(mapped["destination"]["port"], dual_port);
+}
+
+#[test]
+fn stops_when_cancelled() {
+    let mut c = Collector::start();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    c.wait("inventory of our listener", &|v| {
+        v["source"]["port"] == port
+    });
+    c.cancel.cancel();
+    let task = c.task.take().expect("running");
+    let finished =
+        c.rt.block_on(async { tokio::time::timeout(DEADLINE, task).await });
+    assert!(matches!(finished, Ok(Ok(()))), "{finished:?}");
+}
