@@ -477,20 +477,25 @@ enum CollectorSettings {
 
 impl CollectorSettings {
     /// The wanted settings of collector `t`, or None if it should not run.
-    fn wanted(t: EventType, c: &Config, paused: bool) -> Option<CollectorSettings> {
+    fn wanted(t: EventType, config: &Config, paused: bool) -> Option<CollectorSettings> {
         if paused {
             return None;
         }
-        let c = &c.collectors;
+        let c = &config.collectors;
         match t {
             EventType::Process => c
                 .process_monitor
                 .enabled
                 .then(|| CollectorSettings::Process(c.process_monitor.clone())),
-            EventType::File => c
-                .file_monitor
-                .enabled
-                .then(|| CollectorSettings::File(c.file_monitor.clone())),
+            EventType::File => c.file_monitor.enabled.then(|| {
+                // Writing a batch must never itself be a file event: that
+                // loop would fill the disk with reports of filling it.
+                let mut fm = c.file_monitor.clone();
+                let own = config.data_dir().display().to_string();
+                fm.exclude_paths.push(own.clone());
+                fm.exclude_paths.push(format!("{own}/**"));
+                CollectorSettings::File(fm)
+            }),
             EventType::Network => c
                 .network_monitor
                 .enabled

@@ -71,7 +71,9 @@ fn sigterm_commits_the_open_batch_and_exits_zero() {
         (s.totals.produced[1] >= 7).then_some(())
     });
     assert!(queued.is_some());
-    assert!(list_batches(&data_dir(dir.path())).expect("list").is_empty());
+    assert!(list_batches(&data_dir(dir.path()))
+        .expect("list")
+        .is_empty());
     signal(&agent, libc::SIGTERM);
     let status = agent.wait().expect("agent exits");
     assert_eq!(status.code(), Some(0));
@@ -154,7 +156,10 @@ pub fn sigkill_rounds(rounds: usize) {
         .filter(|p| p.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
-    assert!(!list_batches(&data).expect("list").is_empty(), "the flood stored nothing");
+    assert!(
+        !list_batches(&data).expect("list").is_empty(),
+        "the flood stored nothing"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

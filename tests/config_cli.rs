@@ -18,37 +18,65 @@ fn fixture(name: &str) -> PathBuf {
 const CASES: &[(&str, &[&str])] = &[
     (
         "unknown_key.yaml",
-        &["unknown key `agent.max_event_per_batch`", "did you mean `agent.max_events_per_batch`"],
+        &[
+            "unknown key `agent.max_event_per_batch`",
+            "did you mean `agent.max_events_per_batch`",
+        ],
     ),
     (
         "misplaced_key.yaml",
-        &["unknown key `retention_days`", "did you mean `storage.retention_days`"],
+        &[
+            "unknown key `retention_days`",
+            "did you mean `storage.retention_days`",
+        ],
     ),
     (
         "out_of_range.yaml",
-        &["`agent.max_events_per_batch` = 0 is not allowed", "an integer from 1 to 100000"],
+        &[
+            "`agent.max_events_per_batch` = 0 is not allowed",
+            "an integer from 1 to 100000",
+        ],
     ),
     (
         "wrong_type.yaml",
-        &["`agent.collection_interval_ms`", "\"soon\"", "expected a whole number"],
+        &[
+            "`agent.collection_interval_ms`",
+            "\"soon\"",
+            "expected a whole number",
+        ],
     ),
     ("bad_yaml.yaml", &["invalid YAML at line 2"]),
     (
         "negative_size.yaml",
-        &["`storage.max_storage_size_gb` = -1", "greater than 0 and at most 100000"],
+        &[
+            "`storage.max_storage_size_gb` = -1",
+            "greater than 0 and at most 100000",
+        ],
     ),
     (
         "bad_glob.yaml",
-        &["`collectors.file_monitor.exclude_paths[0]` = \"[abc\"", "a glob pattern"],
+        &[
+            "`collectors.file_monitor.exclude_paths[0]` = \"[abc\"",
+            "a glob pattern",
+        ],
     ),
     (
         "ratio_out_of_range.yaml",
-        &["`alerts.min_compression_ratio` = 1.5", "a number from 0 to 1"],
+        &[
+            "`alerts.min_compression_ratio` = 1.5",
+            "a number from 0 to 1",
+        ],
     ),
-    ("not_a_mapping.yaml", &["expected a mapping of sections", "found a list"]),
+    (
+        "not_a_mapping.yaml",
+        &["expected a mapping of sections", "found a list"],
+    ),
     (
         "empty_watch_path.yaml",
-        &["`collectors.file_monitor.watch_paths[1]` = \"\"", "non-empty directory path"],
+        &[
+            "`collectors.file_monitor.watch_paths[1]` = \"\"",
+            "non-empty directory path",
+        ],
     ),
     (
         "several_errors.yaml",
@@ -74,7 +102,10 @@ fn every_bad_fixture_is_refused_with_its_message() {
             .expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(name), "{name}: error does not name the file: {stderr}");
+        assert!(
+            stderr.contains(name),
+            "{name}: error does not name the file: {stderr}"
+        );
         for e in *expected {
             assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
         }
@@ -89,7 +120,10 @@ fn missing_file_is_a_clear_error() {
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
-    assert!(stderr.contains("cannot read config file /nonexistent/edr.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/edr.yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -99,7 +133,11 @@ fn valid_partial_file_passes() {
         .arg(fixture("valid_partial.yaml"))
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -125,7 +163,10 @@ fn run_with_a_bad_config_touches_no_data() {
     }
     assert!(!fresh.exists(), "a refused config created the data dir");
     assert_eq!(std::fs::read_dir(&existing).expect("ls").count(), before);
-    assert_eq!(std::fs::read_to_string(&batch).expect("read"), "{\"a\":1}\n");
+    assert_eq!(
+        std::fs::read_to_string(&batch).expect("read"),
+        "{\"a\":1}\n"
+    );
 }
 
 #[test]

@@ -33,7 +33,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     match v {
         Value::Object(m) => {
             for (k, child) in m {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&path, child, out);
             }
         }
@@ -49,12 +53,16 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
 /// Why `value` does not fit an ECS field of type `kind`, if it does not.
 fn type_error(kind: &str, value: &Value) -> Option<String> {
     let ok = match kind {
-        "keyword" | "wildcard" | "constant_keyword" | "match_only_text" | "text" => value.is_string(),
+        "keyword" | "wildcard" | "constant_keyword" | "match_only_text" | "text" => {
+            value.is_string()
+        }
         "long" | "integer" | "short" | "byte" | "unsigned_long" => value.is_i64() || value.is_u64(),
         "float" | "double" | "scaled_float" | "half_float" => value.is_number(),
         "boolean" => value.is_boolean(),
         "ip" => value.as_str().is_some_and(|s| s.parse::<IpAddr>().is_ok()),
-        "date" => value.as_str().is_some_and(|s| Timestamp::parse(s).is_some()),
+        "date" => value
+            .as_str()
+            .is_some_and(|s| Timestamp::parse(s).is_some()),
         other => return Some(format!("unexpected ECS type {other} for a scalar")),
     };
     (!ok).then(|| format!("{value} is not a valid {kind}"))
@@ -73,8 +81,8 @@ async fn every_stored_field_is_valid_ecs() {
     c.collectors.file_monitor.calculate_hashes = true;
     c.agent.collection_interval_ms = 200;
     let data = c.data_dir();
-    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
-        .expect("starts");
+    let engine =
+        EngineHandle::start(c, EngineOptions::default(), CancellationToken::new()).expect("starts");
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A process that starts and ends.
@@ -108,7 +116,10 @@ async fn every_stored_field_is_valid_ecs() {
     })
     .await;
     engine.shutdown().await;
-    assert!(all_kinds.is_some(), "not all three collectors produced events");
+    assert!(
+        all_kinds.is_some(),
+        "not all three collectors produced events"
+    );
 
     let fields = ecs_fields();
     let mut problems = BTreeSet::new();
@@ -139,5 +150,10 @@ async fn every_stored_field_is_valid_ecs() {
             }
         }
     }
-    assert!(problems.is_empty(), "{} events checked; problems:\n{}", events.len(), problems.into_iter().collect::<Vec<_>>().join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} events checked; problems:\n{}",
+        events.len(),
+        problems.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }

@@ -27,7 +27,12 @@ async fn wait_watching(engine: &EngineHandle) {
 /// Waits until the file collector has stopped (its coverage is cleared).
 async fn wait_not_watching(engine: &EngineHandle) {
     let ok = wait_for_async(Duration::from_secs(10), || {
-        engine.snapshot().coverage.watched_paths.is_empty().then_some(())
+        engine
+            .snapshot()
+            .coverage
+            .watched_paths
+            .is_empty()
+            .then_some(())
     })
     .await;
     assert!(ok.is_some(), "file collector never stopped");
@@ -91,7 +96,11 @@ async fn interval_commits_a_partial_batch() {
             .filter_map(|e| str_field(e, "file.path").map(String::from))
             .collect();
         (0..3)
-            .all(|i| paths.iter().any(|p| p.ends_with(&format!("interval-{i}.txt"))))
+            .all(|i| {
+                paths
+                    .iter()
+                    .any(|p| p.ends_with(&format!("interval-{i}.txt")))
+            })
             .then_some(())
     })
     .await;
@@ -143,7 +152,10 @@ async fn batch_size_change_applies_to_the_next_batches() {
     touch_files(&watched(dir.path()), "live", 60);
     assert!(wait_stored(&engine, 50).await);
     let sizes = batch_sizes(&data);
-    assert!(sizes.len() >= 5 && sizes.iter().all(|n| *n == 10), "{sizes:?}");
+    assert!(
+        sizes.len() >= 5 && sizes.iter().all(|n| *n == 10),
+        "{sizes:?}"
+    );
     engine.shutdown().await;
 }
 
@@ -155,7 +167,10 @@ async fn invalid_live_config_changes_nothing() {
     let mut bad = c.clone();
     bad.agent.max_events_per_batch = 0;
     let err = engine.apply_config(bad).expect_err("refused");
-    assert!(err.to_string().contains("agent.max_events_per_batch"), "{err}");
+    assert!(
+        err.to_string().contains("agent.max_events_per_batch"),
+        "{err}"
+    );
     let mut moved = c.clone();
     moved.storage.local_storage.data_dir = Some("/somewhere/else".into());
     assert!(engine.apply_config(moved).is_err());
@@ -176,7 +191,11 @@ async fn pause_stops_events_and_resume_restarts_them() {
     let before = engine.snapshot().totals.produced[1];
     touch_files(&watched(dir.path()), "paused", 10);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(engine.snapshot().totals.produced[1], before, "events while paused");
+    assert_eq!(
+        engine.snapshot().totals.produced[1],
+        before,
+        "events while paused"
+    );
     engine.resume();
     wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "resumed", 10);
@@ -276,4 +295,29 @@ async fn snapshot_reports_the_agent_itself() {
     let status = edr_agent::engine::read_status(engine.data_dir()).expect("status file");
     assert!(!status.running);
     assert!(edr_agent::engine::running_agent(engine.data_dir()).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_inside_a_watched_dir_does_not_watch_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    // The data dir lives inside the only watched directory.
+    let data = watched(dir.path()).join("agent-data");
+    c.storage.local_storage.data_dir = Some(data.display().to_string());
+    c.agent.collection_interval_ms = 100;
+    let engine = start(c);
+    wait_watching(&engine).await;
+    touch_files(&watched(dir.path()), "one", 1);
+    assert!(wait_stored(&engine, 1).await);
+    // Batches, status and metrics files keep being written; none of that
+    // may come back as file events.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    engine.shutdown().await;
+    let events = read_events(&data);
+    let own: Vec<_> = events
+        .iter()
+        .filter_map(|e| str_field(e, "file.path"))
+        .filter(|p| p.contains("agent-data"))
+        .collect();
+    assert!(own.is_empty(), "the agent recorded its own writes: {own:?}");
 }
