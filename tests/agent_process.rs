@@ -123,7 +123,7 @@ pub fn sigkill_rounds(rounds: usize) {
             while !stop.load(Ordering::Relaxed) {
                 let _ = std::fs::write(w.join(format!("flood-{}.txt", i % 500)), i.to_le_bytes());
                 i += 1;
-                if i % 200 == 0 {
+                if i.is_multiple_of(200) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
