@@ -5,6 +5,7 @@
 //! sampler measures the agent itself. See `ARCHITECTURE.md`.
 
 pub mod batcher;
+pub mod charts;
 pub mod collectors;
 pub mod config;
 pub mod engine;

@@ -69,6 +69,8 @@ enum Command {
     },
     /// Stream stored events as NDJSON (one JSON event per line).
     Events(cli::events::EventsArgs),
+    /// Chart the agent's metrics history (memory, CPU, events, storage) to an SVG or PNG file.
+    Report(cli::report::ReportArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
             .resolve()
             .and_then(|d| cli::stats::stats(&d, summary, json)),
         Command::Events(args) => cli::events::events(args),
+        Command::Report(args) => cli::report::report(args),
         Command::Config(c) => config_command(c),
     };
     match result {

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 pub mod events;
+pub mod report;
 pub mod run;
 pub mod stats;
 pub mod status;
