@@ -1,0 +1,89 @@
+//! The commands the window may call (and nothing else: see
+//! `capabilities/main.json`). Each checks its input, then translates
+//! between the engine and the view types.
+
+use edr_agent::config;
+use tauri::{AppHandle, State};
+
+use crate::error::CommandError;
+use crate::settings::{self, Form};
+use crate::state::AppState;
+use crate::view::{self, DashboardRequest, DashboardView, EngineView};
+use crate::{tray, window};
+
+fn engine(state: &AppState) -> Result<&edr_agent::engine::EngineHandle, CommandError> {
+    state
+        .handle()
+        .ok_or_else(|| CommandError::NoEngine(view::engine_view(state).status))
+}
+
+/// Everything the dashboard shows, polled about once a second.
+#[tauri::command]
+pub fn dashboard(
+    state: State<'_, AppState>,
+    request: DashboardRequest,
+) -> Result<DashboardView, CommandError> {
+    request.validate()?;
+    Ok(view::dashboard(&state, &request))
+}
+
+/// The settings form filled from the running config.
+#[tauri::command]
+pub fn get_settings(state: State<'_, AppState>) -> Result<Form, CommandError> {
+    settings::to_form(&engine(&state)?.config())
+}
+
+/// The settings form with a preset merged over the running config; nothing
+/// is applied.
+#[tauri::command]
+pub fn preset_settings(state: State<'_, AppState>, name: String) -> Result<Form, CommandError> {
+    if !config::preset_names().contains(&name.as_str()) {
+        return Err(CommandError::invalid(format!(
+            "unknown preset; expected one of {}",
+            config::preset_names().join(", ")
+        )));
+    }
+    settings::preset_form(&engine(&state)?.config(), &name)
+}
+
+/// Applies the form live, then saves it to the config file. A refused
+/// value applies and writes nothing.
+#[tauri::command]
+pub fn apply_settings(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    form: Form,
+) -> Result<Form, CommandError> {
+    let engine = engine(&state)?;
+    let new = settings::from_form(&engine.config(), &form)?;
+    engine.apply_config(new.clone()).map_err(settings::refused)?;
+    new.save(&state.config_path).map_err(|e| {
+        CommandError::Failed(format!("Applied, but not saved (it will be lost on restart): {e}"))
+    })?;
+    tracing::info!(path = %state.config_path.display(), "settings applied and saved");
+    tray::refresh(&app);
+    settings::to_form(&new)
+}
+
+/// Pauses or resumes collection; returns the engine's state.
+#[tauri::command]
+pub fn set_paused(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    paused: bool,
+) -> Result<EngineView, CommandError> {
+    let engine = engine(&state)?;
+    if paused {
+        engine.pause();
+    } else {
+        engine.resume();
+    }
+    tray::refresh(&app);
+    Ok(view::engine_view(&state))
+}
+
+/// Shows the data folder in the file manager.
+#[tauri::command]
+pub fn open_data_folder(state: State<'_, AppState>) -> Result<(), CommandError> {
+    window::open_folder(engine(&state)?.data_dir()).map_err(|e| CommandError::Failed(e.to_string()))
+}

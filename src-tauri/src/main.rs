@@ -1,0 +1,122 @@
+//! The menu-bar app of edr-agent: the engine in Tauri's tokio runtime, a
+//! tray icon with its status, and a dashboard window made on demand.
+//!
+//! The engine knows nothing of this crate: here we only translate between
+//! its handle and the window (commands, view types) and the tray.
+
+mod commands;
+mod error;
+mod settings;
+mod state;
+mod tray;
+mod view;
+mod window;
+
+use std::process::ExitCode;
+
+use tauri::{AppHandle, Manager, RunEvent};
+
+use crate::state::AppState;
+use crate::window::View;
+
+fn main() -> ExitCode {
+    init_logging();
+    let minimized = std::env::args().skip(1).any(|a| a == "--minimized");
+    let built = tauri::Builder::default()
+        // First, so a second launch is turned away before it starts anything.
+        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            window::show(app, View::Dashboard)
+        }))
+        .plugin(tauri_plugin_notification::init())
+        .invoke_handler(tauri::generate_handler![
+            commands::dashboard,
+            commands::get_settings,
+            commands::preset_settings,
+            commands::apply_settings,
+            commands::set_paused,
+            commands::open_data_folder,
+        ])
+        .setup(move |app| {
+            setup(app.handle(), minimized)?;
+            Ok(())
+        })
+        .build(tauri::generate_context!());
+    let app = match built {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the app");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = app.run_return(|_, event| {
+        // Closing the last window leaves the app in the menu bar; only
+        // Quit (an exit with a code) ends it.
+        if let RunEvent::ExitRequested {
+            code: None, api, ..
+        } = event
+        {
+            api.prevent_exit();
+        }
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
+    #[cfg(target_os = "macos")]
+    app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+    // Inside the runtime: the engine spawns its tasks on it.
+    let state = tauri::async_runtime::block_on(async { AppState::start() });
+    app.manage(state);
+    tray::build(app)?;
+    if !minimized {
+        window::show(app, View::Dashboard);
+    }
+    tauri::async_runtime::spawn(quit_on_signal(app.clone()));
+    Ok(())
+}
+
+/// Stops the engine (its open batch is committed), then exits with 0.
+pub(crate) fn quit(app: &AppHandle) {
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        if let Some(engine) = app.state::<AppState>().handle() {
+            engine.shutdown().await;
+        }
+        tracing::info!("quit");
+        app.exit(0);
+    });
+}
+
+/// SIGTERM (logout, `kill`) and SIGINT end the app like Quit does.
+async fn quit_on_signal(app: AppHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    quit(&app);
+}
+
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let targets: tracing_subscriber::filter::Targets = spec
+        .parse()
+        .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(targets)
+        .init();
+}

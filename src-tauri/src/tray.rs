@@ -1,0 +1,226 @@
+//! The menu-bar (tray) icon and its menu. One background task owns every
+//! update of the menu and icon, once a second or when woken, so the UI
+//! thread never waits for the engine and no two updates race.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edr_agent::metrics::AlertKind;
+use tauri::image::Image;
+use tauri::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
+use tauri::tray::{TrayIcon, TrayIconBuilder};
+use tauri::{include_image, AppHandle, Manager, Wry};
+use tauri_plugin_notification::NotificationExt;
+use tokio::sync::Notify;
+
+use crate::state::AppState;
+use crate::view::{self, EngineView};
+use crate::window::{self, View};
+
+const ICON_RUNNING: Image<'static> = include_image!("../icons/tray-running.png");
+const ICON_PAUSED: Image<'static> = include_image!("../icons/tray-paused.png");
+const ICON_ALERT: Image<'static> = include_image!("../icons/tray-alert.png");
+
+/// The tray's id; on Linux it also names the D-Bus menu object.
+pub const TRAY_ID: &str = "edr-agent";
+pub const LABEL_PAUSE: &str = "Pause";
+pub const LABEL_RESUME: &str = "Resume";
+
+mod id {
+    pub const STATUS: &str = "status";
+    pub const PAUSE: &str = "pause";
+    pub const OPEN: &str = "open";
+    pub const SETTINGS: &str = "settings";
+    pub const DATA: &str = "data";
+    pub const QUIT: &str = "quit";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IconKind {
+    Running,
+    Paused,
+    Alert,
+}
+
+/// What the tray shows; compared each tick so unchanged items are not
+/// re-sent over D-Bus (or to the menu bar).
+#[derive(Debug, Clone, PartialEq)]
+struct Shown {
+    status: String,
+    pause_label: &'static str,
+    pause_enabled: bool,
+    icon: IconKind,
+}
+
+/// Wakes the update task before its next tick (after a click or a command).
+struct Wake(Arc<Notify>);
+
+struct Items {
+    tray: TrayIcon,
+    status: MenuItem<Wry>,
+    pause: MenuItem<Wry>,
+}
+
+/// Builds the tray and starts the task that keeps it current.
+pub fn build(app: &AppHandle) -> tauri::Result<()> {
+    let status = MenuItem::with_id(app, id::STATUS, "Starting…", false, None::<&str>)?;
+    let pause = MenuItem::with_id(app, id::PAUSE, LABEL_PAUSE, true, None::<&str>)?;
+    let menu = Menu::with_items(
+        app,
+        &[
+            &status,
+            &PredefinedMenuItem::separator(app)?,
+            &pause,
+            &MenuItem::with_id(app, id::OPEN, "Open Dashboard", true, None::<&str>)?,
+            &MenuItem::with_id(app, id::SETTINGS, "Settings…", true, None::<&str>)?,
+            &MenuItem::with_id(app, id::DATA, "Open Data Folder", true, None::<&str>)?,
+            &PredefinedMenuItem::separator(app)?,
+            &MenuItem::with_id(app, id::QUIT, "Quit", true, None::<&str>)?,
+        ],
+    )?;
+    let builder = TrayIconBuilder::with_id(TRAY_ID)
+        .icon(ICON_RUNNING)
+        .tooltip("EDR Agent")
+        .menu(&menu)
+        .show_menu_on_left_click(true)
+        .on_menu_event(on_menu_event);
+    // A template image follows the menu bar's light or dark look; only
+    // its alpha is drawn, which the icons' cut-out glyphs are made for.
+    #[cfg(target_os = "macos")]
+    let builder = builder.icon_as_template(true);
+    let tray = builder.build(app)?;
+
+    let wake = Arc::new(Notify::new());
+    app.manage(Wake(Arc::clone(&wake)));
+    let items = Items { tray, status, pause };
+    tauri::async_runtime::spawn(update_loop(app.clone(), items, wake));
+    Ok(())
+}
+
+/// Asks for an update now (the engine's state just changed).
+pub fn refresh(app: &AppHandle) {
+    if let Some(w) = app.try_state::<Wake>() {
+        w.0.notify_one();
+    }
+}
+
+fn on_menu_event(app: &AppHandle, event: MenuEvent) {
+    match event.id().as_ref() {
+        id::PAUSE => {
+            if let Some(engine) = app.state::<AppState>().handle() {
+                if engine.is_paused() {
+                    engine.resume();
+                } else {
+                    engine.pause();
+                }
+            }
+            refresh(app);
+        }
+        id::OPEN => window::show(app, View::Dashboard),
+        id::SETTINGS => window::show(app, View::Settings),
+        id::DATA => {
+            if let Some(engine) = app.state::<AppState>().handle() {
+                if let Err(e) = window::open_folder(engine.data_dir()) {
+                    tracing::warn!(error = %e, "cannot open the data folder");
+                }
+            }
+        }
+        id::QUIT => crate::quit(app),
+        _ => {}
+    }
+}
+
+async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
+    let mut shown: Option<Shown> = None;
+    let mut alerts: Vec<AlertKind> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
+        let state = app.state::<AppState>();
+        let engine = view::engine_view(&state);
+        let want = wanted(&engine);
+        if shown.as_ref() != Some(&want) {
+            if let Err(e) = apply(&items, &want, shown.as_ref(), &engine) {
+                tracing::warn!(error = %e, "cannot update the tray");
+            }
+            shown = Some(want);
+        }
+        if let Some(h) = state.handle() {
+            notify_new_alerts(&app, &h.snapshot().alerts, &mut alerts);
+        }
+    }
+}
+
+fn wanted(engine: &EngineView) -> Shown {
+    let paused = engine.state == "paused";
+    Shown {
+        status: engine.status.clone(),
+        pause_label: if paused { LABEL_RESUME } else { LABEL_PAUSE },
+        pause_enabled: matches!(engine.state, "running" | "paused"),
+        icon: if engine.alerting {
+            IconKind::Alert
+        } else if engine.state == "running" {
+            IconKind::Running
+        } else {
+            IconKind::Paused
+        },
+    }
+}
+
+fn apply(items: &Items, want: &Shown, was: Option<&Shown>, engine: &EngineView) -> tauri::Result<()> {
+    if was.map(|w| &w.status) != Some(&want.status) {
+        items.status.set_text(&want.status)?;
+        let tip = match &engine.message {
+            Some(m) => format!("EDR Agent: {}\n{m}", want.status),
+            None => format!("EDR Agent: {}", want.status),
+        };
+        items.tray.set_tooltip(Some(tip))?;
+    }
+    if was.map(|w| w.pause_label) != Some(want.pause_label) {
+        items.pause.set_text(want.pause_label)?;
+    }
+    if was.map(|w| w.pause_enabled) != Some(want.pause_enabled) {
+        items.pause.set_enabled(want.pause_enabled)?;
+    }
+    if was.map(|w| w.icon) != Some(want.icon) {
+        let icon = match want.icon {
+            IconKind::Running => ICON_RUNNING,
+            IconKind::Paused => ICON_PAUSED,
+            IconKind::Alert => ICON_ALERT,
+        };
+        items.tray.set_icon(Some(icon))?;
+        #[cfg(target_os = "macos")]
+        items.tray.set_icon_as_template(true)?;
+    }
+    Ok(())
+}
+
+/// One desktop notification per raised alert, not one per second.
+fn notify_new_alerts(
+    app: &AppHandle,
+    active: &[edr_agent::metrics::Alert],
+    notified: &mut Vec<AlertKind>,
+) {
+    notified.retain(|k| active.iter().any(|a| a.kind == *k));
+    for a in active {
+        if notified.contains(&a.kind) {
+            continue;
+        }
+        notified.push(a.kind);
+        let v = view::alert_view(a);
+        let body = format!("{} (value {}, threshold {})", v.message, v.value, v.threshold);
+        let shown = app
+            .notification()
+            .builder()
+            .title("EDR Agent alert")
+            .body(body)
+            .show();
+        if let Err(e) = shown {
+            tracing::warn!(error = %e, "cannot show a notification");
+        }
+    }
+}

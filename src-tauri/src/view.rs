@@ -1,0 +1,525 @@
+//! What the window shows, as serializable view types built from the
+//! engine's snapshot, history and recent events. Only translation: every
+//! number comes from the engine, every chart from `edr_agent::charts`.
+
+use std::time::Duration;
+
+use edr_agent::charts::{self, Unit};
+use edr_agent::collectors::Coverage;
+use edr_agent::engine::{EngineHandle, Snapshot};
+use edr_agent::metrics::{Alert, AlertKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::CommandError;
+use crate::state::{AppState, Engine, RECENT_EVENTS};
+
+/// Time windows the dashboard offers, in seconds.
+pub const WINDOWS_SECS: [u64; 3] = [60, 600, 3600];
+/// Largest chart the window asks for; bounds the work of one poll.
+pub const MAX_CHART_WIDTH: u32 = 2400;
+pub const MAX_CHART_HEIGHT: u32 = 1200;
+const MAX_FILTER_CHARS: usize = 200;
+const MAX_SUMMARY_CHARS: usize = 240;
+
+/// One poll of the dashboard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DashboardRequest {
+    pub window_secs: u64,
+    /// False while the settings view is shown: no chart is drawn.
+    pub charts: bool,
+    pub chart_width: u32,
+    pub chart_height: u32,
+    pub events: EventQuery,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    pub limit: usize,
+    /// `process`, `file`, `network`, or none for all.
+    pub kind: Option<String>,
+    /// Case-insensitive text the summary or action must contain.
+    pub text: String,
+}
+
+impl DashboardRequest {
+    pub fn validate(&self) -> Result<(), CommandError> {
+        if !WINDOWS_SECS.contains(&self.window_secs) {
+            return Err(CommandError::invalid(format!(
+                "window_secs must be one of {WINDOWS_SECS:?}"
+            )));
+        }
+        if self.charts
+            && !((charts::MIN_WIDTH..=MAX_CHART_WIDTH).contains(&self.chart_width)
+                && (charts::MIN_HEIGHT..=MAX_CHART_HEIGHT).contains(&self.chart_height))
+        {
+            return Err(CommandError::invalid(format!(
+                "chart size must be within {}..={MAX_CHART_WIDTH} x {}..={MAX_CHART_HEIGHT}",
+                charts::MIN_WIDTH,
+                charts::MIN_HEIGHT
+            )));
+        }
+        let q = &self.events;
+        if q.limit > RECENT_EVENTS {
+            return Err(CommandError::invalid(format!(
+                "events.limit must be at most {RECENT_EVENTS}"
+            )));
+        }
+        if q.kind.as_deref().is_some_and(|k| kind_of(k).is_none()) {
+            return Err(CommandError::invalid(
+                "events.kind must be process, file or network",
+            ));
+        }
+        if q.text.chars().count() > MAX_FILTER_CHARS {
+            return Err(CommandError::invalid(format!(
+                "events.text must be at most {MAX_FILTER_CHARS} characters"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DashboardView {
+    pub engine: EngineView,
+    pub charts: Vec<ChartView>,
+    pub alerts: Vec<AlertView>,
+    pub coverage: Option<CoverageView>,
+    pub totals: Option<TotalsView>,
+    pub events: Vec<EventRow>,
+    /// Events held before filtering.
+    pub events_held: usize,
+}
+
+/// The engine's state in one line, as the tray shows it too.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineView {
+    /// `running`, `paused`, `off` or `failed`.
+    pub state: &'static str,
+    pub status: String,
+    /// Why the engine is off or failed, or why a hand edit of the config
+    /// file was refused.
+    pub message: Option<String>,
+    pub config_file: String,
+    pub data_dir: Option<String>,
+    pub alerting: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChartView {
+    pub title: String,
+    /// The current value, formatted with its unit.
+    pub value: String,
+    pub svg: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertView {
+    pub kind: AlertKind,
+    pub message: String,
+    pub value: String,
+    pub threshold: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CoverageView {
+    pub process: String,
+    pub network: String,
+    pub watched: Vec<String>,
+    pub unwatched: Vec<UnwatchedView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnwatchedView {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TotalsView {
+    pub produced: u64,
+    pub stored: u64,
+    pub dropped: u64,
+    pub batches: u64,
+    pub storage_used: String,
+    pub storage_cap: String,
+    pub files: u64,
+}
+
+/// One row of the recent-events table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    /// RFC 3339, UTC (the window shows it in local time).
+    pub time: String,
+    pub kind: String,
+    pub action: String,
+    pub summary: String,
+}
+
+/// The engine's state for the window header and the tray.
+pub fn engine_view(state: &AppState) -> EngineView {
+    let config_file = state.config_path.display().to_string();
+    match &state.engine {
+        Engine::Running(h) => engine_view_of(&h.snapshot(), config_file),
+        Engine::Off => EngineView {
+            state: "off",
+            status: "Engine off".into(),
+            message: Some("The engine is off (started with EDR_APP_ENGINE=off).".into()),
+            config_file,
+            data_dir: None,
+            alerting: false,
+        },
+        Engine::Failed(e) => EngineView {
+            state: "failed",
+            status: "Engine failed to start".into(),
+            message: Some(e.clone()),
+            config_file,
+            data_dir: None,
+            alerting: true,
+        },
+    }
+}
+
+fn engine_view_of(s: &Snapshot, config_file: String) -> EngineView {
+    let status = if s.paused {
+        "Paused".to_string()
+    } else {
+        format!(
+            "Running · {} ev/s · {}",
+            rate(s.latest.events_per_sec_total()),
+            Unit::Bytes.format(s.latest.rss_bytes as f64)
+        )
+    };
+    EngineView {
+        state: if s.paused { "paused" } else { "running" },
+        status,
+        message: s.config_error.clone(),
+        config_file,
+        data_dir: Some(s.data_dir.clone()),
+        alerting: !s.alerts.is_empty(),
+    }
+}
+
+fn rate(v: f32) -> String {
+    if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
+    let engine = engine_view(state);
+    let Some(h) = state.handle() else {
+        return DashboardView {
+            engine,
+            charts: Vec::new(),
+            alerts: Vec::new(),
+            coverage: None,
+            totals: None,
+            events: Vec::new(),
+            events_held: 0,
+        };
+    };
+    let snap = h.snapshot();
+    let charts = if req.charts {
+        charts_view(h, req)
+    } else {
+        Vec::new()
+    };
+    let lines = h.recent_events(RECENT_EVENTS);
+    DashboardView {
+        engine,
+        charts,
+        alerts: snap.alerts.iter().map(alert_view).collect(),
+        coverage: Some(coverage_view(&snap.coverage)),
+        totals: Some(totals_view(&snap)),
+        events: filter_events(&lines, &req.events),
+        events_held: lines.len(),
+    }
+}
+
+fn charts_view(h: &EngineHandle, req: &DashboardRequest) -> Vec<ChartView> {
+    let samples = h.history(Duration::from_secs(req.window_secs));
+    let config = h.config();
+    charts::dashboard_from_samples(&samples, config.max_storage_bytes(), &config.alerts)
+        .into_iter()
+        .filter_map(|chart| {
+            let svg = charts::render_svg(&chart, req.chart_width, req.chart_height)
+                .map_err(|e| tracing::warn!(error = %e, chart = %chart.title, "chart not drawn"))
+                .ok()?;
+            Some(ChartView {
+                value: chart
+                    .current()
+                    .map(|v| chart.unit.format(v))
+                    .unwrap_or_else(|| "–".into()),
+                title: chart.title,
+                svg,
+            })
+        })
+        .collect()
+}
+
+pub fn alert_view(a: &Alert) -> AlertView {
+    let (value, threshold) = match a.kind {
+        AlertKind::Memory => (
+            format!("{:.1} MB", a.value),
+            format!("{:.0} MB", a.threshold),
+        ),
+        AlertKind::Cpu => (
+            Unit::Percent.format(a.value),
+            Unit::Percent.format(a.threshold),
+        ),
+        AlertKind::StorageGrowth => (
+            format!("{:.0} MB/day", a.value),
+            format!("{:.0} MB/day", a.threshold),
+        ),
+        AlertKind::Compression => (
+            Unit::Ratio.format(a.value),
+            Unit::Ratio.format(a.threshold),
+        ),
+        AlertKind::StorageWrite => (format!("{:.0} events lost", a.value), "none".into()),
+    };
+    AlertView {
+        kind: a.kind,
+        message: a.message.clone(),
+        value,
+        threshold,
+    }
+}
+
+fn coverage_view(c: &Coverage) -> CoverageView {
+    let describe = |source: &Option<String>, note: Option<&String>| match (source, note) {
+        (Some(s), Some(n)) => format!("{s} ({n})"),
+        (Some(s), None) => s.clone(),
+        (None, _) => "not collected".to_string(),
+    };
+    CoverageView {
+        process: describe(&c.process_source, c.process_note.as_ref()),
+        network: describe(&c.network_source, None),
+        watched: c.watched_paths.clone(),
+        unwatched: c
+            .unwatched_paths
+            .iter()
+            .map(|u| UnwatchedView {
+                path: u.path.clone(),
+                reason: u.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn totals_view(s: &Snapshot) -> TotalsView {
+    let t = &s.totals;
+    TotalsView {
+        produced: t.produced.iter().sum(),
+        stored: t.stored.iter().sum(),
+        dropped: t.dropped_total(),
+        batches: t.batches_written,
+        storage_used: Unit::Bytes.format(s.storage.used_bytes as f64),
+        storage_cap: Unit::Bytes.format(s.storage.cap_bytes as f64),
+        files: s.storage.files,
+    }
+}
+
+fn kind_of(s: &str) -> Option<&'static str> {
+    ["process", "file", "network"].into_iter().find(|k| *k == s)
+}
+
+/// Parses the recent events (newest last) into rows (newest first) that
+/// match the query.
+pub fn filter_events(lines: &[String], q: &EventQuery) -> Vec<EventRow> {
+    let needle = q.text.trim().to_lowercase();
+    lines
+        .iter()
+        .rev()
+        .filter_map(|l| event_row(l))
+        .filter(|r| q.kind.as_deref().is_none_or(|k| r.kind == k))
+        .filter(|r| {
+            needle.is_empty()
+                || r.summary.to_lowercase().contains(&needle)
+                || r.action.to_lowercase().contains(&needle)
+        })
+        .take(q.limit)
+        .collect()
+}
+
+/// The few fields a person scans a table for. Unparsable lines are skipped.
+pub fn event_row(line: &str) -> Option<EventRow> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str());
+    let kind = v
+        .pointer("/event/category")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.as_str())
+        .find_map(kind_of)?;
+    let summary = match kind {
+        "process" => process_summary(&v),
+        "file" => match s("/edr/original_path") {
+            Some(from) => format!("{from} → {}", s("/file/path").unwrap_or("?")),
+            None => s("/file/path").unwrap_or("?").to_string(),
+        },
+        _ => network_summary(&v),
+    };
+    Some(EventRow {
+        time: s("/@timestamp")?.to_string(),
+        kind: kind.to_string(),
+        action: s("/event/action").unwrap_or("").to_string(),
+        summary: truncate(summary, MAX_SUMMARY_CHARS),
+    })
+}
+
+fn process_summary(v: &serde_json::Value) -> String {
+    let name = v.pointer("/process/name").and_then(|x| x.as_str());
+    let pid = v.pointer("/process/pid").and_then(|x| x.as_u64());
+    let cmd = v.pointer("/process/command_line").and_then(|x| x.as_str());
+    let who = match (name, pid) {
+        (Some(n), Some(p)) => format!("{n} ({p})"),
+        (Some(n), None) => n.to_string(),
+        (None, Some(p)) => format!("pid {p}"),
+        (None, None) => "?".to_string(),
+    };
+    match cmd {
+        Some(c) if !c.is_empty() => format!("{who}: {c}"),
+        _ => who,
+    }
+}
+
+fn network_summary(v: &serde_json::Value) -> String {
+    let end = |side: &str| {
+        let ip = v.pointer(&format!("/{side}/ip")).and_then(|x| x.as_str())?;
+        let port = v.pointer(&format!("/{side}/port")).and_then(|x| x.as_u64())?;
+        Some(if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        })
+    };
+    let transport = v
+        .pointer("/network/transport")
+        .and_then(|x| x.as_str())
+        .unwrap_or("");
+    let mut out = match (end("source"), end("destination")) {
+        (Some(s), Some(d)) => format!("{transport} {s} → {d}"),
+        (Some(s), None) => format!("{transport} {s}"),
+        (None, Some(d)) => format!("{transport} → {d}"),
+        (None, None) => transport.to_string(),
+    };
+    if let Some(p) = v.pointer("/process/name").and_then(|x| x.as_str()) {
+        out.push_str(&format!(" ({p})"));
+    }
+    out.trim().to_string()
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(kind: Option<&str>, text: &str) -> EventQuery {
+        EventQuery {
+            limit: 10,
+            kind: kind.map(String::from),
+            text: text.into(),
+        }
+    }
+
+    const FILE: &str = r#"{"@timestamp":"2026-11-25T10:00:00.000Z","event":{"kind":"event","category":["file"],"type":["creation"],"action":"creation"},"file":{"path":"/tmp/w/a.txt"}}"#;
+    const RENAME: &str = r#"{"@timestamp":"2026-11-25T10:00:01.000Z","event":{"kind":"event","category":["file"],"type":["change"],"action":"rename"},"file":{"path":"/tmp/w/b.txt"},"edr":{"original_path":"/tmp/w/a.txt"}}"#;
+    const PROC: &str = r#"{"@timestamp":"2026-11-25T10:00:02.000Z","event":{"kind":"event","category":["process"],"type":["start"],"action":"exec"},"process":{"pid":42,"name":"curl","command_line":"curl -s https://example.org"}}"#;
+    const NET: &str = r#"{"@timestamp":"2026-11-25T10:00:03.000Z","event":{"kind":"state","category":["network"],"type":["connection"],"action":"listening"},"source":{"ip":"::1","port":8080},"network":{"transport":"tcp"},"process":{"name":"python3"}}"#;
+
+    #[test]
+    fn rows_summarize_each_type() {
+        assert_eq!(event_row(FILE).expect("row").summary, "/tmp/w/a.txt");
+        assert_eq!(
+            event_row(RENAME).expect("row").summary,
+            "/tmp/w/a.txt → /tmp/w/b.txt"
+        );
+        let p = event_row(PROC).expect("row");
+        assert_eq!(
+            (p.kind.as_str(), p.summary.as_str()),
+            ("process", "curl (42): curl -s https://example.org")
+        );
+        assert_eq!(
+            event_row(NET).expect("row").summary,
+            "tcp [::1]:8080 (python3)"
+        );
+        assert!(event_row("not json").is_none());
+        assert!(event_row("{}").is_none());
+    }
+
+    #[test]
+    fn newest_first_filtered_by_type_and_text() {
+        let lines: Vec<String> = [FILE, PROC, RENAME, NET].map(String::from).into();
+        let all = filter_events(&lines, &query(None, ""));
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].kind, "network");
+        let files = filter_events(&lines, &query(Some("file"), ""));
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].action, "rename");
+        let curl = filter_events(&lines, &query(None, "CURL"));
+        assert_eq!(curl.len(), 1);
+        let renames = filter_events(&lines, &query(None, "rename"));
+        assert_eq!(renames.len(), 1);
+    }
+
+    #[test]
+    fn long_summaries_are_cut_on_a_char_boundary() {
+        let s = truncate("é".repeat(300), 10);
+        assert_eq!(s.chars().count(), 11);
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn requests_out_of_bounds_are_refused() {
+        let ok = DashboardRequest {
+            window_secs: 60,
+            charts: true,
+            chart_width: 480,
+            chart_height: 200,
+            events: query(None, ""),
+        };
+        assert!(ok.validate().is_ok());
+        let bad = [
+            DashboardRequest {
+                window_secs: 61,
+                ..ok.clone()
+            },
+            DashboardRequest {
+                chart_width: 100_000,
+                ..ok.clone()
+            },
+            DashboardRequest {
+                events: EventQuery {
+                    limit: 100_000,
+                    ..query(None, "")
+                },
+                ..ok.clone()
+            },
+            DashboardRequest {
+                events: query(Some("registry"), ""),
+                ..ok.clone()
+            },
+            DashboardRequest {
+                events: query(None, &"x".repeat(1000)),
+                ..ok.clone()
+            },
+        ];
+        for b in bad {
+            assert!(b.validate().is_err(), "{b:?}");
+        }
+    }
+}

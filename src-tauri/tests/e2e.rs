@@ -1,0 +1,414 @@
+//! End to end through the real WebKit engine: tauri-driver starts the app
+//! binary, fantoccini clicks and types in its window, and the effects are
+//! checked where a user would see them (the window, the config file, the
+//! batch files on disk). Run under Xvfb with a session bus, as
+//! `scripts/test.sh` does.
+
+mod common;
+
+use std::future::Future;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_file_events_stay, create_files, one_app_at_a_time, wait_for, FileActivity, Fixture, APP,
+};
+use edr_agent::config::Config;
+use edr_agent::event::Timestamp;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+const START: Duration = Duration::from_secs(30);
+const SOON: Duration = Duration::from_secs(15);
+
+/// tauri-driver on free ports, stopped with SIGTERM (SIGKILL would orphan
+/// WebKitWebDriver, still holding its port).
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start(fx: &Fixture) -> Driver {
+        let (port, native) = (free_port(), free_port());
+        let log = std::fs::File::create(fx.log_path()).expect("log file");
+        let child = Command::new("tauri-driver")
+            .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+            .env("EDR_APP_CONFIG", &fx.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tauri-driver on PATH (scripts/setup.sh installs it)");
+        wait_for("tauri-driver to listen", START, || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signals our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Runs `scenario` against a fresh app on `fx`'s config. The WebDriver
+/// session is deleted (which ends the app) whether the scenario passed or
+/// panicked; then its panic is re-raised with the app's log.
+fn with_app<F, Fut>(fx: Fixture, scenario: F)
+where
+    F: FnOnce(Client, Arc<Fixture>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let _turn = one_app_at_a_time();
+    let fx = Arc::new(fx);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let outcome = rt.block_on(async {
+        let driver = Driver::start(&fx);
+        let mut caps = serde_json::Map::new();
+        caps.insert("tauri:options".into(), json!({ "application": APP }));
+        let client = ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("WebDriver session");
+        let outcome = tokio::spawn(scenario(client.clone(), Arc::clone(&fx))).await;
+        if let Err(e) = client.close().await {
+            eprintln!("closing the session: {e}");
+        }
+        drop(driver);
+        outcome
+    });
+    if let Err(e) = outcome {
+        eprintln!(
+            "--- app log ---\n{}",
+            std::fs::read_to_string(fx.log_path()).unwrap_or_default()
+        );
+        match e.try_into_panic() {
+            Ok(p) => std::panic::resume_unwind(p),
+            Err(e) => panic!("scenario: {e}"),
+        }
+    }
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics after `timeout`.
+async fn eventually<T, Fut>(what: &str, timeout: Duration, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.expect("script")
+}
+
+/// Calls an app command the way the window does.
+async fn invoke(c: &Client, cmd: &str, args: Value) -> Result<Value, Value> {
+    let r = c
+        .execute_async(
+            "const [cmd, args, done] = arguments;
+             window.__TAURI__.core.invoke(cmd, args).then(v => done({ ok: v }), e => done({ err: e }));",
+            vec![json!(cmd), args],
+        )
+        .await
+        .expect("invoke");
+    match r.get("ok") {
+        Some(v) => Ok(v.clone()),
+        None => Err(r["err"].clone()),
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+fn field(key: &str) -> String {
+    format!("[name=\"{key}\"]")
+}
+
+async fn field_value(c: &Client, key: &str) -> String {
+    match c.find(Locator::Css(&field(key))).await {
+        Ok(e) => e.prop("value").await.ok().flatten().unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn type_into(c: &Client, key: &str, value: &str) {
+    let e = c.find(Locator::Css(&field(key))).await.expect("field");
+    e.clear().await.expect("clear");
+    e.send_keys(value).await.expect("type");
+}
+
+/// The message shown next to a settings field.
+async fn field_error(c: &Client, key: &str) -> String {
+    let script = format!(
+        "const f = document.querySelector('{}'); return f ? f.parentElement.querySelector('.error').textContent : '';",
+        field(key).replace('\'', "\\'")
+    );
+    js(c, &script).await.as_str().unwrap_or_default().to_string()
+}
+
+async fn open_settings(c: &Client, key: &str, expect: &str) {
+    click(c, "#tab-settings").await;
+    eventually("the settings form to be filled", SOON, || async {
+        (field_value(c, key).await == expect).then_some(())
+    })
+    .await;
+}
+
+/// Clicks Apply and waits for the outcome message.
+async fn apply(c: &Client) -> String {
+    c.execute(
+        "document.getElementById('settings-message').textContent = ''",
+        vec![],
+    )
+    .await
+    .expect("reset message");
+    click(c, "#apply-btn").await;
+    eventually("the apply outcome", SOON, || async {
+        let m = text(c, "#settings-message").await;
+        (!m.is_empty() && m != "Applying…").then_some(m)
+    })
+    .await
+}
+
+async fn engine_state(c: &Client) -> String {
+    js(c, "return document.getElementById('status-pill').dataset.state")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn charts_appear_and_follow_the_engine() {
+    with_app(Fixture::new(1000, 5000), |c, _fx| async move {
+        let titles = eventually("six charts", START, || async {
+            let v = js(
+                &c,
+                "return [...document.querySelectorAll('#charts .chart')].map(e => e.dataset.chart || '')",
+            )
+            .await;
+            let t: Vec<String> = serde_json::from_value(v).ok()?;
+            (t.len() == 6 && t.iter().all(|s| !s.is_empty())).then_some(t)
+        })
+        .await;
+        for want in ["Memory", "CPU", "Event rate", "Compression", "per event", "Storage used"] {
+            assert!(titles.iter().any(|t| t.contains(want)), "{want} in {titles:?}");
+        }
+        let values = || async {
+            js(&c, "return [...document.querySelectorAll('#charts .value')].map(e => e.textContent)")
+                .await
+        };
+        let first = eventually("a memory value", SOON, || async {
+            let v = values().await;
+            v[0].as_str()
+                .is_some_and(|m| m.ends_with("MB"))
+                .then_some(v)
+        })
+        .await;
+        eventually("current values to change", SOON, || async {
+            (values().await != first).then_some(())
+        })
+        .await;
+
+        // Each tick replaces the SVG of a chart: one per plot, however many ticks.
+        for _ in 0..3 {
+            let plots = js(
+                &c,
+                "return [...document.querySelectorAll('#charts .plot')].map(p => p.childElementCount + ':' + p.querySelectorAll('svg').length)",
+            )
+            .await;
+            assert_eq!(plots, json!(["1:1", "1:1", "1:1", "1:1", "1:1", "1:1"]));
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+
+        click(&c, "[data-window=\"3600\"]").await;
+        assert_eq!(
+            js(&c, "return document.querySelector('[data-window=\"3600\"]').getAttribute('aria-checked')").await,
+            json!("true")
+        );
+        let status = text(&c, "#status-text").await;
+        assert!(status.starts_with("Running ·"), "{status}");
+        assert_eq!(js(&c, "return window.edrCspViolations").await, json!([]));
+
+        // Commands check their input.
+        let bad = json!({ "request": {
+            "windowSecs": 61, "charts": true, "chartWidth": 400, "chartHeight": 200,
+            "events": { "limit": 10, "kind": null, "text": "" } } });
+        let e = invoke(&c, "dashboard", bad).await.expect_err("refused");
+        assert!(e["message"].as_str().unwrap_or_default().contains("window_secs"), "{e}");
+    });
+}
+
+#[test]
+fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
+    with_app(Fixture::new(1000, 60_000), |c, fx| async move {
+        open_settings(&c, "agent.max_events_per_batch", "1000").await;
+        type_into(&c, "agent.max_events_per_batch", "7").await;
+        assert_eq!(apply(&c).await, "Applied and saved.");
+        let applied = Timestamp::now();
+
+        let on_disk = Config::from_file(&fx.config).expect("config file loads");
+        assert_eq!(on_disk.agent.max_events_per_batch, 7);
+        assert!(fx.config_text().contains("max_events_per_batch: 7"));
+
+        create_files(&fx.watch, "a", 40);
+        let sizes = eventually("three batches since the change", START, || async {
+            let b = fx.batches_since(applied);
+            (b.len() >= 3).then_some(b)
+        })
+        .await;
+        assert!(sizes.iter().all(|&n| n == 7), "batch sizes {sizes:?}");
+    });
+}
+
+#[test]
+fn invalid_values_show_the_engines_message_and_change_nothing() {
+    with_app(Fixture::new(5, 60_000), |c, fx| async move {
+        open_settings(&c, "agent.max_events_per_batch", "5").await;
+        let before = fx.config_text();
+        type_into(&c, "agent.max_events_per_batch", "0").await;
+        type_into(&c, "agent.collection_interval_ms", "soon").await;
+        let outcome = apply(&c).await;
+        assert!(outcome.contains("nothing was changed"), "{outcome}");
+        assert_eq!(
+            field_error(&c, "agent.max_events_per_batch").await,
+            "0 is not allowed: an integer from 1 to 100000"
+        );
+        assert_eq!(
+            field_error(&c, "agent.collection_interval_ms").await,
+            "“soon” is not a whole number."
+        );
+        assert_eq!(field_error(&c, "storage.retention_days").await, "");
+        let refused_at = Timestamp::now();
+
+        assert_eq!(fx.config_text(), before, "the config file was written");
+        let running = invoke(&c, "get_settings", json!({})).await.expect("settings");
+        assert_eq!(running["agent.max_events_per_batch"], json!("5"));
+        assert_eq!(running["agent.collection_interval_ms"], json!("60000"));
+
+        create_files(&fx.watch, "b", 30);
+        let sizes = eventually("two batches since the refusal", START, || async {
+            let b = fx.batches_since(refused_at);
+            (b.len() >= 2).then_some(b)
+        })
+        .await;
+        assert!(sizes.iter().all(|&n| n == 5), "batch sizes {sizes:?}");
+        assert_eq!(fx.config_text(), before);
+    });
+}
+
+#[test]
+fn pause_stops_file_events_and_resume_restarts_them() {
+    with_app(Fixture::new(1000, 2000), |c, fx| async move {
+        eventually("the engine to run", START, || async {
+            (engine_state(&c).await == "running").then_some(())
+        })
+        .await;
+        let _activity = FileActivity::start(&fx.watch);
+        eventually("file events", SOON, || async { (fx.file_events() > 0).then_some(()) }).await;
+
+        click(&c, "#pause-btn").await;
+        eventually("the window to say paused", SOON, || async {
+            (engine_state(&c).await == "paused" && text(&c, "#pause-btn").await == "Resume")
+                .then_some(())
+        })
+        .await;
+        let watcher = Arc::clone(&fx);
+        tokio::task::spawn_blocking(move || {
+            assert_file_events_stay(&watcher, Duration::from_secs(3))
+        })
+        .await
+        .expect("paused check");
+
+        let paused_at = fx.file_events();
+        click(&c, "#pause-btn").await;
+        eventually("the window to say running", SOON, || async {
+            (engine_state(&c).await == "running" && text(&c, "#pause-btn").await == "Pause")
+                .then_some(())
+        })
+        .await;
+        eventually("file events after resume", SOON, || async {
+            (fx.file_events() > paused_at).then_some(())
+        })
+        .await;
+    });
+}
+
+#[test]
+fn retention_and_presets_in_settings() {
+    with_app(Fixture::new(1000, 5000), |c, fx| async move {
+        open_settings(&c, "storage.retention_days", "30").await;
+        type_into(&c, "storage.retention_days", "12").await;
+        assert_eq!(apply(&c).await, "Applied and saved.");
+        let on_disk = Config::from_file(&fx.config).expect("config file loads");
+        assert_eq!(on_disk.storage.retention_days, 12);
+        assert!(fx.config_text().contains("retention_days: 12"));
+        eventually("the engine to keep 12 days", SOON, || async {
+            fx.status()
+                .filter(|s| s.storage.retention_days == 12)
+                .map(|_| ())
+        })
+        .await;
+
+        // A preset fills the form over the running settings; nothing applies.
+        c.find(Locator::Css("#preset"))
+            .await
+            .expect("preset picker")
+            .select_by_value("low-storage")
+            .await
+            .expect("select");
+        click(&c, "#preset-btn").await;
+        eventually("the preset in the form", SOON, || async {
+            (field_value(&c, "storage.retention_days").await == "7").then_some(())
+        })
+        .await;
+        assert_eq!(
+            field_value(&c, "collectors.file_monitor.watch_paths").await,
+            fx.watch.display().to_string()
+        );
+        assert!(fx.config_text().contains("retention_days: 12"));
+    });
+}

@@ -1,0 +1,359 @@
+//! The tray menu, clicked over D-Bus as a desktop panel would: the app
+//! exports it with libayatana-appindicator as a com.canonical.dbusmenu
+//! object on its own bus connection. Run in a private session bus under
+//! Xvfb, as `scripts/test.sh` does.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::{
+    assert_file_events_stay, create_files, one_app_at_a_time, wait_for, FileActivity, Fixture, APP,
+};
+use edr_agent::storage::{list_batches, open_batch_reader};
+use zbus::blocking::fdo::DBusProxy;
+use zbus::blocking::{Connection, Proxy};
+use zbus::names::BusName;
+use zbus::zvariant::{OwnedValue, Value};
+
+const START: Duration = Duration::from_secs(30);
+const SOON: Duration = Duration::from_secs(15);
+
+/// The app started directly (no WebDriver), ended with SIGTERM if a test
+/// leaves it running.
+struct App {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl App {
+    fn launch(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> App {
+        let log = fx.log_path();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let child = Command::new(APP)
+            .args(args)
+            .env("EDR_APP_CONFIG", &fx.config)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("app binary");
+        App { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        wait_for("the app to exit", SOON, || self.child.try_wait().ok().flatten())
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- app log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        if self.running() {
+            // SAFETY: signals our own child, which has not been reaped yet.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while self.running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    id: i32,
+    label: String,
+    enabled: bool,
+}
+
+/// The app's exported tray menu.
+struct TrayMenu {
+    proxy: Proxy<'static>,
+}
+
+impl TrayMenu {
+    /// Finds the menu among the bus connections of process `pid`.
+    fn find(conn: &Connection, pid: u32) -> Option<TrayMenu> {
+        let dbus = DBusProxy::new(conn).ok()?;
+        for name in dbus.list_names().ok()? {
+            if !name.starts_with(':') {
+                continue;
+            }
+            let bus = BusName::try_from(name.to_string()).ok()?;
+            if dbus.get_connection_unix_process_id(bus).ok() != Some(pid) {
+                continue;
+            }
+            if let Some(menu) = Self::on_connection(conn, name.as_str()) {
+                return Some(menu);
+            }
+        }
+        None
+    }
+
+    fn on_connection(conn: &Connection, name: &str) -> Option<TrayMenu> {
+        let root = "/org/ayatana/NotificationItem";
+        let intro = Proxy::new(
+            conn,
+            name.to_string(),
+            root,
+            "org.freedesktop.DBus.Introspectable",
+        )
+        .ok()?;
+        let xml: String = intro.call("Introspect", &()).ok()?;
+        let item = xml
+            .split("<node name=\"")
+            .nth(1)?
+            .split('"')
+            .next()?
+            .to_string();
+        let proxy = Proxy::new(
+            conn,
+            name.to_string(),
+            format!("{root}/{item}/Menu"),
+            "com.canonical.dbusmenu",
+        )
+        .ok()?;
+        Some(TrayMenu { proxy })
+    }
+
+    /// The top-level items, separators left out.
+    fn items(&self) -> Vec<Item> {
+        type Node = (i32, HashMap<String, OwnedValue>, Vec<OwnedValue>);
+        let (_rev, (_root, _props, children)): (u32, Node) = self
+            .proxy
+            .call("GetLayout", &(0i32, -1i32, Vec::<&str>::new()))
+            .expect("GetLayout");
+        children
+            .into_iter()
+            .filter_map(|child| {
+                let (id, props, _): Node = child.try_into().ok()?;
+                let s = |k: &str| {
+                    props
+                        .get(k)
+                        .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+                };
+                if s("type").as_deref() == Some("separator") {
+                    return None;
+                }
+                let enabled = props
+                    .get("enabled")
+                    .and_then(|v| bool::try_from(v).ok())
+                    .unwrap_or(true);
+                Some(Item {
+                    id,
+                    label: s("label").unwrap_or_default(),
+                    enabled,
+                })
+            })
+            .collect()
+    }
+
+    fn labels(&self) -> Vec<String> {
+        self.items().into_iter().map(|i| i.label).collect()
+    }
+
+    fn status(&self) -> String {
+        self.labels().into_iter().next().unwrap_or_default()
+    }
+
+    fn click(&self, label: &str) {
+        let item = self
+            .items()
+            .into_iter()
+            .find(|i| i.label == label)
+            .unwrap_or_else(|| panic!("no menu item {label:?} in {:?}", self.labels()));
+        let _: () = self
+            .proxy
+            .call("Event", &(item.id, "clicked", Value::I32(0), 0u32))
+            .expect("click");
+    }
+}
+
+fn session_bus() -> Connection {
+    Connection::session().expect("a session bus (run under dbus-run-session)")
+}
+
+fn tray_of(conn: &Connection, app: &App) -> TrayMenu {
+    wait_for("the tray menu on D-Bus", START, || {
+        TrayMenu::find(conn, app.pid())
+    })
+}
+
+fn wait_status(menu: &TrayMenu, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    wait_for(what, START, || Some(menu.status()).filter(|s| ok(s)))
+}
+
+#[test]
+fn menu_lists_its_items_and_pause_toggles_the_engine() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 2000);
+    let conn = session_bus();
+    let mut app = App::launch(&fx, &["--minimized"], &[]);
+    let menu = tray_of(&conn, &app);
+    let status = wait_status(&menu, "a running status", |s| s.starts_with("Running ·"));
+    assert!(
+        status.ends_with("MB") && status.contains("ev/s"),
+        "{status}"
+    );
+    assert_eq!(
+        menu.labels()[1..],
+        ["Pause", "Open Dashboard", "Settings…", "Open Data Folder", "Quit"]
+    );
+    assert!(!menu.items()[0].enabled, "the status line is not clickable");
+
+    let _activity = FileActivity::start(&fx.watch);
+    wait_for("file events", SOON, || (fx.file_events() > 0).then_some(()));
+
+    menu.click("Pause");
+    wait_for("the Resume item", SOON, || {
+        (menu.labels()[1] == "Resume").then_some(())
+    });
+    wait_status(&menu, "a paused status", |s| s == "Paused");
+    assert_file_events_stay(&fx, Duration::from_secs(3));
+
+    let paused_at = fx.file_events();
+    menu.click("Resume");
+    wait_for("the Pause item", SOON, || {
+        (menu.labels()[1] == "Pause").then_some(())
+    });
+    wait_for("file events after resume", SOON, || {
+        (fx.file_events() > paused_at).then_some(())
+    });
+
+    menu.click("Quit");
+    assert_eq!(app.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn quit_commits_the_open_batch_and_exits_zero() {
+    let _turn = one_app_at_a_time();
+    // Batches close only when full or after an hour: just the shutdown
+    // flush can write this one.
+    let fx = Fixture::new(100_000, 3_600_000);
+    let conn = session_bus();
+    let mut app = App::launch(&fx, &["--minimized"], &[]);
+    let menu = tray_of(&conn, &app);
+    wait_status(&menu, "a running status", |s| s.starts_with("Running"));
+    create_files(&fx.watch, "quit", 5);
+    wait_for("five file events", SOON, || {
+        (fx.file_events() >= 5).then_some(())
+    });
+    assert_eq!(list_batches(&fx.data).expect("list"), Vec::<std::path::PathBuf>::new());
+
+    menu.click("Quit");
+    assert_eq!(app.wait_exit().code(), Some(0));
+
+    let batches = list_batches(&fx.data).expect("list");
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let text = std::io::read_to_string(open_batch_reader(&batches[0]).expect("open")).expect("read");
+    for i in 0..5 {
+        let path = fx.watch.join(format!("quit{i}.txt"));
+        assert!(
+            text.contains(&format!("\"{}\"", path.display())),
+            "{} not in the flushed batch",
+            path.display()
+        );
+    }
+    let last = fx.status().expect("final status");
+    assert!(!last.running, "the final status says stopped");
+}
+
+#[test]
+fn a_second_launch_opens_the_first_ones_dashboard_and_exits() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 5000);
+    let conn = session_bus();
+    let mut first = App::launch(&fx, &["--minimized"], &[]);
+    let menu = tray_of(&conn, &first);
+    wait_status(&menu, "a running status", |s| s.starts_with("Running"));
+    assert_eq!(web_processes(first.pid()), 0, "started minimized: no window");
+
+    let mut second = App::launch(&fx, &[], &[]);
+    assert_eq!(second.wait_exit().code(), Some(0));
+    assert!(first.running());
+    wait_for("the first app's dashboard", START, || {
+        (web_processes(first.pid()) > 0).then_some(())
+    });
+
+    menu.click("Quit");
+    assert_eq!(first.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn the_tray_says_when_the_engine_is_not_running() {
+    let _turn = one_app_at_a_time();
+    let conn = session_bus();
+
+    let bad = Fixture::with(|data, _| {
+        format!("agent:\n  max_events_per_batch: 0\nstorage:\n  local_storage:\n    data_dir: \"{data}\"\n")
+    });
+    let mut app = App::launch(&bad, &["--minimized"], &[]);
+    let menu = tray_of(&conn, &app);
+    wait_status(&menu, "a failed status", |s| s == "Engine failed to start");
+    assert!(!menu.items()[1].enabled, "no Pause without an engine");
+    assert!(app.running(), "a bad config does not end the app");
+    menu.click("Quit");
+    assert_eq!(app.wait_exit().code(), Some(0));
+
+    let off = Fixture::new(1000, 5000);
+    let mut app = App::launch(&off, &["--minimized"], &[("EDR_APP_ENGINE", "off")]);
+    let menu = tray_of(&conn, &app);
+    wait_status(&menu, "an engine-off status", |s| s == "Engine off");
+    assert!(!off.data.exists(), "the engine never started");
+    menu.click("Quit");
+    assert_eq!(app.wait_exit().code(), Some(0));
+}
+
+/// WebKit web processes under `pid`: one exists while a window is open.
+fn web_processes(pid: u32) -> usize {
+    let mut count = 0;
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for child in children(p) {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.trim() == "WebKitWebProces" {
+                count += 1;
+            }
+            queue.push(child);
+        }
+    }
+    count
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
