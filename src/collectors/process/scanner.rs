@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use sysinfo::{
-    Pid, Process as SysProcess, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind,
+    Pid, Process as SysProcess, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System,
+    UpdateKind,
 };
 
 use super::hash::{self, HashCache, CACHE_ENTRIES};
@@ -58,16 +59,30 @@ impl LiveProcess {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        let executable: Option<Box<str>> = p.exe().map(|e| e.to_string_lossy().into());
         LiveProcess {
             start_ms: start_ms(pid, p),
             ppid: p.parent().map(Pid::as_u32),
             parent_start_ms: None,
             // ECS `process.user` is the effective user.
             uid: p.effective_user_id().or(p.user_id()).map(|u| **u),
-            name: p.name().to_string_lossy().into(),
-            executable: p.exe().map(|e| e.to_string_lossy().into()),
+            name: process_name(&p.name().to_string_lossy(), executable.as_deref()),
+            executable,
             args: redact::redact_args(&args).into_boxed_slice(),
         }
+    }
+}
+
+/// The kernel keeps only the first 15 bytes of a process name (`comm`); a
+/// truncated name that starts the executable's file name is completed from
+/// it, so `process.name` matches what rules expect.
+fn process_name(comm: &str, exe: Option<&str>) -> Box<str> {
+    const COMM_MAX: usize = 15;
+    let base = exe.and_then(|e| e.rsplit('/').next()).unwrap_or_default();
+    if comm.len() == COMM_MAX && base.len() > COMM_MAX && base.starts_with(comm) {
+        base.into()
+    } else {
+        comm.into()
     }
 }
 
@@ -83,6 +98,11 @@ pub(crate) struct Scanner {
     hashes: HashCache,
     users: UserNames,
     inventory_done: bool,
+    /// New processes whose command line read empty, left for the next scan
+    /// (see [`Scanner::caught_mid_exec`]): those of the previous scan, and
+    /// those of this one.
+    deferred: Vec<ProcKey>,
+    deferring: Vec<ProcKey>,
     /// Reused buffers.
     new_pids: Vec<u32>,
     gone: Vec<(ProcKey, LiveProcess)>,
@@ -98,6 +118,8 @@ impl Scanner {
             hashes: HashCache::new(CACHE_ENTRIES),
             users: UserNames::default(),
             inventory_done: false,
+            deferred: Vec::new(),
+            deferring: Vec::new(),
             new_pids: Vec::new(),
             gone: Vec::new(),
         }
@@ -142,18 +164,31 @@ impl Scanner {
     fn find_new(&mut self, sys: &System) {
         self.tracker.begin();
         self.new_pids.clear();
+        std::mem::swap(&mut self.deferred, &mut self.deferring);
+        self.deferring.clear();
         for (pid, p) in sys.processes() {
-            if is_user_process(*pid, p) && !self.tracker.observe(key_of(*pid, p)) {
+            let key = key_of(*pid, p);
+            if !is_user_process(*pid, p) || self.tracker.observe(key) {
+                continue;
+            }
+            if self.caught_mid_exec(key, p) {
+                self.deferring.push(key);
+            } else {
                 self.new_pids.push(pid.as_u32());
+                self.tracker.insert(key, LiveProcess::read(pid.as_u32(), p));
             }
         }
-        for &pid in &self.new_pids {
-            let spid = Pid::from_u32(pid);
-            if let Some(p) = sys.process(spid) {
-                self.tracker
-                    .insert(key_of(spid, p), LiveProcess::read(pid, p));
-            }
-        }
+    }
+
+    /// During `execve` the kernel shows the new name but an empty command
+    /// line (and briefly no executable) for up to a few ms. A process seen
+    /// then is left for one scan, by which time sysinfo, which re-reads an
+    /// empty command line, has the real one. Zombies never get one.
+    fn caught_mid_exec(&self, key: ProcKey, p: &SysProcess) -> bool {
+        self.inventory_done
+            && p.cmd().is_empty()
+            && p.status() != ProcessStatus::Zombie
+            && !self.deferred.contains(&key)
     }
 
     fn emit_ends(&mut self, now: Timestamp) {
@@ -193,58 +228,68 @@ impl Scanner {
         let rec = self.tracker.get_mut(&key_of(spid, p))?;
         rec.parent_start_ms = parent_start_ms;
 
-        let (kind, types, action, timestamp) = if self.inventory_done {
-            (
-                "event",
-                &["start"],
-                "process-started",
-                Timestamp(rec.start_ms),
-            )
-        } else {
-            ("state", &["info"], "process-inventory", now)
-        };
-        let mut event = Event::new(
-            &self.ctx.origin,
-            timestamp,
-            EventMeta {
-                kind,
-                category: CATEGORY,
-                types,
-                action,
-                duration: None,
-            },
-        );
+        let (timestamp, meta) = start_meta(self.inventory_done, rec.start_ms, now);
+        let mut event = Event::new(&self.ctx.origin, timestamp, meta);
         let mut process = process_fields(&self.ctx, &mut self.users, pid, rec);
         let mut edr = scan_ext();
         if self.cfg.calculate_hashes {
             if let Some(exe) = rec.executable.as_deref() {
-                match self
-                    .hashes
-                    .digest(exe, &exe_handle(pid, exe), &self.ctx.cancel)
-                {
-                    Ok(d) => {
-                        process.hash = Some(Hash {
-                            sha256: hash::hex(&d),
-                        })
-                    }
-                    Err(skip) => {
-                        self.ctx.counters.hash_skipped.fetch_add(1, Relaxed);
-                        edr.hash_skipped = Some(skip.as_str());
-                    }
+                match executable_hash(&mut self.hashes, &self.ctx, pid, exe) {
+                    Ok(hash) => process.hash = Some(hash),
+                    Err(skip) => edr.hash_skipped = Some(skip),
                 }
             }
         }
         if self.cfg.collect_environment {
-            process.env_vars = p
-                .environ()
-                .iter()
-                .map(|e| redact::redact_env_entry(&e.to_string_lossy()))
-                .collect();
+            process.env_vars = redacted_env(p);
         }
         event.process = Some(Box::new(process));
         event.edr = Some(Box::new(edr));
         Some(event)
     }
+}
+
+/// Inventory is what runs now; a start is dated when the process started,
+/// which the kernel records to the clock tick.
+fn start_meta(inventory_done: bool, start_ms: u64, now: Timestamp) -> (Timestamp, EventMeta) {
+    let (timestamp, kind, types, action): (_, _, &'static [&'static str], _) = if inventory_done {
+        (Timestamp(start_ms), "event", &["start"], "process-started")
+    } else {
+        (now, "state", &["info"], "process-inventory")
+    };
+    let meta = EventMeta {
+        kind,
+        category: CATEGORY,
+        types,
+        action,
+        duration: None,
+    };
+    (timestamp, meta)
+}
+
+/// The digest, or why there is none (counted).
+fn executable_hash(
+    hashes: &mut HashCache,
+    ctx: &CollectorContext,
+    pid: u32,
+    exe: &str,
+) -> Result<Hash, &'static str> {
+    match hashes.digest(exe, &exe_handle(pid, exe), &ctx.cancel) {
+        Ok(d) => Ok(Hash {
+            sha256: hash::hex(&d),
+        }),
+        Err(skip) => {
+            ctx.counters.hash_skipped.fetch_add(1, Relaxed);
+            Err(skip.as_str())
+        }
+    }
+}
+
+fn redacted_env(p: &SysProcess) -> Vec<String> {
+    p.environ()
+        .iter()
+        .map(|e| redact::redact_env_entry(&e.to_string_lossy()))
+        .collect()
 }
 
 fn end_event(
@@ -391,6 +436,16 @@ mod tests {
             cancel: CancellationToken::new(),
         };
         (Scanner::new(cfg, ctx), rx)
+    }
+
+    #[test]
+    fn truncated_names_are_completed_from_the_executable() {
+        let exe = Some("/opt/x/network_scan_cost");
+        assert_eq!(&*process_name("network_scan_co", exe), "network_scan_cost");
+        // Renamed on purpose (prctl) or a different program: kept.
+        assert_eq!(&*process_name("worker", exe), "worker");
+        assert_eq!(&*process_name("other_name_abcd", exe), "other_name_abcd");
+        assert_eq!(&*process_name("network_scan_co", None), "network_scan_co");
     }
 
     /// Prints scan durations (run with `--nocapture`); asserts only what
