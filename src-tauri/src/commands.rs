@@ -56,9 +56,13 @@ pub fn apply_settings(
 ) -> Result<Form, CommandError> {
     let engine = engine(&state)?;
     let new = settings::from_form(&engine.config(), &form)?;
-    engine.apply_config(new.clone()).map_err(settings::refused)?;
+    engine
+        .apply_config(new.clone())
+        .map_err(settings::refused)?;
     new.save(&state.config_path).map_err(|e| {
-        CommandError::Failed(format!("Applied, but not saved (it will be lost on restart): {e}"))
+        CommandError::Failed(format!(
+            "Applied, but not saved (it will be lost on restart): {e}"
+        ))
     })?;
     tracing::info!(path = %state.config_path.display(), "settings applied and saved");
     tray::refresh(&app);

@@ -107,9 +107,9 @@ async fn quit_on_signal(app: AppHandle) {
 fn init_logging() {
     use tracing_subscriber::prelude::*;
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let targets: tracing_subscriber::filter::Targets = spec
-        .parse()
-        .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+    let targets: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    });
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

@@ -80,7 +80,11 @@ pub fn to_form(config: &Config) -> Result<Form, CommandError> {
                         .collect::<Vec<_>>()
                         .join("\n"),
                 ),
-                _ => return Err(CommandError::Failed(format!("`{key}` has an unexpected type"))),
+                _ => {
+                    return Err(CommandError::Failed(format!(
+                        "`{key}` has an unexpected type"
+                    )))
+                }
             };
             Ok((key.to_string(), value))
         })
@@ -160,7 +164,10 @@ fn current_layer(current: &Config) -> Layer {
 }
 
 fn field_kind(key: &str) -> Option<Kind> {
-    FIELDS.iter().find(|(k, _)| *k == key).map(|&(_, kind)| kind)
+    FIELDS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|&(_, kind)| kind)
 }
 
 /// The JSON value of a field; Ok(None) if it is not a number; Err if the
@@ -221,7 +228,10 @@ fn not_a_number(kind: Kind, value: &FieldValue) -> String {
     };
     match value {
         FieldValue::Text(t) if t.trim().is_empty() => format!("Enter {what}."),
-        FieldValue::Text(t) => format!("“{}” is not {what}.", t.chars().take(40).collect::<String>()),
+        FieldValue::Text(t) => format!(
+            "“{}” is not {what}.",
+            t.chars().take(40).collect::<String>()
+        ),
         FieldValue::Flag(_) => format!("Enter {what}."),
     }
 }
@@ -333,8 +343,8 @@ mod tests {
             keys,
             [
                 "agent.max_events_per_batch",
-                "storage.max_storage_size_gb",
                 "storage.retention_days",
+                "storage.max_storage_size_gb",
                 "alerts.max_memory_mb",
             ]
         );
@@ -389,10 +399,7 @@ mod tests {
             Err(CommandError::Invalid(_))
         ));
         let mut form = to_form(&c).expect("form");
-        form.insert(
-            "collectors.network_monitor.enabled".into(),
-            text("yes"),
-        );
+        form.insert("collectors.network_monitor.enabled".into(), text("yes"));
         assert!(matches!(
             from_form(&c, &form),
             Err(CommandError::Invalid(_))

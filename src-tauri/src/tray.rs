@@ -92,7 +92,11 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
 
     let wake = Arc::new(Notify::new());
     app.manage(Wake(Arc::clone(&wake)));
-    let items = Items { tray, status, pause };
+    let items = Items {
+        tray,
+        status,
+        pause,
+    };
     tauri::async_runtime::spawn(update_loop(app.clone(), items, wake));
     Ok(())
 }
@@ -171,7 +175,12 @@ fn wanted(engine: &EngineView) -> Shown {
     }
 }
 
-fn apply(items: &Items, want: &Shown, was: Option<&Shown>, engine: &EngineView) -> tauri::Result<()> {
+fn apply(
+    items: &Items,
+    want: &Shown,
+    was: Option<&Shown>,
+    engine: &EngineView,
+) -> tauri::Result<()> {
     if was.map(|w| &w.status) != Some(&want.status) {
         items.status.set_text(&want.status)?;
         let tip = match &engine.message {
@@ -212,7 +221,10 @@ fn notify_new_alerts(
         }
         notified.push(a.kind);
         let v = view::alert_view(a);
-        let body = format!("{} (value {}, threshold {})", v.message, v.value, v.threshold);
+        let body = format!(
+            "{} (value {}, threshold {})",
+            v.message, v.value, v.threshold
+        );
         let shown = app
             .notification()
             .builder()

@@ -278,10 +278,7 @@ pub fn alert_view(a: &Alert) -> AlertView {
             format!("{:.0} MB/day", a.value),
             format!("{:.0} MB/day", a.threshold),
         ),
-        AlertKind::Compression => (
-            Unit::Ratio.format(a.value),
-            Unit::Ratio.format(a.threshold),
-        ),
+        AlertKind::Compression => (Unit::Ratio.format(a.value), Unit::Ratio.format(a.threshold)),
         AlertKind::StorageWrite => (format!("{:.0} events lost", a.value), "none".into()),
     };
     AlertView {
@@ -393,7 +390,9 @@ fn process_summary(v: &serde_json::Value) -> String {
 fn network_summary(v: &serde_json::Value) -> String {
     let end = |side: &str| {
         let ip = v.pointer(&format!("/{side}/ip")).and_then(|x| x.as_str())?;
-        let port = v.pointer(&format!("/{side}/port")).and_then(|x| x.as_u64())?;
+        let port = v
+            .pointer(&format!("/{side}/port"))
+            .and_then(|x| x.as_u64())?;
         Some(if ip.contains(':') {
             format!("[{ip}]:{port}")
         } else {

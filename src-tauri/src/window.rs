@@ -30,7 +30,12 @@ pub fn show(app: &AppHandle, view: View) {
             .unminimize()
             .and_then(|()| w.show())
             .and_then(|()| w.set_focus())
-            .and_then(|()| w.eval(format!("window.edrShowView && window.edrShowView('{}')", view.name())));
+            .and_then(|()| {
+                w.eval(format!(
+                    "window.edrShowView && window.edrShowView('{}')",
+                    view.name()
+                ))
+            });
         if let Err(e) = shown {
             tracing::warn!(error = %e, "cannot show the dashboard");
         }

@@ -17,6 +17,7 @@ use common::{
 };
 use edr_agent::config::Config;
 use edr_agent::event::Timestamp;
+use edr_agent::storage::{batch_stats, list_batches, started_from_name};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
@@ -35,7 +36,12 @@ impl Driver {
         let (port, native) = (free_port(), free_port());
         let log = std::fs::File::create(fx.log_path()).expect("log file");
         let child = Command::new("tauri-driver")
-            .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
             .env("EDR_APP_CONFIG", &fx.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -64,6 +70,25 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn config_text(fx: &Fixture) -> String {
+    std::fs::read_to_string(&fx.config).expect("config file")
+}
+
+/// Event counts of the batch files that started after `since`.
+fn batches_since(fx: &Fixture, since: Timestamp) -> Vec<u64> {
+    list_batches(&fx.data)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(started_from_name)
+                .is_some_and(|t| t >= since)
+        })
+        .map(|p| batch_stats(p).expect("batch readable").events)
+        .collect()
 }
 
 fn free_port() -> u16 {
@@ -186,7 +211,11 @@ async fn field_error(c: &Client, key: &str) -> String {
         "const f = document.querySelector('{}'); return f ? f.parentElement.querySelector('.error').textContent : '';",
         field(key).replace('\'', "\\'")
     );
-    js(c, &script).await.as_str().unwrap_or_default().to_string()
+    js(c, &script)
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn open_settings(c: &Client, key: &str, expect: &str) {
@@ -214,11 +243,14 @@ async fn apply(c: &Client) -> String {
 }
 
 async fn engine_state(c: &Client) -> String {
-    js(c, "return document.getElementById('status-pill').dataset.state")
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    js(
+        c,
+        "return document.getElementById('status-pill').dataset.state",
+    )
+    .await
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
 }
 
 #[test]
@@ -234,12 +266,25 @@ fn charts_appear_and_follow_the_engine() {
             (t.len() == 6 && t.iter().all(|s| !s.is_empty())).then_some(t)
         })
         .await;
-        for want in ["Memory", "CPU", "Event rate", "Compression", "per event", "Storage used"] {
-            assert!(titles.iter().any(|t| t.contains(want)), "{want} in {titles:?}");
+        for want in [
+            "Memory",
+            "CPU",
+            "Event rate",
+            "Compression",
+            "per event",
+            "Storage used",
+        ] {
+            assert!(
+                titles.iter().any(|t| t.contains(want)),
+                "{want} in {titles:?}"
+            );
         }
         let values = || async {
-            js(&c, "return [...document.querySelectorAll('#charts .value')].map(e => e.textContent)")
-                .await
+            js(
+                &c,
+                "return [...document.querySelectorAll('#charts .chart')].map(e => e.dataset.value)",
+            )
+            .await
         };
         let first = eventually("a memory value", SOON, || async {
             let v = values().await;
@@ -253,11 +298,11 @@ fn charts_appear_and_follow_the_engine() {
         })
         .await;
 
-        // Each tick replaces the SVG of a chart: one per plot, however many ticks.
+        // Each tick replaces the SVG of a chart: one per card, however many ticks.
         for _ in 0..3 {
             let plots = js(
                 &c,
-                "return [...document.querySelectorAll('#charts .plot')].map(p => p.childElementCount + ':' + p.querySelectorAll('svg').length)",
+                "return [...document.querySelectorAll('#charts .chart')].map(p => p.childElementCount + ':' + p.querySelectorAll('svg').length)",
             )
             .await;
             assert_eq!(plots, json!(["1:1", "1:1", "1:1", "1:1", "1:1", "1:1"]));
@@ -278,7 +323,13 @@ fn charts_appear_and_follow_the_engine() {
             "windowSecs": 61, "charts": true, "chartWidth": 400, "chartHeight": 200,
             "events": { "limit": 10, "kind": null, "text": "" } } });
         let e = invoke(&c, "dashboard", bad).await.expect_err("refused");
-        assert!(e["message"].as_str().unwrap_or_default().contains("window_secs"), "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("window_secs"),
+            "{e}"
+        );
     });
 }
 
@@ -292,11 +343,11 @@ fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
 
         let on_disk = Config::from_file(&fx.config).expect("config file loads");
         assert_eq!(on_disk.agent.max_events_per_batch, 7);
-        assert!(fx.config_text().contains("max_events_per_batch: 7"));
+        assert!(config_text(&fx).contains("max_events_per_batch: 7"));
 
         create_files(&fx.watch, "a", 40);
         let sizes = eventually("three batches since the change", START, || async {
-            let b = fx.batches_since(applied);
+            let b = batches_since(&fx, applied);
             (b.len() >= 3).then_some(b)
         })
         .await;
@@ -308,7 +359,7 @@ fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
 fn invalid_values_show_the_engines_message_and_change_nothing() {
     with_app(Fixture::new(5, 60_000), |c, fx| async move {
         open_settings(&c, "agent.max_events_per_batch", "5").await;
-        let before = fx.config_text();
+        let before = config_text(&fx);
         type_into(&c, "agent.max_events_per_batch", "0").await;
         type_into(&c, "agent.collection_interval_ms", "soon").await;
         let outcome = apply(&c).await;
@@ -324,19 +375,21 @@ fn invalid_values_show_the_engines_message_and_change_nothing() {
         assert_eq!(field_error(&c, "storage.retention_days").await, "");
         let refused_at = Timestamp::now();
 
-        assert_eq!(fx.config_text(), before, "the config file was written");
-        let running = invoke(&c, "get_settings", json!({})).await.expect("settings");
+        assert_eq!(config_text(&fx), before, "the config file was written");
+        let running = invoke(&c, "get_settings", json!({}))
+            .await
+            .expect("settings");
         assert_eq!(running["agent.max_events_per_batch"], json!("5"));
         assert_eq!(running["agent.collection_interval_ms"], json!("60000"));
 
         create_files(&fx.watch, "b", 30);
         let sizes = eventually("two batches since the refusal", START, || async {
-            let b = fx.batches_since(refused_at);
+            let b = batches_since(&fx, refused_at);
             (b.len() >= 2).then_some(b)
         })
         .await;
         assert!(sizes.iter().all(|&n| n == 5), "batch sizes {sizes:?}");
-        assert_eq!(fx.config_text(), before);
+        assert_eq!(config_text(&fx), before);
     });
 }
 
@@ -348,7 +401,10 @@ fn pause_stops_file_events_and_resume_restarts_them() {
         })
         .await;
         let _activity = FileActivity::start(&fx.watch);
-        eventually("file events", SOON, || async { (fx.file_events() > 0).then_some(()) }).await;
+        eventually("file events", SOON, || async {
+            (fx.file_events() > 0).then_some(())
+        })
+        .await;
 
         click(&c, "#pause-btn").await;
         eventually("the window to say paused", SOON, || async {
@@ -385,7 +441,7 @@ fn retention_and_presets_in_settings() {
         assert_eq!(apply(&c).await, "Applied and saved.");
         let on_disk = Config::from_file(&fx.config).expect("config file loads");
         assert_eq!(on_disk.storage.retention_days, 12);
-        assert!(fx.config_text().contains("retention_days: 12"));
+        assert!(config_text(&fx).contains("retention_days: 12"));
         eventually("the engine to keep 12 days", SOON, || async {
             fx.status()
                 .filter(|s| s.storage.retention_days == 12)
@@ -409,6 +465,6 @@ fn retention_and_presets_in_settings() {
             field_value(&c, "collectors.file_monitor.watch_paths").await,
             fx.watch.display().to_string()
         );
-        assert!(fx.config_text().contains("retention_days: 12"));
+        assert!(config_text(&fx).contains("retention_days: 12"));
     });
 }

@@ -53,7 +53,9 @@ impl App {
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
-        wait_for("the app to exit", SOON, || self.child.try_wait().ok().flatten())
+        wait_for("the app to exit", SOON, || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 
     fn running(&mut self) -> bool {
@@ -220,7 +222,13 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
     );
     assert_eq!(
         menu.labels()[1..],
-        ["Pause", "Open Dashboard", "Settings…", "Open Data Folder", "Quit"]
+        [
+            "Pause",
+            "Open Dashboard",
+            "Settings…",
+            "Open Data Folder",
+            "Quit"
+        ]
     );
     assert!(!menu.items()[0].enabled, "the status line is not clickable");
 
@@ -261,14 +269,18 @@ fn quit_commits_the_open_batch_and_exits_zero() {
     wait_for("five file events", SOON, || {
         (fx.file_events() >= 5).then_some(())
     });
-    assert_eq!(list_batches(&fx.data).expect("list"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        list_batches(&fx.data).expect("list"),
+        Vec::<std::path::PathBuf>::new()
+    );
 
     menu.click("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 
     let batches = list_batches(&fx.data).expect("list");
     assert_eq!(batches.len(), 1, "{batches:?}");
-    let text = std::io::read_to_string(open_batch_reader(&batches[0]).expect("open")).expect("read");
+    let text =
+        std::io::read_to_string(open_batch_reader(&batches[0]).expect("open")).expect("read");
     for i in 0..5 {
         let path = fx.watch.join(format!("quit{i}.txt"));
         assert!(
@@ -289,7 +301,11 @@ fn a_second_launch_opens_the_first_ones_dashboard_and_exits() {
     let mut first = App::launch(&fx, &["--minimized"], &[]);
     let menu = tray_of(&conn, &first);
     wait_status(&menu, "a running status", |s| s.starts_with("Running"));
-    assert_eq!(web_processes(first.pid()), 0, "started minimized: no window");
+    assert_eq!(
+        web_processes(first.pid()),
+        0,
+        "started minimized: no window"
+    );
 
     let mut second = App::launch(&fx, &[], &[]);
     assert_eq!(second.wait_exit().code(), Some(0));

@@ -9,8 +9,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use edr_agent::engine::{read_status, Snapshot};
-use edr_agent::event::Timestamp;
-use edr_agent::storage::{batch_stats, list_batches, started_from_name};
 
 pub const APP: &str = env!("CARGO_BIN_EXE_edr-agent-app");
 
@@ -61,10 +59,6 @@ impl Fixture {
         }
     }
 
-    pub fn config_text(&self) -> String {
-        std::fs::read_to_string(&self.config).expect("config file")
-    }
-
     /// The engine's status file (rewritten every second).
     pub fn status(&self) -> Option<Snapshot> {
         read_status(&self.data)
@@ -73,21 +67,6 @@ impl Fixture {
     /// File events the engine has produced so far.
     pub fn file_events(&self) -> u64 {
         self.status().map_or(0, |s| s.totals.produced[1])
-    }
-
-    /// Event counts of the batch files that started after `since`.
-    pub fn batches_since(&self, since: Timestamp) -> Vec<u64> {
-        list_batches(&self.data)
-            .unwrap_or_default()
-            .iter()
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(started_from_name)
-                    .is_some_and(|t| t >= since)
-            })
-            .map(|p| batch_stats(p).expect("batch readable").events)
-            .collect()
     }
 
     pub fn log_path(&self) -> PathBuf {
