@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# Builds and runs the agent with the embedded default configuration,
-# installing what is missing first. Extra arguments go to `edr-agent run`.
+# Builds (release) and runs the desktop app with the default config file
+# (created with every key commented on first start), installing what is
+# missing first. Arguments go to the app (`--minimized`: tray only).
+#
+#   scripts/run.sh --headless [ARGS]   the `edr-agent` CLI agent instead,
+#                                      with the embedded default config;
+#                                      ARGS go to `edr-agent run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --bin edr-agent
-exec target/release/edr-agent run "$@"
+
+if [ "${1:-}" = "--headless" ]; then
+  shift
+  cargo build --release --bin edr-agent
+  exec target/release/edr-agent run "$@"
+fi
+
+cargo build --release -p edr-agent-app
+if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+  echo "run: no display (DISPLAY and WAYLAND_DISPLAY are unset): the desktop app needs one." >&2
+  echo "run: use 'scripts/run.sh --headless' for the agent alone." >&2
+  exit 2
+fi
+exec target/release/edr-agent-app "$@"

@@ -9,4 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+# The app's tests need a display and a session bus of their own: a private
+# X server and D-Bus session, so they neither see nor disturb a desktop.
+env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY NO_AT_BRIDGE=1 \
+  dbus-run-session -- xvfb-run -a cargo test --workspace

@@ -318,6 +318,29 @@ fn charts_appear_and_follow_the_engine() {
         assert!(status.starts_with("Running ·"), "{status}");
         assert_eq!(js(&c, "return window.edrCspViolations").await, json!([]));
 
+        // The CSP is enforced: an injected inline script does not run.
+        js(
+            &c,
+            "const s = document.createElement('script'); s.textContent = 'window.edrInlineRan = true'; document.head.append(s);",
+        )
+        .await;
+        let blocked = eventually("the CSP to report the inline script", SOON, || async {
+            let v = js(&c, "return window.edrCspViolations").await;
+            v.as_array().filter(|a| !a.is_empty()).cloned()
+        })
+        .await;
+        assert!(
+            blocked[0]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("script-src"),
+            "{blocked:?}"
+        );
+        assert_eq!(
+            js(&c, "return window.edrInlineRan === undefined").await,
+            json!(true)
+        );
+
         // Commands check their input.
         let bad = json!({ "request": {
             "windowSecs": 61, "charts": true, "chartWidth": 400, "chartHeight": 200,
