@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_file_events_stay, create_files, one_app_at_a_time, wait_for, FileActivity, Fixture, APP,
+    assert_file_events_stay, create_files, descendants_named, one_app_at_a_time, wait_for,
+    FileActivity, Fixture, APP,
 };
 use edr_agent::config::Config;
 use edr_agent::event::Timestamp;
@@ -91,6 +92,28 @@ fn batches_since(fx: &Fixture, since: Timestamp) -> Vec<u64> {
         .collect()
 }
 
+/// Deleting the session ends the app, but WebKitWebDriver may still be
+/// doing so when tauri-driver stops: an app left running would hold the
+/// single-instance name and turn the next test's app away.
+fn end_app(pid: u32) {
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !gone() {
+        eprintln!("the app outlived its session: killing it");
+        // SAFETY: a plain signal to a process this test started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -113,15 +136,23 @@ where
         let driver = Driver::start(&fx);
         let mut caps = serde_json::Map::new();
         caps.insert("tauri:options".into(), json!({ "application": APP }));
-        let client = ClientBuilder::native()
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", driver.port))
+        let mut builder = ClientBuilder::native();
+        builder.capabilities(caps);
+        let url = format!("http://127.0.0.1:{}", driver.port);
+        let client = tokio::time::timeout(START, builder.connect(&url))
             .await
+            .expect("the app to start in time")
             .expect("WebDriver session");
+        let app = wait_for("the app process", START, || {
+            descendants_named(driver.child.id(), "edr-agent-app")
+                .first()
+                .copied()
+        });
         let outcome = tokio::spawn(scenario(client.clone(), Arc::clone(&fx))).await;
         if let Err(e) = client.close().await {
             eprintln!("closing the session: {e}");
         }
+        end_app(app);
         drop(driver);
         outcome
     });

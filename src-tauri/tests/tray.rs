@@ -10,7 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_file_events_stay, create_files, one_app_at_a_time, wait_for, FileActivity, Fixture, APP,
+    assert_file_events_stay, create_files, descendants_named, one_app_at_a_time, wait_for,
+    FileActivity, Fixture, APP,
 };
 use edr_agent::storage::{list_batches, open_batch_reader};
 use zbus::blocking::fdo::DBusProxy;
@@ -138,17 +139,24 @@ impl TrayMenu {
             "com.canonical.dbusmenu",
         )
         .ok()?;
-        Some(TrayMenu { proxy })
+        let menu = TrayMenu { proxy };
+        // The item is exported a moment before its menu is filled in.
+        menu.try_items().filter(|i| !i.is_empty())?;
+        Some(menu)
     }
 
     /// The top-level items, separators left out.
     fn items(&self) -> Vec<Item> {
+        self.try_items().expect("GetLayout")
+    }
+
+    fn try_items(&self) -> Option<Vec<Item>> {
         type Node = (i32, HashMap<String, OwnedValue>, Vec<OwnedValue>);
         let (_rev, (_root, _props, children)): (u32, Node) = self
             .proxy
             .call("GetLayout", &(0i32, -1i32, Vec::<&str>::new()))
-            .expect("GetLayout");
-        children
+            .ok()?;
+        let items = children
             .into_iter()
             .filter_map(|child| {
                 let (id, props, _): Node = child.try_into().ok()?;
@@ -170,7 +178,8 @@ impl TrayMenu {
                     enabled,
                 })
             })
-            .collect()
+            .collect();
+        Some(items)
     }
 
     fn labels(&self) -> Vec<String> {
@@ -345,31 +354,5 @@ fn the_tray_says_when_the_engine_is_not_running() {
 
 /// WebKit web processes under `pid`: one exists while a window is open.
 fn web_processes(pid: u32) -> usize {
-    let mut count = 0;
-    let mut queue = vec![pid];
-    while let Some(p) = queue.pop() {
-        for child in children(p) {
-            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
-            if comm.trim() == "WebKitWebProces" {
-                count += 1;
-            }
-            queue.push(child);
-        }
-    }
-    count
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|c| c.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
+    descendants_named(pid, "WebKitWebProces").len()
 }

@@ -140,3 +140,34 @@ pub fn assert_file_events_stay(fx: &Fixture, window: Duration) {
     std::thread::sleep(window);
     assert_eq!(fx.file_events(), before, "file events grew while paused");
 }
+
+/// Processes under `pid` (at any depth) whose name is `comm`.
+pub fn descendants_named(pid: u32, comm: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        for child in children(p) {
+            let name = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if name.trim() == comm {
+                found.push(child);
+            }
+            queue.push(child);
+        }
+    }
+    found
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
