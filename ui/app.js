@@ -202,7 +202,7 @@ function renderEvents(rows, held) {
     type.append(el('span', `badge ${r.kind}`, r.kind));
     const details = el('td', 'details', r.summary);
     details.title = r.summary;
-    tr.append(time, type, el('td', null, r.action), details);
+    tr.append(time, type, el('td', 'action', r.action), details);
     return tr;
   }));
   $('events-empty').classList.toggle('hidden', rows.length > 0);

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 
 fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
     #[cfg(target_os = "macos")]
-    app.set_activation_policy(tauri::ActivationPolicy::Accessory);
+    app.set_activation_policy(tauri::ActivationPolicy::Accessory)?;
     // Inside the runtime: the engine spawns its tasks on it.
     let state = tauri::async_runtime::block_on(async { AppState::start() });
     app.manage(state);

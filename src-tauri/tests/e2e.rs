@@ -522,3 +522,34 @@ fn retention_and_presets_in_settings() {
         assert!(config_text(&fx).contains("retention_days: 12"));
     });
 }
+
+#[test]
+fn a_config_the_engine_refuses_is_shown_in_the_window() {
+    let fx = Fixture::with(|data, _| {
+        format!("agent:\n  max_events_per_batch: 0\nstorage:\n  local_storage:\n    data_dir: \"{data}\"\n")
+    });
+    with_app(fx, |c, fx| async move {
+        eventually("the failure banner", START, || async {
+            let b = text(&c, "#engine-banner").await;
+            (!b.is_empty()).then_some(b)
+        })
+        .await;
+        let banner = text(&c, "#engine-banner").await;
+        assert!(banner.contains("The engine did not start"), "{banner}");
+        assert!(banner.contains("agent.max_events_per_batch"), "{banner}");
+        assert!(
+            banner.contains(&fx.config.display().to_string()),
+            "{banner}"
+        );
+        assert_eq!(engine_state(&c).await, "failed");
+        assert_eq!(
+            js(&c, "return document.getElementById('pause-btn').disabled").await,
+            json!(true)
+        );
+        click(&c, "#tab-settings").await;
+        let e = invoke(&c, "get_settings", json!({}))
+            .await
+            .expect_err("no engine");
+        assert_eq!(e["message"], json!("Engine failed to start"));
+    });
+}
