@@ -131,6 +131,7 @@ where
 {
     let _turn = one_app_at_a_time();
     let fx = Arc::new(fx);
+    let _log = LogOnPanic(fx.log_path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let outcome = rt.block_on(async {
         let driver = Driver::start(&fx);
@@ -157,13 +158,21 @@ where
         outcome
     });
     if let Err(e) = outcome {
-        eprintln!(
-            "--- app log ---\n{}",
-            std::fs::read_to_string(fx.log_path()).unwrap_or_default()
-        );
         match e.try_into_panic() {
             Ok(p) => std::panic::resume_unwind(p),
             Err(e) => panic!("scenario: {e}"),
+        }
+    }
+}
+
+/// Prints the app's (and tauri-driver's) log if the test fails.
+struct LogOnPanic(std::path::PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("--- app log ---\n{log}");
         }
     }
 }
