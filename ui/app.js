@@ -97,6 +97,7 @@ function setStatus(engine) {
   ui.engine = engine;
   const pill = $('status-pill');
   pill.dataset.state = engine.state;
+  pill.dataset.alert = String(Boolean(engine.alerting));
   $('status-text').textContent = engine.status;
   const pause = $('pause-btn');
   const live = engine.state === 'running' || engine.state === 'paused';

@@ -23,6 +23,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 const START: Duration = Duration::from_secs(30);
+/// A debug build of the app, started by WebKitWebDriver on a loaded
+/// two-core machine, may take a while to open its session.
+const SESSION: Duration = Duration::from_secs(90);
 const SOON: Duration = Duration::from_secs(15);
 
 /// tauri-driver on free ports, stopped with SIGTERM (SIGKILL would orphan
@@ -140,7 +143,7 @@ where
         let mut builder = ClientBuilder::native();
         builder.capabilities(caps);
         let url = format!("http://127.0.0.1:{}", driver.port);
-        let client = tokio::time::timeout(START, builder.connect(&url))
+        let client = tokio::time::timeout(SESSION, builder.connect(&url))
             .await
             .expect("the app to start in time")
             .expect("WebDriver session");
@@ -560,5 +563,42 @@ fn a_config_the_engine_refuses_is_shown_in_the_window() {
             .await
             .expect_err("no engine");
         assert_eq!(e["message"], json!("Engine failed to start"));
+    });
+}
+
+#[test]
+fn an_alert_shows_in_the_banner_with_value_and_threshold() {
+    // Any app is above 1 MB: the memory alert is raised at the first sample
+    // (and notified, which under Xvfb has no daemon to go to).
+    let fx = Fixture::with(|data, watch| {
+        format!(
+            "collectors:\n  file_monitor:\n    watch_paths: [\"{watch}\"]\n\
+             storage:\n  local_storage:\n    data_dir: \"{data}\"\n\
+             alerts:\n  max_memory_mb: 1\n"
+        )
+    });
+    with_app(fx, |c, _fx| async move {
+        let alert = eventually("the memory alert", START, || async {
+            let v = js(
+                &c,
+                "const li = document.querySelector('#alerts-list li[data-kind=\"memory\"]');
+                 return li && !document.getElementById('alerts-banner').classList.contains('hidden') ? li.textContent : null",
+            )
+            .await;
+            v.as_str().map(String::from)
+        })
+        .await;
+        assert!(alert.contains("agent memory"), "{alert}");
+        assert!(alert.contains("threshold 1 MB"), "{alert}");
+        assert!(alert.contains("value "), "{alert}");
+        // Still there a few ticks later: the failed notification changed nothing.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(engine_state(&c).await, "running");
+        let n = js(
+            &c,
+            "return document.querySelectorAll('#alerts-list li').length",
+        )
+        .await;
+        assert_eq!(n, json!(1));
     });
 }
