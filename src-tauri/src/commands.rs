@@ -1,6 +1,8 @@
 //! The commands the window may call (and nothing else: see
 //! `capabilities/main.json`). Each checks its input, then translates
-//! between the engine and the view types.
+//! between the engine and the view types. All are `async` so they run on
+//! the runtime's threads, never on the UI thread (drawing charts, saving
+//! the config file).
 
 use edr_agent::config;
 use tauri::{AppHandle, State};
@@ -19,7 +21,7 @@ fn engine(state: &AppState) -> Result<&edr_agent::engine::EngineHandle, CommandE
 
 /// Everything the dashboard shows, polled about once a second.
 #[tauri::command]
-pub fn dashboard(
+pub async fn dashboard(
     state: State<'_, AppState>,
     request: DashboardRequest,
 ) -> Result<DashboardView, CommandError> {
@@ -29,14 +31,17 @@ pub fn dashboard(
 
 /// The settings form filled from the running config.
 #[tauri::command]
-pub fn get_settings(state: State<'_, AppState>) -> Result<Form, CommandError> {
+pub async fn get_settings(state: State<'_, AppState>) -> Result<Form, CommandError> {
     settings::to_form(&engine(&state)?.config())
 }
 
 /// The settings form with a preset merged over the running config; nothing
 /// is applied.
 #[tauri::command]
-pub fn preset_settings(state: State<'_, AppState>, name: String) -> Result<Form, CommandError> {
+pub async fn preset_settings(
+    state: State<'_, AppState>,
+    name: String,
+) -> Result<Form, CommandError> {
     if !config::preset_names().contains(&name.as_str()) {
         return Err(CommandError::invalid(format!(
             "unknown preset; expected one of {}",
@@ -49,7 +54,7 @@ pub fn preset_settings(state: State<'_, AppState>, name: String) -> Result<Form,
 /// Applies the form live, then saves it to the config file. A refused
 /// value applies and writes nothing.
 #[tauri::command]
-pub fn apply_settings(
+pub async fn apply_settings(
     app: AppHandle,
     state: State<'_, AppState>,
     form: Form,
@@ -71,7 +76,7 @@ pub fn apply_settings(
 
 /// Pauses or resumes collection; returns the engine's state.
 #[tauri::command]
-pub fn set_paused(
+pub async fn set_paused(
     app: AppHandle,
     state: State<'_, AppState>,
     paused: bool,
@@ -88,6 +93,6 @@ pub fn set_paused(
 
 /// Shows the data folder in the file manager.
 #[tauri::command]
-pub fn open_data_folder(state: State<'_, AppState>) -> Result<(), CommandError> {
+pub async fn open_data_folder(state: State<'_, AppState>) -> Result<(), CommandError> {
     window::open_folder(engine(&state)?.data_dir()).map_err(|e| CommandError::Failed(e.to_string()))
 }
