@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_file_events_stay, create_files, descendants_named, one_app_at_a_time, wait_for,
-    FileActivity, Fixture, APP,
+    assert_file_events_stay, create_files, descendants_named, no_app_on_the_bus, one_app_at_a_time,
+    wait_for, FileActivity, Fixture, APP,
 };
 use edr_agent::storage::{list_batches, open_batch_reader};
 use zbus::blocking::fdo::DBusProxy;
@@ -343,6 +343,7 @@ fn the_tray_says_when_the_engine_is_not_running() {
     menu.click("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 
+    no_app_on_the_bus();
     let off = Fixture::new(1000, 5000);
     let mut app = App::launch(&off, &["--minimized"], &[("EDR_APP_ENGINE", "off")]);
     let menu = tray_of(&conn, &app);

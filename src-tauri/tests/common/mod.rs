@@ -12,11 +12,31 @@ use edr_agent::engine::{read_status, Snapshot};
 
 pub const APP: &str = env!("CARGO_BIN_EXE_edr-agent-app");
 
+/// The name an app holds on the session bus to stay single-instance (the
+/// identifier in tauri.conf.json, then `.SingleInstance`).
+const INSTANCE_NAME: &str = "org.edr-agent.app.SingleInstance";
+
 /// The app is single-instance per session bus: tests in one binary take
 /// turns.
 pub fn one_app_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let turn = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    no_app_on_the_bus();
+    turn
+}
+
+/// Waits until the last app has let go of its bus name: the bus notices a
+/// dead process a moment after it is gone, and an app started meanwhile
+/// would find the name taken and give up.
+pub fn no_app_on_the_bus() {
+    let conn = zbus::blocking::Connection::session().expect("a session bus (dbus-run-session)");
+    let dbus = zbus::blocking::fdo::DBusProxy::new(&conn).expect("bus proxy");
+    let name = zbus::names::BusName::try_from(INSTANCE_NAME).expect("bus name");
+    wait_for(
+        "the last app to leave the bus",
+        Duration::from_secs(15),
+        || (!dbus.name_has_owner(name.clone()).unwrap_or(false)).then_some(()),
+    );
 }
 
 pub struct Fixture {
