@@ -411,6 +411,7 @@ fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
         assert_eq!(on_disk.agent.max_events_per_batch, 7);
         assert!(config_text(&fx).contains("max_events_per_batch: 7"));
 
+        eventually("the watch", SOON, || async { fx.watching().then_some(()) }).await;
         create_files(&fx.watch, "a", 40);
         let sizes = eventually("three batches since the change", START, || async {
             let b = batches_since(&fx, applied);
@@ -448,6 +449,7 @@ fn invalid_values_show_the_engines_message_and_change_nothing() {
         assert_eq!(running["agent.max_events_per_batch"], json!("5"));
         assert_eq!(running["agent.collection_interval_ms"], json!("60000"));
 
+        eventually("the watch", SOON, || async { fx.watching().then_some(()) }).await;
         create_files(&fx.watch, "b", 30);
         let sizes = eventually("two batches since the refusal", START, || async {
             let b = batches_since(&fx, refused_at);

@@ -274,6 +274,7 @@ fn quit_commits_the_open_batch_and_exits_zero() {
     let mut app = App::launch(&fx, &["--minimized"], &[]);
     let menu = tray_of(&conn, &app);
     wait_status(&menu, "a running status", |s| s.starts_with("Running"));
+    wait_for("the watch", SOON, || fx.watching().then_some(()));
     create_files(&fx.watch, "quit", 5);
     wait_for("five file events", SOON, || {
         (fx.file_events() >= 5).then_some(())

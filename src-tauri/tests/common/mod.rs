@@ -84,6 +84,14 @@ impl Fixture {
         read_status(&self.data)
     }
 
+    /// Whether the file collector watches the fixture's folder yet (files
+    /// created before that are not seen).
+    pub fn watching(&self) -> bool {
+        let want = self.watch.display().to_string();
+        self.status()
+            .is_some_and(|s| s.coverage.watched_paths.contains(&want))
+    }
+
     /// File events the engine has produced so far.
     pub fn file_events(&self) -> u64 {
         self.status().map_or(0, |s| s.totals.produced[1])
