@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_file_events_stay, create_files, descendants_named, one_app_at_a_time, wait_for,
-    FileActivity, Fixture, APP,
+    assert_file_events_stay, descendants_named, one_app_at_a_time, wait_for, FileActivity, Fixture,
+    APP,
 };
 use edr_agent::config::Config;
 use edr_agent::event::Timestamp;
@@ -114,6 +114,13 @@ fn end_app(pid: u32) {
         eprintln!("the app outlived its session: killing it");
         // SAFETY: a plain signal to a process this test started.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// Creates `n` files in `dir` at once.
+fn create_files(dir: &std::path::Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        std::fs::write(dir.join(format!("{prefix}{i}.txt")), b"x").expect("write");
     }
 }
 

@@ -136,13 +136,6 @@ impl Drop for FileActivity {
     }
 }
 
-/// Creates `n` files in `dir` at once.
-pub fn create_files(dir: &Path, prefix: &str, n: usize) {
-    for i in 0..n {
-        std::fs::write(dir.join(format!("{prefix}{i}.txt")), b"x").expect("write");
-    }
-}
-
 /// Polls `f` every 100 ms until it returns Some, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
