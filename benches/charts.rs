@@ -1,21 +1,22 @@
 //! Rendering cost of the dashboard: six charts of an hour of 1 Hz samples,
 //! as the desktop app draws them (one SVG each at 560x180) and as
-//! `edr-agent report` writes them (one PNG page).
+//! `edr-agent report` writes them (one PNG page); and of a day of samples,
+//! which decimation should make barely dearer than an hour.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use edr_agent::charts::{dashboard_from_samples, render_png, render_svg};
+use edr_agent::charts::{dashboard_from_samples, render_png, render_svg, Chart};
 use edr_agent::config::AlertsConfig;
 use edr_agent::event::Timestamp;
 use edr_agent::metrics::MetricsSample;
 
-/// An hour of plausible samples: slowly growing memory, noisy CPU and
+/// `n` seconds of plausible samples: slowly growing memory, noisy CPU and
 /// event rates, a batch every 10 s.
-fn hour_of_samples() -> Vec<MetricsSample> {
+fn samples(n: u64) -> Vec<MetricsSample> {
     let t0 = 1_795_600_950_000u64;
     let mut stored = 0u64;
-    (0..3600u64)
+    (0..n)
         .map(|i| {
             let wobble = ((i * 7919) % 101) as f32 / 100.0;
             if i % 10 == 9 {
@@ -38,15 +39,22 @@ fn hour_of_samples() -> Vec<MetricsSample> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
-    let charts = dashboard_from_samples(&hour_of_samples(), 10 << 30, &AlertsConfig::default());
-    c.bench_function("dashboard_svg_6x560x180", |b| {
+fn dashboard_svg(c: &mut Criterion, name: &str, charts: &[Chart]) {
+    c.bench_function(name, |b| {
         b.iter(|| {
-            for chart in &charts {
+            for chart in charts {
                 black_box(render_svg(chart, 560, 180).expect("svg"));
             }
         })
     });
+}
+
+fn bench(c: &mut Criterion) {
+    let alerts = AlertsConfig::default();
+    let charts = dashboard_from_samples(&samples(3600), 10 << 30, &alerts);
+    dashboard_svg(c, "dashboard_svg_1h", &charts);
+    let day = dashboard_from_samples(&samples(86_400), 10 << 30, &alerts);
+    dashboard_svg(c, "dashboard_svg_24h", &day);
     c.bench_function("report_png_800", |b| {
         b.iter(|| black_box(render_png(&charts, 800, 257).expect("png")))
     });

@@ -1,11 +1,12 @@
 //! Charts of the agent's own metrics: SVG for the desktop dashboard, SVG or
 //! PNG pages for `edr-agent report`.
 //!
-//! Points are reduced to the plot's pixel columns (the min and max of each)
-//! before drawing, so a week of 1 Hz history costs about as much to draw as
-//! an hour of it. PNG text uses an embedded ASCII subset of DejaVu Sans, so
-//! no system font library is needed; SVG text names `sans-serif` and lets
-//! the viewer draw it.
+//! Points are reduced to at most four per pixel column of the plot (first,
+//! last, min, max) before drawing, so what is drawn does not grow with the
+//! period shown: a longer period only costs one more pass over its points.
+//! PNG text uses an embedded ASCII subset of DejaVu Sans, so no system font
+//! library is needed; SVG text names `sans-serif` and lets the viewer draw
+//! it.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -131,7 +132,7 @@ const MUTED: RGBColor = RGBColor(0x77, 0x77, 0x77);
 const GRID: RGBColor = RGBColor(0xEB, 0xEB, 0xEB);
 const AXIS: RGBColor = RGBColor(0xBB, 0xBB, 0xBB);
 const LIMIT: RGBColor = RGBColor(0xD6, 0x3A, 0x3A);
-/// Tableau 10: distinct, and readable by most color-blind people.
+/// The first colors of Tableau 10: distinct from each other on white.
 const PALETTE: [RGBColor; 4] = [
     RGBColor(0x4E, 0x79, 0xA7),
     RGBColor(0xF2, 0x8E, 0x2B),
@@ -250,9 +251,9 @@ fn storage_efficiency(rows: &[HistoryRow]) -> (Points, Points) {
     let mut prev = first;
     for r in &rows[1..] {
         let restarted = r.ts.as_millis().saturating_sub(prev.ts.as_millis()) > RUN_GAP_MS
-            || r.raw_bytes < anchor.raw_bytes
-            || r.stored_bytes < anchor.stored_bytes
-            || r.stored_events < anchor.stored_events;
+            || r.raw_bytes < prev.raw_bytes
+            || r.stored_bytes < prev.stored_bytes
+            || r.stored_events < prev.stored_events;
         prev = r;
         if restarted {
             anchor = r;
@@ -291,12 +292,21 @@ impl Columns {
             name: name.to_string(),
             points,
         };
+        // The total first, so the title says how busy the agent is.
         let [process, file, network] = self.eps;
-        let eps = EventType::ALL
-            .into_iter()
-            .zip([process, file, network])
-            .map(|(t, p)| series(t.as_str(), p))
+        let total = process
+            .iter()
+            .zip(&file)
+            .zip(&network)
+            .map(|((p, f), n)| (p.0, p.1 + f.1 + n.1))
             .collect();
+        let mut eps = vec![series("total", total)];
+        eps.extend(
+            EventType::ALL
+                .into_iter()
+                .zip([process, file, network])
+                .map(|(t, p)| series(t.as_str(), p)),
+        );
         vec![
             Chart {
                 title: "Memory".into(),
@@ -1024,13 +1034,13 @@ fn gap_ms(s: &Series, span: Span, columns: u32) -> u64 {
     MIN_GAP_MS.max(column * 3).max(typical * 4)
 }
 
-/// Reduces time-ordered points to at most two per pixel column, the
-/// smallest and the largest in time order, so the line looks the same as
-/// with every point. Lines are split where points are more than `gap_ms`
+/// Reduces time-ordered points to at most four per pixel column (first,
+/// smallest, largest, last), so the line looks the same as with every
+/// point. Lines are split where points are more than `gap_ms`
 /// apart. Points outside the span or not finite are skipped.
 fn decimate(points: &[(u64, f64)], span: Span, columns: u32, gap_ms: u64) -> Vec<Vec<(f64, f64)>> {
-    let columns = u128::from(columns.max(1));
-    let len = u128::from((span.to - span.from).max(1));
+    // Float math: a u128 division per point would dominate the cost.
+    let per_ms = f64::from(columns.max(1)) / (span.to - span.from + 1) as f64;
     let mut segments = Vec::new();
     let mut seg = Vec::new();
     let mut bucket: Option<Column> = None;
@@ -1046,7 +1056,7 @@ fn decimate(points: &[(u64, f64)], span: Span, columns: u32, gap_ms: u64) -> Vec
             segments.push(std::mem::take(&mut seg));
         }
         prev_t = Some(t);
-        let index = (u128::from(t - span.from) * columns / len) as u64;
+        let index = ((t - span.from) as f64 * per_ms) as u64;
         match &mut bucket {
             Some(b) if b.index == index => b.add(t, v),
             _ => {
@@ -1064,19 +1074,24 @@ fn decimate(points: &[(u64, f64)], span: Span, columns: u32, gap_ms: u64) -> Vec
     segments
 }
 
-/// The lowest and highest point of one pixel column.
+/// The first, lowest, highest and last point of one pixel column: drawn
+/// in time order they give the same pixels as every point would (M4).
 struct Column {
     index: u64,
+    first: (u64, f64),
     lo: (u64, f64),
     hi: (u64, f64),
+    last: (u64, f64),
 }
 
 impl Column {
     fn new(index: u64, t: u64, v: f64) -> Column {
         Column {
             index,
+            first: (t, v),
             lo: (t, v),
             hi: (t, v),
+            last: (t, v),
         }
     }
 
@@ -1087,18 +1102,17 @@ impl Column {
         if v > self.hi.1 {
             self.hi = (t, v);
         }
+        self.last = (t, v);
     }
 
-    /// Appends the extremes in time order (one point if they are the same).
+    /// Appends the column's points in time order, each once.
     fn push_to(self, seg: &mut Vec<(f64, f64)>) {
-        let (a, b) = if self.lo.0 <= self.hi.0 {
-            (self.lo, self.hi)
-        } else {
-            (self.hi, self.lo)
-        };
-        seg.push((a.0 as f64, a.1));
-        if a != b {
-            seg.push((b.0 as f64, b.1));
+        let mut pts = [self.first, self.lo, self.hi, self.last];
+        pts.sort_by_key(|p| p.0);
+        for (i, p) in pts.iter().enumerate() {
+            if i == 0 || p.0 != pts[i - 1].0 {
+                seg.push((p.0 as f64, p.1));
+            }
         }
     }
 }
@@ -1112,7 +1126,7 @@ mod tests {
     }
 
     #[test]
-    fn decimation_keeps_extremes_within_two_points_per_column() {
+    fn decimation_keeps_extremes_within_four_points_per_column() {
         // An hour at 1 Hz with one spike and one dip.
         let mut points: Vec<(u64, f64)> = (0..3600).map(|i| (i * 1000, 10.0)).collect();
         points[1234].1 = 99.0;
@@ -1120,7 +1134,7 @@ mod tests {
         let segs = decimate(&points, span(0, 3_599_000), 100, 10_000);
         assert_eq!(segs.len(), 1);
         let seg = &segs[0];
-        assert!(seg.len() <= 200, "{} points", seg.len());
+        assert!(seg.len() <= 400, "{} points", seg.len());
         assert!(seg.iter().any(|p| p.1 == 99.0));
         assert!(seg.iter().any(|p| p.1 == -5.0));
         assert!(seg.windows(2).all(|w| w[0].0 < w[1].0), "time order kept");
@@ -1210,7 +1224,8 @@ mod tests {
             charts[0].limit,
             Some(("alert".into(), 200.0 * 1024.0 * 1024.0))
         );
-        assert_eq!(charts[2].series.len(), 3);
+        assert_eq!(charts[2].series.len(), 4);
+        assert_eq!(charts[2].current(), Some(6.0), "total events/s first");
         // Nothing was stored: no compression points, rather than zeros.
         assert_eq!(charts[3].current(), None);
         assert_eq!(charts[5].limit, Some(("cap".into(), (1u64 << 30) as f64)));
