@@ -638,7 +638,8 @@ async fn sample_loop(
 fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
     let storage_error = shared.batcher.storage_error();
     let mut m = lock(&shared.metrics);
-    let sample = m.sampler.sample(&shared.counters);
+    let capture = lock(&shared.coverage).process_capture;
+    let sample = m.sampler.sample(&shared.counters, capture);
     let inputs = AlertInputs {
         recent_cpu: m.sampler.recent_cpu(),
         window_secs: m.sampler.window_secs(),

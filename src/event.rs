@@ -446,8 +446,9 @@ pub struct EdrExt {
     /// How the process was observed: `scan` or `event`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
-    /// `partial` when the process was gone before its executable and
-    /// arguments could be read: the event holds what the source reported.
+    /// `partial` when the executable or arguments could not be read (the
+    /// process exited first, or the agent may not read it): the event holds
+    /// what the source itself reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<&'static str>,
 }

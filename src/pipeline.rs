@@ -84,8 +84,8 @@ pub struct Counters {
     /// counts once, however many events it dropped) and events refused
     /// because the collector fell too far behind.
     pub process_events_lost: AtomicU64,
-    /// Processes reported without executable or arguments because they
-    /// were gone before they could be read.
+    /// Processes reported without executable or arguments: gone before
+    /// they could be read, or not readable by the agent.
     pub process_partial: AtomicU64,
     /// Processes the reconciling scan found that the event source had not
     /// reported.

@@ -27,8 +27,9 @@ pub(crate) struct LiveProcess {
     pub executable: Option<Box<str>>,
     /// Already redacted.
     pub args: Box<[String]>,
-    /// The process was gone before its executable or arguments could be
-    /// read: its events carry only what the source itself reported.
+    /// The executable or arguments could not be read (the process exited
+    /// first, or the agent may not read it): its events carry only what
+    /// the source itself reported.
     pub partial: bool,
     /// A start (or inventory) event was sent. False while a new fork waits
     /// to see whether an exec follows.

@@ -67,8 +67,8 @@ pub async fn run(cfg: ProcessMonitorConfig, ctx: CollectorContext) {
                 .await
                 .unwrap_or_else(|e| Err(format!("starting the event source panicked: {e}")));
             match opened {
-                Ok((source, name)) => {
-                    record_events(&ctx, &cfg, name);
+                Ok((source, about)) => {
+                    record_events(&ctx, &cfg, &about);
                     Some(source)
                 }
                 Err(reason) if cfg.source == ProcessSource::Event => {
@@ -101,10 +101,25 @@ pub async fn run(cfg: ProcessMonitorConfig, ctx: CollectorContext) {
     }
 }
 
+/// What coverage says about a running event source.
+struct SourceInfo {
+    name: &'static str,
+    /// What the source cannot do here.
+    caveat: Option<&'static str>,
+}
+
 /// Opens the platform's event source and starts its reading thread.
 #[cfg(target_os = "linux")]
-fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, &'static str), String> {
+fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, SourceInfo), String> {
     let conn = netlink::Connector::open().map_err(|e| e.to_string())?;
+    // Since Linux 6.6 anyone may subscribe; reading other users'
+    // processes still takes root, and so does the reader's priority.
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let caveat = (!root).then_some(
+        "without root the programs of other users' processes cannot be read (reported partial), \
+         and on a busy machine short processes may be read too late",
+    );
     let (tx, rx) = source::source_queue(std::sync::Arc::clone(&ctx.counters));
     let cancel = ctx.cancel.clone();
     let reader = std::thread::Builder::new()
@@ -116,31 +131,46 @@ fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, &'stat
         reader,
         reread: Some(procfs::reread),
     };
-    Ok((source, "netlink proc connector"))
+    let info = SourceInfo {
+        name: "netlink proc connector",
+        caveat,
+    };
+    Ok((source, info))
 }
 
 #[cfg(target_os = "macos")]
-fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, &'static str), String> {
+fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, SourceInfo), String> {
     let counters = std::sync::Arc::clone(&ctx.counters);
     let source = eslogger::start(environ, counters, ctx.cancel.clone())?;
-    Ok((source, "eslogger (Endpoint Security)"))
+    let info = SourceInfo {
+        name: "eslogger (Endpoint Security)",
+        caveat: None,
+    };
+    Ok((source, info))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-fn start_source(_: bool, _: &CollectorContext) -> Result<(Source, &'static str), String> {
+fn start_source(_: bool, _: &CollectorContext) -> Result<(Source, SourceInfo), String> {
     Err("no process event source on this platform".into())
 }
 
-fn record_events(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, name: &str) {
-    tracing::info!("process events from the {name}");
-    let mut cov = coverage(ctx);
-    cov.process_source = Some(name.to_string());
-    cov.process_capture = Some(ProcessCapture::Event);
-    cov.process_note = Some(format!(
+fn record_events(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, about: &SourceInfo) {
+    let mut note = format!(
         "every exec, fork and exit as it happens, short-lived processes included; \
          a scan every {} ms takes the inventory and catches what events lose",
         cfg.scan_interval_ms
-    ));
+    );
+    match about.caveat {
+        Some(caveat) => {
+            tracing::warn!("process events from the {}, but {caveat}", about.name);
+            note = format!("{note}; {caveat}");
+        }
+        None => tracing::info!("process events from the {}", about.name),
+    }
+    let mut cov = coverage(ctx);
+    cov.process_source = Some(about.name.to_string());
+    cov.process_capture = Some(ProcessCapture::Event);
+    cov.process_note = Some(note);
 }
 
 /// Polling, by choice or because events are unavailable (`why`).

@@ -19,8 +19,15 @@ const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// Source events applied between checks of the timers, so a flood does
 /// not hold back due forks and scans.
 const BATCH: usize = 256;
-/// How long a stopping collector keeps applying queued source events.
-const DRAIN_FOR: Duration = Duration::from_millis(50);
+/// How long a stopping collector keeps applying queued source events: the
+/// queue is empty unless the machine is so busy this thread fell behind.
+const DRAIN_FOR: Duration = Duration::from_secs(2);
+
+/// Whether a batch emptied the source's queue.
+enum Received {
+    All,
+    More,
+}
 
 /// A running event source.
 pub(crate) struct Source {
@@ -78,15 +85,19 @@ impl Monitor {
             }
             let wake = self.next_wake(now);
             match self.receive(wake) {
-                Ok(()) => {}
+                // A fork is reported without its exec only once nothing
+                // queued (its exec among it) is left to apply.
+                Ok(Received::All) => {
+                    if let Some((_, side)) = &mut self.events {
+                        side.flush(&mut self.live, &mut self.emit, Instant::now());
+                    }
+                }
+                Ok(Received::More) => {}
                 Err(reason) => {
                     tracing::warn!("process event source stopped, polling instead: {reason}");
                     on_source_stopped(&reason);
                     self.events = None;
                 }
-            }
-            if let Some((_, side)) = &mut self.events {
-                side.flush(&mut self.live, &mut self.emit, Instant::now());
             }
         }
         // The reader stops on the same token, after queueing what the
@@ -99,14 +110,16 @@ impl Monitor {
         self.drain();
     }
 
-    /// Applies what the source queued before it stopped, for at most
-    /// [`DRAIN_FOR`], and reports forks still waiting for an exec.
+    /// Applies what the source queued before it stopped (normally little:
+    /// this thread keeps up), for at most [`DRAIN_FOR`]; what is left then
+    /// is counted lost. Forks still waiting for an exec are reported.
     fn drain(&mut self) {
         let until = Instant::now() + DRAIN_FOR;
-        while Instant::now() < until {
-            let Some(event) = self.events.as_ref().and_then(|(rx, _)| rx.try_recv()) else {
+        while let Some(event) = self.events.as_ref().and_then(|(rx, _)| rx.try_recv()) {
+            if Instant::now() >= until {
+                self.abandon(event);
                 break;
-            };
+            }
             if self.apply(event).is_err() {
                 break;
             }
@@ -115,6 +128,25 @@ impl Monitor {
             side.flush(&mut self.live, &mut self.emit, until + FORK_GRACE);
         }
         self.events = None;
+    }
+
+    /// Counts `first` and everything still queued as lost.
+    fn abandon(&mut self, first: SourceEvent) {
+        let mut left = 1u64;
+        while self
+            .events
+            .as_ref()
+            .and_then(|(rx, _)| rx.try_recv())
+            .is_some()
+        {
+            left += 1;
+        }
+        drop(first);
+        tracing::warn!(left, "stopping before all process events were recorded");
+        self.ctx
+            .counters
+            .process_events_lost
+            .fetch_add(left, Relaxed);
     }
 
     fn next_wake(&self, now: Instant) -> Instant {
@@ -128,26 +160,28 @@ impl Monitor {
 
     /// Waits until `wake` for source events and applies a batch of them.
     /// Err with the reason when the source has stopped.
-    fn receive(&mut self, wake: Instant) -> Result<(), String> {
+    fn receive(&mut self, wake: Instant) -> Result<Received, String> {
         let Some((rx, _)) = &self.events else {
             std::thread::sleep(wake.saturating_duration_since(Instant::now()));
-            return Ok(());
+            return Ok(Received::All);
         };
         let first = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) => return Ok(Received::All),
+            // The reader stops first when the collector stops.
+            Err(RecvTimeoutError::Disconnected) if self.ctx.cancel.is_cancelled() => {
+                return Ok(Received::All)
+            }
             Err(RecvTimeoutError::Disconnected) => return Err("the reader ended".into()),
         };
-        let mut next = Some(first);
-        let mut applied = 0;
-        while let Some(event) = next.take() {
-            self.apply(event)?;
-            applied += 1;
-            if applied < BATCH {
-                next = self.events.as_ref().and_then(|(rx, _)| rx.try_recv());
+        self.apply(first)?;
+        for _ in 1..BATCH {
+            match self.events.as_ref().and_then(|(rx, _)| rx.try_recv()) {
+                Some(event) => self.apply(event)?,
+                None => return Ok(Received::All),
             }
         }
-        Ok(())
+        Ok(Received::More)
     }
 
     fn apply(&mut self, event: SourceEvent) -> Result<(), String> {

@@ -368,9 +368,11 @@ fn is_timeout(e: &io::Error) -> bool {
 /// `/bin/true` lives about half a millisecond after its exec. On a busy
 /// machine an ordinary thread often waits longer than that to be woken,
 /// and finds only a zombie with no program or arguments left to read
-/// (measured: 30% lost with two cores under load, 7% at nice -20, none at
-/// SCHED_FIFO). The lowest real-time priority lets the reader run the
-/// moment an event arrives. It only blocks or reads `/proc`, but an exec
+/// (measured on two loaded cores: 30% lost at normal priority, 7% at
+/// nice -20, under 1% at SCHED_FIFO; what remains are waits for kernels
+/// built without preemption to reach a point where they switch). The
+/// lowest real-time priority lets the reader run the moment an event
+/// arrives. It only blocks or reads `/proc`, but an exec
 /// storm could keep it busy; past [`BUSY_BUDGET`] of a [`BUDGET_WINDOW`]
 /// it drops to normal priority until the window ends, so it never takes
 /// more than that share of a core from other programs (execs it is then

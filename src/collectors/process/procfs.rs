@@ -185,7 +185,19 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("spawn sleep");
-        let x = ProcReader::new(true).exec(child.id(), Timestamp::now());
+        // The parent of a vfork resumes before the kernel has set up the
+        // new program's arguments: read until they are there.
+        let mut reader = ProcReader::new(true);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let x = loop {
+            let x = reader.exec(child.id(), Timestamp::now());
+            if x.comm.as_deref() == Some("sleep") && x.args.as_ref().is_some_and(|a| a.len() == 2)
+                || std::time::Instant::now() > deadline
+            {
+                break x;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         let start_ms = super::super::process_start_ms(child.id());
         child.kill().expect("kill");
         child.wait().expect("reap");

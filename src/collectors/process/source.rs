@@ -25,8 +25,10 @@ use crate::redact;
 const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a new fork may take to exec before it is reported as a copy
-/// of its parent.
-pub(crate) const FORK_GRACE: Duration = Duration::from_millis(50);
+/// of its parent. Most exec within a millisecond; on a loaded machine the
+/// exec may take longer to arrive, and a start reported this much later is
+/// still dated when the process started (batches take seconds anyway).
+pub(crate) const FORK_GRACE: Duration = Duration::from_millis(500);
 
 /// One report of an event source, enriched as far as the source could.
 #[derive(Debug)]
@@ -668,6 +670,8 @@ mod tests {
         assert_eq!(counters.process_events_lost.load(Relaxed), 2);
         assert!(matches!(rx.try_recv(), Some(SourceEvent::Exec(_))));
         assert!(matches!(rx.try_recv(), Some(SourceEvent::Exec(_))));
+        // The third was refused, then the loss fit before the fourth.
+        assert!(matches!(rx.try_recv(), Some(SourceEvent::Lost)));
         assert!(rx.try_recv().is_none());
         let exit = Exit {
             pid: 1,
