@@ -19,13 +19,17 @@ const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// Source events applied between checks of the timers, so a flood does
 /// not hold back due forks and scans.
 const BATCH: usize = 256;
+/// How long the thread lets source events gather after a batch. Events
+/// are dated by the kernel and batches are written seconds apart, so this
+/// delays nothing anyone sees.
+const COALESCE: Duration = Duration::from_millis(10);
 /// How long a stopping collector keeps applying queued source events: the
 /// queue is empty unless the machine is so busy this thread fell behind.
 const DRAIN_FOR: Duration = Duration::from_secs(2);
 
 /// Whether a batch emptied the source's queue.
 enum Received {
-    All,
+    All { applied: usize },
     More,
 }
 
@@ -87,9 +91,14 @@ impl Monitor {
             match self.receive(wake) {
                 // A fork is reported without its exec only once nothing
                 // queued (its exec among it) is left to apply.
-                Ok(Received::All) => {
+                Ok(Received::All { applied }) => {
                     if let Some((_, side)) = &mut self.events {
                         side.flush(&mut self.live, &mut self.emit, Instant::now());
+                    }
+                    // Let the next events gather: one wake-up per burst
+                    // rather than per event (the reader never waits on us).
+                    if applied > 0 {
+                        std::thread::sleep(COALESCE);
                     }
                 }
                 Ok(Received::More) => {}
@@ -161,24 +170,25 @@ impl Monitor {
     /// Waits until `wake` for source events and applies a batch of them.
     /// Err with the reason when the source has stopped.
     fn receive(&mut self, wake: Instant) -> Result<Received, String> {
+        const NONE: Received = Received::All { applied: 0 };
         let Some((rx, _)) = &self.events else {
             std::thread::sleep(wake.saturating_duration_since(Instant::now()));
-            return Ok(Received::All);
+            return Ok(NONE);
         };
         let first = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => return Ok(Received::All),
+            Err(RecvTimeoutError::Timeout) => return Ok(NONE),
             // The reader stops first when the collector stops.
             Err(RecvTimeoutError::Disconnected) if self.ctx.cancel.is_cancelled() => {
-                return Ok(Received::All)
+                return Ok(NONE)
             }
             Err(RecvTimeoutError::Disconnected) => return Err("the reader ended".into()),
         };
         self.apply(first)?;
-        for _ in 1..BATCH {
+        for applied in 1..BATCH {
             match self.events.as_ref().and_then(|(rx, _)| rx.try_recv()) {
                 Some(event) => self.apply(event)?,
-                None => return Ok(Received::All),
+                None => return Ok(Received::All { applied }),
             }
         }
         Ok(Received::More)

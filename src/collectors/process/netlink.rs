@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::procfs::ProcReader;
+use super::procfs::{ProcReader, Program};
 use super::source::{exit_code_from_wait_status, Exit, Fork, SourceEvent, SourceTx};
 use super::start_time::{clock_ticks_per_sec, start_ms_from_ticks};
 use crate::event::Timestamp;
@@ -454,6 +454,7 @@ pub(crate) fn read_loop(
     let mut buf = vec![0u8; 4096];
     let mut procs = ProcReader::new(environ);
     let mut priority = Priority::raise();
+    let mut batch = Batch::default();
     let mut draining: Option<Instant> = None;
     loop {
         if draining.is_none() && cancel.is_cancelled() {
@@ -481,13 +482,8 @@ pub(crate) fn read_loop(
             }
         };
         let began = Instant::now();
-        let mut open = true;
-        parse(&buf[..n], |raw| {
-            if let Some(event) = enrich(raw, &mut procs) {
-                open &= tx.send(event);
-            }
-        });
-        if !open {
+        batch.fill(n, &conn, &mut buf, &mut tx);
+        if !batch.send(&mut procs, &mut tx) {
             return;
         }
         let now = Instant::now();
@@ -495,9 +491,66 @@ pub(crate) fn read_loop(
     }
 }
 
+/// The events that were waiting when the reader woke. After a delay (the
+/// reader could not run, or a burst of execs), several execs wait: the
+/// programs of all of them are read before anything else, since each is
+/// gone as soon as its process exits.
+#[derive(Default)]
+struct Batch {
+    events: Vec<Raw>,
+    programs: std::collections::VecDeque<Program>,
+}
+
+/// Datagrams taken per wake-up beyond the first.
+const BATCH_MAX: usize = 64;
+
+impl Batch {
+    /// The events of the datagram in `buf[..n]`, then of those already
+    /// queued behind it (read into the same buffer).
+    fn fill(&mut self, n: usize, conn: &Connector, buf: &mut [u8], tx: &mut SourceTx) {
+        self.events.clear();
+        parse(&buf[..n], |raw| self.events.push(raw));
+        for _ in 0..BATCH_MAX {
+            match conn.recv_nowait(buf) {
+                Ok(n) => parse(&buf[..n], |raw| self.events.push(raw)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => tx.lost(),
+                // Nothing more (or an error the next blocking read reports).
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Reads programs first, then completes and queues every event in
+    /// order. False once the collector is gone.
+    fn send(&mut self, procs: &mut ProcReader, tx: &mut SourceTx) -> bool {
+        self.programs.clear();
+        for raw in &self.events {
+            if let Raw::Exec { tgid, .. } = raw {
+                self.programs.push_back(procs.program(*tgid));
+            }
+        }
+        for raw in self.events.drain(..) {
+            let program = match raw {
+                Raw::Exec { tgid, .. } => Some(
+                    self.programs
+                        .pop_front()
+                        .unwrap_or_else(|| procs.program(tgid)),
+                ),
+                _ => None,
+            };
+            if let Some(event) = enrich(raw, program, procs) {
+                if !tx.send(event) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Turns a kernel event into a source event, reading `/proc` for execs.
 /// Threads are not processes: their forks and exits are skipped.
-fn enrich(raw: Raw, procs: &mut ProcReader) -> Option<SourceEvent> {
+fn enrich(raw: Raw, program: Option<Program>, procs: &mut ProcReader) -> Option<SourceEvent> {
     match raw {
         Raw::Fork {
             parent_tgid,
@@ -505,18 +558,23 @@ fn enrich(raw: Raw, procs: &mut ProcReader) -> Option<SourceEvent> {
             child_tgid,
             ts_ns,
         } if child_pid == child_tgid && parent_tgid != KTHREADD => {
-            let start_ms = procs
-                .start_ms(child_tgid)
-                .or_else(|| estimated_start_ms(ts_ns))?;
+            // Not read from /proc: an exec follows within microseconds and
+            // must not wait. The exec, or the collector later, reads the
+            // exact start.
             Some(SourceEvent::Fork(Fork {
                 pid: child_tgid,
                 ppid: parent_tgid,
-                start_ms,
+                start_ms: estimated_start_ms(ts_ns)?,
             }))
         }
-        Raw::Exec { tgid, ts_ns } => Some(SourceEvent::Exec(Box::new(
-            procs.exec(tgid, wall_time(ts_ns)),
-        ))),
+        Raw::Exec { tgid, ts_ns } => {
+            let at = wall_time(ts_ns);
+            let x = match program {
+                Some(p) => procs.exec_with(tgid, p, at),
+                None => procs.exec(tgid, at),
+            };
+            Some(SourceEvent::Exec(Box::new(x)))
+        }
         Raw::Exit {
             pid,
             tgid,
@@ -547,9 +605,9 @@ fn wall_time(ts_ns: u64) -> Timestamp {
     Timestamp(u64::try_from(wall / 1_000_000).unwrap_or(0))
 }
 
-/// The start time of a process already gone from `/proc`, from the time
-/// of its fork: `/proc` counts from boot including suspend, the event's
-/// clock excludes it.
+/// A process's start time from the time of its fork event (taken a few
+/// microseconds after the kernel's own): `/proc` counts from boot
+/// including suspend, the event's clock excludes it.
 fn estimated_start_ms(ts_ns: u64) -> Option<u64> {
     let suspended = clock_ns(libc::CLOCK_BOOTTIME) - clock_ns(libc::CLOCK_MONOTONIC);
     let since_boot = u128::try_from(i128::from(ts_ns) + suspended.max(0)).ok()?;
@@ -640,21 +698,21 @@ mod tests {
             child_tgid: 10,
             ts_ns: 1,
         };
-        assert!(enrich(thread, &mut procs).is_none());
+        assert!(enrich(thread, None, &mut procs).is_none());
         let kthread = Raw::Fork {
             parent_tgid: KTHREADD,
             child_pid: 12,
             child_tgid: 12,
             ts_ns: 1,
         };
-        assert!(enrich(kthread, &mut procs).is_none());
+        assert!(enrich(kthread, None, &mut procs).is_none());
         let thread_exit = Raw::Exit {
             pid: 12,
             tgid: 10,
             status: 0,
             ts_ns: 1,
         };
-        assert!(enrich(thread_exit, &mut procs).is_none());
+        assert!(enrich(thread_exit, None, &mut procs).is_none());
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub(crate) struct ProcReader {
     environ: bool,
 }
 
+/// A process's program, read right after its exec.
+#[derive(Debug)]
+pub(crate) struct Program {
+    executable: Option<String>,
+    args: Option<Vec<String>>,
+    env: Vec<String>,
+}
+
 /// The fields of `/proc/<pid>/stat` the events need.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Stat<'a> {
@@ -44,10 +52,17 @@ impl ProcReader {
     /// What an exec event needs, read as fast as possible after the exec.
     /// What could not be read (the process is gone) is left out.
     pub fn exec(&mut self, pid: u32, at: Timestamp) -> Exec {
+        let program = self.program(pid);
+        self.exec_with(pid, program, at)
+    }
+
+    /// The part of an exec that vanishes first: when several execs wait,
+    /// this is read for all of them before the rest.
+    pub fn program(&mut self, pid: u32) -> Program {
         let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        let mut args = self
+        let args = self
             .read(pid, "cmdline", CMDLINE_MAX)
             .ok()
             .map(nul_separated);
@@ -58,6 +73,20 @@ impl ProcReader {
         } else {
             Vec::new()
         };
+        Program {
+            executable,
+            args,
+            env,
+        }
+    }
+
+    /// Completes an exec from its program: what a zombie still shows.
+    pub fn exec_with(&mut self, pid: u32, program: Program, at: Timestamp) -> Exec {
+        let Program {
+            executable,
+            mut args,
+            env,
+        } = program;
         let mut x = Exec {
             pid,
             env,
@@ -85,12 +114,6 @@ impl ProcReader {
             .ok()
             .and_then(|b| effective_uid(&String::from_utf8_lossy(b)));
         x
-    }
-
-    /// The start time of a new process, if it is still there to read.
-    pub fn start_ms(&mut self, pid: u32) -> Option<u64> {
-        let text = self.read(pid, "stat", usize::MAX).ok()?;
-        start_ms_from_ticks(parse_starttime(&String::from_utf8_lossy(text))?)
     }
 
     /// Reads `/proc/<pid>/<file>` (at most `max` bytes) into the buffer.

@@ -67,10 +67,16 @@ impl SourceEvent {
 pub(crate) struct Fork {
     pub pid: u32,
     pub ppid: u32,
-    /// As [`super::process_start_ms`] derives it when the source could
-    /// read it; otherwise the source's best estimate.
+    /// The source's start time, possibly an estimate (the Linux reader
+    /// does not stop to read `/proc` for a fork: the exec that usually
+    /// follows is what must be read fast). An exec, or a fresh read when
+    /// the fork is reported, replaces it with the exact value.
     pub start_ms: u64,
 }
+
+/// An estimated start time names the same process as an exact one this
+/// close to it: a pid is only reused after its holder exited.
+const SAME_START_MS: u64 = 1000;
 
 /// A process that replaced its program, with what could be read of it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -225,15 +231,18 @@ impl EventSide {
     }
 
     pub fn fork(&mut self, f: Fork, live: &mut Tracker<LiveProcess>, now: Instant) {
+        // Already known: listed by the inventory scan that ran while this
+        // event waited.
+        if live
+            .get(f.pid)
+            .is_some_and(|(_, rec)| rec.start_ms.abs_diff(f.start_ms) <= SAME_START_MS)
+        {
+            return;
+        }
         let key = ProcKey {
             pid: f.pid,
             start: f.start_ms / 1000,
         };
-        // Already known: listed by the inventory scan that ran while this
-        // event waited.
-        if live.get_key(&key).is_some() {
-            return;
-        }
         let rec = match live.get(f.ppid) {
             Some((_, parent)) => LiveProcess {
                 start_ms: f.start_ms,
@@ -263,24 +272,31 @@ impl EventSide {
             emit.ctx().counters.process_partial.fetch_add(1, Relaxed);
         }
         let env: Vec<String> = x.env.iter().map(|e| redact::redact_env_entry(e)).collect();
-        let known = live
-            .get(x.pid)
-            .is_some_and(|(key, _)| x.start_ms.is_none_or(|ms| ms / 1000 == key.start));
+        // A fork still waiting for its exec is this process, whatever the
+        // fork's estimate of its start.
+        let known = live.get(x.pid).is_some_and(|(key, rec)| {
+            !rec.reported || x.start_ms.is_none_or(|ms| ms / 1000 == key.start)
+        });
         if known {
-            if let Some((_, rec)) = live.get_mut(x.pid) {
+            if let Some((_, rec)) = live.remove(x.pid) {
                 let mut updated = rec.clone();
                 apply_image(&mut updated, &x);
+                if !rec.reported {
+                    updated.start_ms = x.start_ms.unwrap_or(rec.start_ms);
+                }
                 let why = if !rec.reported {
-                    Start::New
+                    Some(Start::New)
                 } else if rec.same_image(&updated) {
                     // The inventory already read the new program.
-                    return;
+                    None
                 } else {
-                    Start::Exec(x.at)
+                    Some(Start::Exec(x.at))
                 };
-                updated.reported = true;
-                emit.start(x.pid, &updated, why, Observer::Event, env);
-                *rec = updated;
+                if let Some(why) = why {
+                    updated.reported = true;
+                    emit.start(x.pid, &updated, why, Observer::Event, env);
+                }
+                insert(live, x.pid, updated);
             }
             return;
         }
@@ -304,11 +320,7 @@ impl EventSide {
         };
         apply_image(&mut rec, &x);
         emit.start(x.pid, &rec, Start::New, Observer::Event, env);
-        let key = ProcKey {
-            pid: x.pid,
-            start: start_ms / 1000,
-        };
-        live.insert(key, rec);
+        insert(live, x.pid, rec);
     }
 
     pub fn exit(&mut self, e: Exit, live: &mut Tracker<LiveProcess>, emit: &mut Emitter) {
@@ -329,19 +341,23 @@ impl EventSide {
                 break;
             }
             self.pending.pop_front();
-            let Some(rec) = live.get_key_mut(&key) else {
-                continue;
-            };
-            if rec.reported {
+            if live.get_key(&key).is_none_or(|rec| rec.reported) {
                 continue;
             }
-            if rec.partial {
-                if let Some(x) = self.reread.and_then(|r| r(key.pid, Timestamp::now())) {
-                    apply_image(rec, &x);
+            let Some((_, mut rec)) = live.remove(key.pid) else {
+                continue;
+            };
+            // Still there: read its exact start, and its program if the
+            // parent's was unknown.
+            if let Some(x) = self.reread.and_then(|r| r(key.pid, Timestamp::now())) {
+                rec.start_ms = x.start_ms.unwrap_or(rec.start_ms);
+                if rec.partial {
+                    apply_image(&mut rec, &x);
                 }
             }
             rec.reported = true;
-            emit.start(key.pid, rec, Start::New, Observer::Event, Vec::new());
+            emit.start(key.pid, &rec, Start::New, Observer::Event, Vec::new());
+            insert(live, key.pid, rec);
         }
         if self.pending.is_empty() && self.pending.capacity() > 1024 {
             self.pending.shrink_to_fit();
@@ -352,6 +368,15 @@ impl EventSide {
     pub fn next_due(&self) -> Option<Instant> {
         self.pending.front().map(|(_, due)| *due)
     }
+}
+
+/// Tracks `rec` under its (possibly corrected) start time.
+fn insert(live: &mut Tracker<LiveProcess>, pid: u32, rec: LiveProcess) {
+    let key = ProcKey {
+        pid,
+        start: rec.start_ms / 1000,
+    };
+    live.insert(key, rec);
 }
 
 /// Records the program an exec loaded. What could not be read is left
@@ -515,6 +540,21 @@ mod tests {
             Some(entity_id(&h.host(), 100, T0).as_str())
         );
         assert_eq!(e.edr.as_ref().and_then(|x| x.source), Some("event"));
+    }
+
+    #[test]
+    fn the_exec_corrects_the_forks_estimated_start() {
+        let mut h = Harness::new();
+        // The fork's clock read 10 ms past a second boundary the kernel's
+        // start time had not crossed.
+        h.fork(100, 210, T0 + 5_002);
+        h.exec(exec_of(210, T0 + 4_995, "/usr/bin/true", &["true"]));
+        h.exit(210, 0, T0 + 5_100);
+        let events = h.events();
+        assert_eq!(events.len(), 2, "{events:?}");
+        let expected = entity_id(&h.host(), 210, T0 + 4_995);
+        assert!(events.iter().all(|e| process(e).entity_id == expected));
+        assert!(h.live.get(210).is_none());
     }
 
     #[test]
