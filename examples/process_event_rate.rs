@@ -259,6 +259,14 @@ fn main() -> Result<(), String> {
         });
         markers.push(marker);
     }
+    let peak_rss = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
     agent.wait().map_err(|e| e.to_string())?;
@@ -282,7 +290,7 @@ fn main() -> Result<(), String> {
         );
     }
     println!(
-        "whole run: {} processes reported without their program, {} event losses, {} events dropped",
+        "whole run: {} processes reported without their program, {} event losses, {} events dropped; agent peak RSS {peak_rss}",
         totals.process_partial, totals.process_events_lost, totals.dropped[0]
     );
     Ok(())
