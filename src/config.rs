@@ -996,6 +996,24 @@ mod tests {
     }
 
     #[test]
+    fn process_source_takes_one_of_three_values() {
+        let c = Config::from_yaml(
+            "f.yaml",
+            "collectors:\n  process_monitor:\n    source: scan\n",
+        )
+        .expect("valid");
+        assert_eq!(c.collectors.process_monitor.source, ProcessSource::Scan);
+        let e = Config::from_yaml(
+            "f.yaml",
+            "collectors:\n  process_monitor:\n    source: ebpf\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("collectors.process_monitor.source"), "{text}");
+        assert!(text.contains("`auto`, `event`, `scan`"), "{text}");
+    }
+
+    #[test]
     fn home_expansion() {
         let home = dirs::home_dir().expect("home");
         assert_eq!(expand_home("~/x/y"), home.join("x/y"));

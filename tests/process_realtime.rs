@@ -249,11 +249,12 @@ enum Launch {
 
 /// Runs the real agent until its status shows how it captures processes;
 /// returns what `edr-agent status` printed and the metrics history left.
-fn agent_status(root: &Path, launch: Launch) -> (String, Vec<HistoryRow>) {
+fn agent_status(root: &Path, launch: Launch, source: ProcessSource) -> (String, Vec<HistoryRow>) {
     let _alone = one_at_a_time();
     let mut c = test_config(root);
     c.collectors.file_monitor.enabled = false;
     c.collectors.process_monitor.enabled = true;
+    c.collectors.process_monitor.source = source;
     let data = c.data_dir();
     let config = root.join("config.yaml");
     c.save(&config).expect("write config");
@@ -284,7 +285,7 @@ fn agent_status(root: &Path, launch: Launch) -> (String, Vec<HistoryRow>) {
     let mut agent = cmd.spawn().expect("agent starts");
     let up = wait_for(Duration::from_secs(15), || {
         let s = read_status(&data)?;
-        (s.running && s.coverage.process_capture.is_some()).then_some(())
+        (s.running && s.coverage.process_source.is_some()).then_some(())
     });
     // unshare ignores SIGTERM while it waits: stop the agent it forked.
     let pid = match launch {
@@ -318,7 +319,7 @@ fn captures(history: &[HistoryRow]) -> Vec<Option<ProcessCapture>> {
 #[test]
 fn status_and_metrics_say_how_processes_are_captured() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (text, history) = agent_status(dir.path(), Launch::Plain);
+    let (text, history) = agent_status(dir.path(), Launch::Plain, ProcessSource::Auto);
     let events = "processes:   netlink proc connector (every exec, fork and exit as it happens";
     let expected = if text.contains(events) {
         if !is_root() {
@@ -349,7 +350,7 @@ fn without_privileges_the_agent_says_what_it_misses() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (text, history) = agent_status(dir.path(), Launch::AsUser(NOBODY));
+    let (text, history) = agent_status(dir.path(), Launch::AsUser(NOBODY), ProcessSource::Auto);
     let polling = "processes:   scan (process events unavailable (not permitted: process events need root or CAP_NET_ADMIN); \
                    polling every 1000 ms: processes shorter than the scan interval can be missed)";
     let limited =
@@ -368,7 +369,7 @@ fn without_privileges_the_agent_says_what_it_misses() {
 #[test]
 fn in_a_container_the_agent_says_it_polls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (text, history) = agent_status(dir.path(), Launch::Contained);
+    let (text, history) = agent_status(dir.path(), Launch::Contained, ProcessSource::Auto);
     assert!(
         text.contains(
             "processes:   scan (process events unavailable (the kernel did not confirm the subscription \
@@ -378,4 +379,22 @@ fn in_a_container_the_agent_says_it_polls() {
         "{text}"
     );
     assert!(captures(&history).contains(&Some(ProcessCapture::Scan)));
+}
+
+/// `source: event` where there are no events: nothing is recorded, and
+/// the agent says so rather than polling behind the operator's back.
+#[test]
+fn required_events_that_are_unavailable_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (text, history) = agent_status(dir.path(), Launch::Contained, ProcessSource::Event);
+    assert!(
+        text.contains("processes:   none (process events unavailable (the kernel did not confirm"),
+        "{text}"
+    );
+    assert!(
+        text.contains("polling is off (source: event): no processes are recorded)"),
+        "{text}"
+    );
+    assert!(!history.is_empty(), "no metrics history");
+    assert!(captures(&history).iter().all(Option::is_none));
 }

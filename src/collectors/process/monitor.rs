@@ -50,6 +50,9 @@ pub(crate) struct Monitor {
     events: Option<(SourceRx, EventSide)>,
     reader: Option<JoinHandle<()>>,
     next_scan: Instant,
+    /// The source's queue was empty when last looked at. A reconciling
+    /// scan waits for that: events still queued would look like misses.
+    caught_up: bool,
     failing: bool,
 }
 
@@ -74,6 +77,7 @@ impl Monitor {
             events,
             reader,
             next_scan: Instant::now(),
+            caught_up: true,
             failing: false,
         }
     }
@@ -83,12 +87,14 @@ impl Monitor {
     pub fn run(mut self, on_source_stopped: impl Fn(&str)) {
         while !self.ctx.cancel.is_cancelled() {
             let now = Instant::now();
-            if now >= self.next_scan {
+            if now >= self.next_scan && self.caught_up {
                 self.scan();
                 self.next_scan = Instant::now() + self.interval;
             }
             let wake = self.next_wake(now);
-            match self.receive(wake) {
+            let received = self.receive(wake);
+            self.caught_up = !matches!(received, Ok(Received::More));
+            match received {
                 // A fork is reported without its exec only once nothing
                 // queued (its exec among it) is left to apply.
                 Ok(Received::All { applied }) => {
