@@ -22,6 +22,7 @@ use edr_agent::engine::{read_status, EngineHandle, EngineOptions, Totals};
 use edr_agent::event::Timestamp;
 use edr_agent::metrics::{read_history, HistoryRow};
 use serde_json::Value;
+use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 const RUNS: usize = 2_000;
@@ -188,12 +189,23 @@ fn short_processes_are_captured_with_executable_and_arguments() {
     );
 
     // Each run is one process: one start and one end with the same id, the
-    // end with its exit code; the scan reported none of them again.
+    // end with its exit code; the scan reported none of them again. The
+    // binary it ran is hashed although it exited before it could be read.
+    let bin_true = std::fs::canonicalize("/bin/true").expect("/bin/true");
+    let true_sha256: String = sha2::Sha256::digest(std::fs::read(&bin_true).expect("read"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     for (i, starts) in &cap.starts {
         assert_eq!(starts.len(), 1, "run {i} started {} times", starts.len());
         let start = &starts[0];
         assert_eq!(str_field(start, "edr.source"), Some("event"));
         assert_eq!(str_field(start, "event.action"), Some("process-started"));
+        assert_eq!(
+            str_field(start, "process.hash.sha256"),
+            Some(true_sha256.as_str()),
+            "{start}"
+        );
         let ends = cap.ends.get(i).map(Vec::as_slice).unwrap_or_default();
         assert_eq!(
             ends.len(),

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::hash::{self, HashCache, CACHE_ENTRIES};
+use super::hash::{self, FileId, HashCache, Skip, CACHE_ENTRIES};
 use super::users::UserNames;
 use crate::collectors::CollectorContext;
 use crate::event::{self, EdrExt, Event, EventMeta, Hash, ParentProcess, Process, Timestamp, User};
@@ -25,6 +25,8 @@ pub(crate) struct LiveProcess {
     pub uid: Option<u32>,
     pub name: Box<str>,
     pub executable: Option<Box<str>>,
+    /// See [`super::source::Exec::executable_id`]; None from a scan.
+    pub executable_id: Option<FileId>,
     /// Already redacted.
     pub args: Box<[String]>,
     /// The executable or arguments could not be read (the process exited
@@ -121,7 +123,7 @@ impl Emitter {
         let mut edr = ext(by, rec);
         if self.calculate_hashes {
             if let Some(exe) = rec.executable.as_deref() {
-                match self.executable_hash(pid, exe) {
+                match self.executable_hash(pid, exe, rec.executable_id) {
                     Ok(hash) => process.hash = Some(hash),
                     Err(skip) => edr.hash_skipped = Some(skip),
                 }
@@ -191,12 +193,20 @@ impl Emitter {
         }
     }
 
-    /// The digest, or why there is none (counted).
-    fn executable_hash(&mut self, pid: u32, exe: &str) -> Result<Hash, &'static str> {
-        match self
-            .hashes
-            .digest(exe, &exe_handle(pid, exe), &self.ctx.cancel)
-        {
+    /// The digest, or why there is none (counted). A process that already
+    /// exited is hashed by the identity of the file it ran, if known.
+    fn executable_hash(
+        &mut self,
+        pid: u32,
+        exe: &str,
+        id: Option<FileId>,
+    ) -> Result<Hash, &'static str> {
+        let cancel = &self.ctx.cancel;
+        let digest = match (self.hashes.digest(exe, &exe_handle(pid, exe), cancel), id) {
+            (Err(Skip::Vanished), Some(id)) => self.hashes.digest_of(exe, id, cancel),
+            (result, _) => result,
+        };
+        match digest {
             Ok(d) => Ok(Hash {
                 sha256: hash::hex(&d),
             }),

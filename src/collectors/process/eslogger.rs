@@ -72,6 +72,7 @@ fn parse_exec(exec: &Value, at: Timestamp, environ: bool) -> Option<Exec> {
             .and_then(|e| e.get("path"))
             .and_then(Value::as_str)
             .map(String::from),
+        executable_id: None,
         args: strings("args"),
         env: if environ {
             strings("env").unwrap_or_default()

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 
+use super::hash::FileId;
 use super::source::Exec;
 use super::start_time::{parse_starttime, start_ms_from_ticks};
 use crate::event::Timestamp;
@@ -28,6 +29,7 @@ pub(crate) struct ProcReader {
 #[derive(Debug)]
 pub(crate) struct Program {
     executable: Option<String>,
+    executable_id: Option<FileId>,
     args: Option<Vec<String>>,
     env: Vec<String>,
 }
@@ -66,6 +68,9 @@ impl ProcReader {
             .read(pid, "cmdline", CMDLINE_MAX)
             .ok()
             .map(nul_separated);
+        let executable_id = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|m| FileId::of(&m));
         let env = if self.environ {
             self.read(pid, "environ", ENVIRON_MAX)
                 .map(nul_separated)
@@ -75,6 +80,7 @@ impl ProcReader {
         };
         Program {
             executable,
+            executable_id,
             args,
             env,
         }
@@ -84,6 +90,7 @@ impl ProcReader {
     pub fn exec_with(&mut self, pid: u32, program: Program, at: Timestamp) -> Exec {
         let Program {
             executable,
+            executable_id,
             mut args,
             env,
         } = program;
@@ -108,6 +115,7 @@ impl ProcReader {
             args = None;
         }
         x.executable = executable;
+        x.executable_id = executable_id;
         x.args = args;
         x.uid = self
             .read(pid, "status", usize::MAX)

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::emit::{process_name, Emitter, LiveProcess, Observer, Start};
+use super::hash::FileId;
 use super::tracker::{ProcKey, Tracker};
 use crate::event::Timestamp;
 use crate::pipeline::Counters;
@@ -89,6 +90,9 @@ pub(crate) struct Exec {
     /// The kernel's (possibly truncated) process name.
     pub comm: Option<String>,
     pub executable: Option<String>,
+    /// The executable file as it was while the process ran it, so its
+    /// hash can be taken (or found cached) after the process exited.
+    pub executable_id: Option<FileId>,
     /// Not yet redacted. None if they could not be read (an empty list is
     /// a program run without arguments).
     pub args: Option<Vec<String>>,
@@ -258,6 +262,7 @@ impl EventSide {
                 uid: None,
                 name: "".into(),
                 executable: None,
+                executable_id: None,
                 args: Box::new([]),
                 partial: true,
                 reported: false,
@@ -314,6 +319,7 @@ impl EventSide {
             uid: None,
             name: "".into(),
             executable: None,
+            executable_id: None,
             args: Box::new([]),
             partial: true,
             reported: true,
@@ -390,6 +396,7 @@ fn apply_image(rec: &mut LiveProcess, x: &Exec) {
         }
     }
     rec.executable = x.executable.as_deref().map(Box::from);
+    rec.executable_id = x.executable_id;
     rec.args = x
         .args
         .as_deref()
@@ -448,6 +455,7 @@ mod tests {
                     uid: Some(1000),
                     name: "bash".into(),
                     executable: Some("/usr/bin/bash".into()),
+                    executable_id: None,
                     args: Box::new(["bash".to_string()]),
                     partial: false,
                     reported: true,
@@ -507,8 +515,8 @@ mod tests {
             comm: exe.rsplit('/').next().map(String::from),
             executable: Some(exe.to_string()),
             args: Some(args.iter().map(|a| a.to_string()).collect()),
-            env: Vec::new(),
             at: Timestamp(start_ms + 1),
+            ..Exec::default()
         }
     }
 
@@ -652,14 +660,8 @@ mod tests {
         h.fork(100, 400, T0 + 9_000);
         h.exec(Exec {
             pid: 400,
-            ppid: None,
-            start_ms: None,
-            uid: None,
-            comm: None,
-            executable: None,
-            args: None,
-            env: Vec::new(),
             at: Timestamp(T0 + 9_001),
+            ..Exec::default()
         });
         h.exit(400, 0, T0 + 9_002);
         let events = h.events();
