@@ -90,6 +90,8 @@ pub struct ProcessMonitorConfig {
     /// SHA-256 of each new process's executable, cached by path, mtime and
     /// size so a binary is hashed once.
     pub calculate_hashes: bool,
+    /// Where process starts and ends come from.
+    pub source: ProcessSource,
 }
 
 impl Default for ProcessMonitorConfig {
@@ -99,8 +101,26 @@ impl Default for ProcessMonitorConfig {
             scan_interval_ms: 1000,
             collect_environment: false,
             calculate_hashes: true,
+            source: ProcessSource::Auto,
         }
     }
+}
+
+/// `collectors.process_monitor.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessSource {
+    /// The kernel's process events where permitted (Linux: the netlink
+    /// proc connector, root or CAP_NET_ADMIN; macOS: `eslogger`, root and
+    /// Full Disk Access), else polling.
+    #[default]
+    Auto,
+    /// Process events or nothing: if they are not available the process
+    /// collector records nothing and says why.
+    Event,
+    /// Polling only: processes shorter than the scan interval can be
+    /// missed.
+    Scan,
 }
 
 /// `collectors.file_monitor.*`.
@@ -973,6 +993,24 @@ mod tests {
                 "README.md's config table lacks `{key}`"
             );
         }
+    }
+
+    #[test]
+    fn process_source_takes_one_of_three_values() {
+        let c = Config::from_yaml(
+            "f.yaml",
+            "collectors:\n  process_monitor:\n    source: scan\n",
+        )
+        .expect("valid");
+        assert_eq!(c.collectors.process_monitor.source, ProcessSource::Scan);
+        let e = Config::from_yaml(
+            "f.yaml",
+            "collectors:\n  process_monitor:\n    source: ebpf\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("collectors.process_monitor.source"), "{text}");
+        assert!(text.contains("`auto`, `event`, `scan`"), "{text}");
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct Totals {
     pub hash_skipped: u64,
     pub hash_queue_dropped: u64,
     pub scan_errors: u64,
+    #[serde(default)]
+    pub process_events_lost: u64,
+    #[serde(default)]
+    pub process_partial: u64,
+    #[serde(default)]
+    pub process_source_missed: u64,
 }
 
 impl Totals {
@@ -100,6 +106,9 @@ impl Totals {
             hash_skipped: c.hash_skipped.load(Relaxed),
             hash_queue_dropped: c.hash_queue_dropped.load(Relaxed),
             scan_errors: c.scan_errors.load(Relaxed),
+            process_events_lost: c.process_events_lost.load(Relaxed),
+            process_partial: c.process_partial.load(Relaxed),
+            process_source_missed: c.process_source_missed.load(Relaxed),
         }
     }
 
@@ -629,7 +638,8 @@ async fn sample_loop(
 fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
     let storage_error = shared.batcher.storage_error();
     let mut m = lock(&shared.metrics);
-    let sample = m.sampler.sample(&shared.counters);
+    let capture = lock(&shared.coverage).process_capture;
+    let sample = m.sampler.sample(&shared.counters, capture);
     let inputs = AlertInputs {
         recent_cpu: m.sampler.recent_cpu(),
         window_secs: m.sampler.window_secs(),

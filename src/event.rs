@@ -354,6 +354,11 @@ pub struct Process {
     pub start: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end: Option<Timestamp>,
+    /// On `end` events from an event source: the exit status, or 128 plus
+    /// the signal number for a process killed by a signal (as shells
+    /// report it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
     pub entity_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentProcess>,
@@ -441,6 +446,11 @@ pub struct EdrExt {
     /// How the process was observed: `scan` or `event`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
+    /// `partial` when the executable or arguments could not be read (the
+    /// process exited first, or the agent may not read it): the event holds
+    /// what the source itself reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<&'static str>,
 }
 
 /// Derives `process.entity_id` from what identifies a process across its

@@ -13,6 +13,7 @@ use std::time::Duration;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 
+use crate::collectors::ProcessCapture;
 use crate::config::AlertsConfig;
 use crate::event::{EventType, Timestamp};
 use crate::pipeline::Counters;
@@ -57,6 +58,11 @@ pub struct MetricsSample {
     pub storage_growth_per_day: f64,
     /// Time from a batch's first event to its file being durable, last batch.
     pub batch_latency_ms: f32,
+    /// How processes were captured: as events, or by polling (which misses
+    /// processes shorter than the scan interval); None with the process
+    /// collector off.
+    #[serde(default)]
+    pub process_capture: Option<ProcessCapture>,
 }
 
 impl MetricsSample {
@@ -183,7 +189,11 @@ impl Default for Sampler {
 
 impl Sampler {
     /// Takes a sample now and appends it to the ring.
-    pub fn sample(&mut self, counters: &Counters) -> MetricsSample {
+    pub fn sample(
+        &mut self,
+        counters: &Counters,
+        process_capture: Option<ProcessCapture>,
+    ) -> MetricsSample {
         let (rss, vsz, cpu) = self.usage.sample();
         let now = std::time::Instant::now();
         let produced = counters.produced.snapshot();
@@ -217,6 +227,7 @@ impl Sampler {
             storage_used_bytes: counters.storage_used_bytes.load(Relaxed),
             storage_growth_per_day: 0.0,
             batch_latency_ms: counters.last_batch_latency_us.load(Relaxed) as f32 / 1000.0,
+            process_capture,
         };
         let stored_events: u64 = stored_total.iter().sum();
         if self.ring.len() == RING_CAPACITY {
@@ -435,7 +446,11 @@ impl Alerts {
 
 /// Subdirectory of the data dir holding metrics history.
 pub const METRICS_DIR: &str = "metrics";
-const HISTORY_HEADER: &str = "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms\n";
+/// Columns are only ever appended, so older files (with fewer columns)
+/// stay readable.
+const HISTORY_HEADER: &str = "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms,process_capture\n";
+/// Columns of the first history format.
+const HISTORY_COLUMNS_V1: usize = 14;
 
 /// Appends samples to `<data_dir>/metrics/YYYY-MM-DD.csv.gz`, one gzip
 /// member per flush. Concatenated members are a valid gzip stream (zcat
@@ -466,7 +481,7 @@ impl HistoryWriter {
         use std::fmt::Write as _;
         let _ = writeln!(
             self.pending,
-            "{},{},{},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{:.0},{:.2}",
+            "{},{},{},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{:.0},{:.2},{}",
             s.ts.as_millis(),
             s.rss_bytes,
             s.vsz_bytes,
@@ -481,6 +496,9 @@ impl HistoryWriter {
             s.storage_used_bytes,
             s.storage_growth_per_day,
             s.batch_latency_ms,
+            s.process_capture
+                .map(ProcessCapture::as_str)
+                .unwrap_or_default(),
         );
         Ok(())
     }
@@ -527,12 +545,15 @@ pub struct HistoryRow {
     pub storage_used_bytes: u64,
     pub growth_per_day: f64,
     pub batch_latency_ms: f32,
+    /// None in rows written before the column existed, or with the process
+    /// collector off.
+    pub process_capture: Option<ProcessCapture>,
 }
 
 impl HistoryRow {
     fn parse(line: &str) -> Option<HistoryRow> {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 14 {
+        if f.len() < HISTORY_COLUMNS_V1 {
             return None;
         }
         Some(HistoryRow {
@@ -548,6 +569,7 @@ impl HistoryRow {
             storage_used_bytes: f[11].parse().ok()?,
             growth_per_day: f[12].parse().ok()?,
             batch_latency_ms: f[13].parse().ok()?,
+            process_capture: f.get(14).and_then(|c| ProcessCapture::parse(c)),
         })
     }
 }
@@ -667,6 +689,70 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[2].ts, Timestamp(t0 + 2000));
         assert_eq!(rows[0].rss_bytes, 5 * 1024 * 1024);
+    }
+
+    #[test]
+    fn history_records_how_processes_were_captured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = HistoryWriter::new(dir.path());
+        let t0 = Timestamp::now().as_millis();
+        for (i, capture) in [
+            Some(ProcessCapture::Event),
+            Some(ProcessCapture::Scan),
+            None,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let s = MetricsSample {
+                process_capture: capture,
+                ..sample(t0 + i as u64 * 1000, 5, 1.0)
+            };
+            w.push(&s).expect("push");
+        }
+        w.flush().expect("flush");
+        let rows = read_history(dir.path(), Timestamp(t0 - 1));
+        let captures: Vec<_> = rows.iter().map(|r| r.process_capture).collect();
+        assert_eq!(
+            captures,
+            [
+                Some(ProcessCapture::Event),
+                Some(ProcessCapture::Scan),
+                None
+            ]
+        );
+    }
+
+    /// A day file begun by an agent that wrote 14 columns, continued by one
+    /// that writes more: every row reads.
+    #[test]
+    fn older_history_rows_stay_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = Timestamp::now().as_millis();
+        let path = dir.path().join(METRICS_DIR);
+        std::fs::create_dir_all(&path).expect("mkdir");
+        let file = std::fs::File::create(path.join(format!("{}.csv.gz", Timestamp(t0).day())))
+            .expect("create");
+        let mut gz = GzEncoder::new(file, flate2::Compression::new(6));
+        write!(
+            gz,
+            "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms\n\
+             {t0},1048576,2097152,1.50,0.00,0.00,0.00,0,0,0,0,0,0,0.00\n"
+        )
+        .expect("write");
+        gz.finish().expect("finish");
+        let mut w = HistoryWriter::new(dir.path());
+        let s = MetricsSample {
+            process_capture: Some(ProcessCapture::Event),
+            ..sample(t0 + 1000, 3, 1.0)
+        };
+        w.push(&s).expect("push");
+        w.flush().expect("flush");
+        let rows = read_history(dir.path(), Timestamp(t0 - 1));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].rss_bytes, 1_048_576);
+        assert_eq!(rows[0].process_capture, None);
+        assert_eq!(rows[1].process_capture, Some(ProcessCapture::Event));
     }
 
     #[test]

@@ -80,6 +80,16 @@ pub struct Counters {
     pub hash_queue_dropped: AtomicU64,
     /// Failed scans (a collector could not read the system this round).
     pub scan_errors: AtomicU64,
+    /// Process events the event source lost: kernel buffer overruns (each
+    /// counts once, however many events it dropped) and events refused
+    /// because the collector fell too far behind.
+    pub process_events_lost: AtomicU64,
+    /// Processes reported without executable or arguments: gone before
+    /// they could be read, or not readable by the agent.
+    pub process_partial: AtomicU64,
+    /// Processes the reconciling scan found that the event source had not
+    /// reported.
+    pub process_source_missed: AtomicU64,
 }
 
 impl Counters {

@@ -1,4 +1,5 @@
-//! The process collector against real child processes.
+//! The process collector against real child processes, polling and (as
+//! root) with the kernel's process events.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -6,8 +7,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edr_agent::collectors::{process, CollectorContext, Coverage};
-use edr_agent::config::ProcessMonitorConfig;
+use edr_agent::collectors::{process, CollectorContext, Coverage, ProcessCapture};
+use edr_agent::config::{ProcessMonitorConfig, ProcessSource};
 use edr_agent::event::{Event, Origin};
 use edr_agent::pipeline::{self, Counters};
 use serde_json::Value;
@@ -57,16 +58,32 @@ fn start(cfg: ProcessMonitorConfig) -> Running {
     }
 }
 
-fn config() -> ProcessMonitorConfig {
+fn config(source: ProcessSource) -> ProcessMonitorConfig {
     ProcessMonitorConfig {
         enabled: true,
         scan_interval_ms: 100,
         collect_environment: false,
         calculate_hashes: false,
+        source,
     }
 }
 
 impl Running {
+    /// `edr.source` of what this collector reports: `event` when it got the
+    /// kernel's events (as root), else `scan`.
+    fn observer(&self) -> &'static str {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let capture = self.coverage.lock().expect("coverage lock").process_capture;
+            match capture {
+                Some(ProcessCapture::Event) => return "event",
+                Some(ProcessCapture::Scan) => return "scan",
+                None if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("the collector never reported its source"),
+            }
+        }
+    }
+
     /// The next event matching `pred`, skipping others; panics after the
     /// deadline.
     fn find(&self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
@@ -164,12 +181,22 @@ fn sha256_hex(path: &str) -> String {
 }
 
 #[test]
-fn child_start_and_end_are_reported_with_matching_identity() {
+fn child_start_and_end_are_reported_with_matching_identity_polling() {
+    child_start_and_end_are_reported_with_matching_identity(ProcessSource::Scan);
+}
+
+#[test]
+fn child_start_and_end_are_reported_with_matching_identity_from_events() {
+    child_start_and_end_are_reported_with_matching_identity(ProcessSource::Auto);
+}
+
+fn child_start_and_end_are_reported_with_matching_identity(source: ProcessSource) {
     let cfg = ProcessMonitorConfig {
         calculate_hashes: true,
-        ..config()
+        ..config(source)
     };
     let running = start(cfg);
+    let observer = running.observer();
     let me = running.own_inventory();
     let marker = unique_marker();
     let child = spawn_sh(&marker, &[], &[("MY_API_TOKEN", "secretvalue")]);
@@ -201,7 +228,7 @@ fn child_start_and_end_are_reported_with_matching_identity() {
     );
     let start_json = json(&started);
     assert!(start_json["process"].get("env_vars").is_none());
-    assert_eq!(start_json["edr"]["source"], "scan");
+    assert_eq!(start_json["edr"]["source"], observer);
     assert!(start_json["process"]["start"].is_string());
 
     finish(child);
@@ -222,12 +249,26 @@ fn child_start_and_end_are_reported_with_matching_identity() {
         ended.event.duration,
         Some((end.as_millis() - start.as_millis()) * 1_000_000)
     );
+    assert_eq!(json(&ended)["edr"]["source"], observer);
+    // Only an event source sees the exit itself: `read` at the end of its
+    // input fails, and so does the shell.
+    let exit_code = if observer == "event" { Some(1) } else { None };
+    assert_eq!(ep.exit_code, exit_code);
     running.stop();
 }
 
 #[test]
-fn secrets_in_arguments_are_redacted() {
-    let running = start(config());
+fn secrets_in_arguments_are_redacted_polling() {
+    secrets_in_arguments_are_redacted(ProcessSource::Scan);
+}
+
+#[test]
+fn secrets_in_arguments_are_redacted_from_events() {
+    secrets_in_arguments_are_redacted(ProcessSource::Auto);
+}
+
+fn secrets_in_arguments_are_redacted(source: ProcessSource) {
+    let running = start(config(source));
     running.own_inventory();
     let marker = unique_marker();
     let child = spawn_sh(&marker, &["--password=hunter2"], &[]);
@@ -253,10 +294,19 @@ fn secrets_in_arguments_are_redacted() {
 }
 
 #[test]
-fn environment_is_collected_redacted_when_enabled() {
+fn environment_is_collected_redacted_when_enabled_polling() {
+    environment_is_collected_redacted_when_enabled(ProcessSource::Scan);
+}
+
+#[test]
+fn environment_is_collected_redacted_when_enabled_from_events() {
+    environment_is_collected_redacted_when_enabled(ProcessSource::Auto);
+}
+
+fn environment_is_collected_redacted_when_enabled(source: ProcessSource) {
     let cfg = ProcessMonitorConfig {
         collect_environment: true,
-        ..config()
+        ..config(source)
     };
     let running = start(cfg);
     running.own_inventory();
@@ -289,7 +339,7 @@ fn environment_is_collected_redacted_when_enabled() {
 
 #[test]
 fn first_scan_is_an_inventory_including_this_process() {
-    let running = start(config());
+    let running = start(config(ProcessSource::Scan));
     let me = running.own_inventory();
     let v = json(&me);
     assert_eq!(v["event"]["kind"], "state");
@@ -313,8 +363,10 @@ fn first_scan_is_an_inventory_including_this_process() {
     {
         let cov = running.coverage.lock().expect("coverage lock");
         assert_eq!(cov.process_source.as_deref(), Some("scan"));
+        assert_eq!(cov.process_capture, Some(ProcessCapture::Scan));
         let note = cov.process_note.as_deref().unwrap_or_default();
         assert!(note.contains("polling every 100 ms"), "{note}");
+        assert!(note.contains("can be missed"), "{note}");
     }
     assert_eq!(
         running
@@ -323,5 +375,112 @@ fn first_scan_is_an_inventory_including_this_process() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    running.stop();
+}
+
+/// Starts the collector on the kernel's events; None (after checking that
+/// the collector says it polls instead, and why) when not root.
+fn start_on_events() -> Option<Running> {
+    let running = start(config(ProcessSource::Auto));
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if running.observer() == "event" {
+        return Some(running);
+    }
+    assert!(!root, "root, yet the collector polls");
+    let note = running
+        .coverage
+        .lock()
+        .expect("coverage lock")
+        .process_note
+        .clone()
+        .unwrap_or_default();
+    assert!(note.contains("unavailable"), "{note}");
+    running.stop();
+    None
+}
+
+#[test]
+fn a_fork_without_exec_is_a_process_with_its_parents_program() {
+    let Some(running) = start_on_events() else {
+        return;
+    };
+    running.own_inventory();
+    let marker = unique_marker();
+    // The subshell is a fork of the shell that never execs.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("(read x); exit 3")
+        .arg(&marker)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let shell = running.find("start of the shell", |e| {
+        e.event.action == "process-started" && pid_of(e) == Some(child.id())
+    });
+    let shell_entity = shell.process.as_ref().expect("fields").entity_id.clone();
+    let sub = running.find("start of the subshell", |e| {
+        e.event.action == "process-started"
+            && e.process
+                .as_ref()
+                .is_some_and(|p| p.parent.as_ref().is_some_and(|pp| pp.pid == child.id()))
+    });
+    let sp = sub.process.as_ref().expect("fields");
+    assert_eq!(sp.args, shell.process.as_ref().expect("fields").args);
+    assert_eq!(
+        sp.parent.as_ref().and_then(|p| p.entity_id.as_ref()),
+        Some(&shell_entity)
+    );
+    drop(child.stdin.take());
+    let status = child.wait().expect("shell exits");
+    assert_eq!(status.code(), Some(3));
+    let ended = running.find("end of the shell", |e| {
+        e.event.action == "process-ended" && pid_of(e) == Some(child.id())
+    });
+    let ep = ended.process.as_ref().expect("fields");
+    assert_eq!(ep.entity_id, shell_entity);
+    assert_eq!(ep.exit_code, Some(3));
+    running.stop();
+}
+
+#[test]
+fn a_process_that_execs_again_keeps_its_identity() {
+    let Some(running) = start_on_events() else {
+        return;
+    };
+    running.own_inventory();
+    let marker = unique_marker();
+    // `exec` replaces the shell with sleep in the same process.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("exec sleep 30")
+        .arg(&marker)
+        .spawn()
+        .expect("spawn sh");
+    let shell = running.find("start of the shell", |e| {
+        e.event.action == "process-started" && pid_of(e) == Some(child.id())
+    });
+    let sleep = running.find("exec of sleep", |e| {
+        e.event.action == "process-exec" && pid_of(e) == Some(child.id())
+    });
+    let (shp, slp) = (
+        shell.process.as_ref().expect("fields"),
+        sleep.process.as_ref().expect("fields"),
+    );
+    assert_eq!(sleep.event.types, ["start"]);
+    assert_eq!(slp.entity_id, shp.entity_id);
+    assert_eq!(slp.name, "sleep");
+    assert_eq!(slp.args, ["sleep", "30"]);
+    assert_eq!(slp.parent.as_ref().map(|p| p.pid), Some(std::process::id()));
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let ended = running.find("end of sleep", |e| {
+        e.event.action == "process-ended" && pid_of(e) == Some(child.id())
+    });
+    let ep = ended.process.as_ref().expect("fields");
+    assert_eq!(ep.entity_id, shp.entity_id);
+    assert_eq!(ep.name, "sleep");
+    // Killed by SIGKILL.
+    assert_eq!(ep.exit_code, Some(128 + 9));
     running.stop();
 }

@@ -132,6 +132,12 @@ fn print_human(
                 .unwrap_or_default()
         ))?;
     }
+    if t.process_events_lost + t.process_partial + t.process_source_missed > 0 {
+        out(format_args!(
+            "process events: {} losses (kernel buffer overruns or backlog), {} processes reported without their program (gone before it could be read, or not readable), {} found only by the scan\n",
+            t.process_events_lost, t.process_partial, t.process_source_missed
+        ))?;
+    }
     if let Some(src) = &c.network_source {
         out(format_args!("network:     {src}\n"))?;
     }

@@ -40,12 +40,42 @@ pub struct Coverage {
     /// What the process source implies, e.g. that processes shorter than the
     /// scan interval can be missed.
     pub process_note: Option<String>,
+    /// Whether processes are captured as events or by polling; None while
+    /// the process collector is off (or could not start its required
+    /// event source).
+    #[serde(default)]
+    pub process_capture: Option<ProcessCapture>,
     /// How sockets are listed, e.g. `netlink sock_diag`.
     pub network_source: Option<String>,
     /// Directories under a working watch.
     pub watched_paths: Vec<String>,
     /// Configured directories not watched, with the reason.
     pub unwatched_paths: Vec<UnwatchedPath>,
+}
+
+/// How process starts and ends are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessCapture {
+    /// From the kernel as they happen (short-lived processes included).
+    Event,
+    /// By polling: processes shorter than the scan interval can be missed.
+    Scan,
+}
+
+impl ProcessCapture {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessCapture::Event => "event",
+            ProcessCapture::Scan => "scan",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProcessCapture> {
+        [ProcessCapture::Event, ProcessCapture::Scan]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -32,8 +32,33 @@ struct CacheKey {
 
 impl CacheKey {
     fn new(path: &str, meta: &Metadata) -> CacheKey {
+        CacheKey::of(path, FileId::of(meta))
+    }
+
+    fn of(path: &str, id: FileId) -> CacheKey {
         CacheKey {
             path: Arc::from(path),
+            mtime_s: id.mtime_s,
+            mtime_ns: id.mtime_ns,
+            size: id.size,
+            ino: id.ino,
+        }
+    }
+}
+
+/// What tells one version of a file from another (as [`CacheKey`] does),
+/// read while a process still ran it, to hash its binary after it exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    mtime_s: i64,
+    mtime_ns: i64,
+    size: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &Metadata) -> FileId {
+        FileId {
             mtime_s: meta.mtime(),
             mtime_ns: meta.mtime_nsec(),
             size: meta.size(),
@@ -113,6 +138,32 @@ impl HashCache {
             return Ok(*d);
         }
         let file = open_regular(open)?;
+        let digest = self.hash_file(file, cancel)?;
+        self.insert(key, digest);
+        Ok(digest)
+    }
+
+    /// The digest of the file `id` identifies (a binary a process ran,
+    /// read before it exited): from the cache, or from `path` if the file
+    /// there is still that one.
+    pub fn digest_of(
+        &mut self,
+        path: &str,
+        id: FileId,
+        cancel: &CancellationToken,
+    ) -> Result<[u8; 32], Skip> {
+        let key = CacheKey::of(path, id);
+        if let Some(d) = self.digests.get(&key) {
+            return Ok(*d);
+        }
+        let file = open_regular(Path::new(path))?;
+        let meta = file.metadata().map_err(|e| Skip::from_io(&e))?;
+        if FileId::of(&meta) != id {
+            return Err(Skip::Vanished);
+        }
+        if meta.size() > MAX_HASH_BYTES {
+            return Err(Skip::TooLarge);
+        }
         let digest = self.hash_file(file, cancel)?;
         self.insert(key, digest);
         Ok(digest)
@@ -252,6 +303,31 @@ mod tests {
         );
         assert!(!cache.digests.contains_key(&first));
         assert_eq!(cache.order.len(), 2);
+    }
+
+    #[test]
+    fn a_binary_is_hashed_by_identity_only_while_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("tool");
+        std::fs::write(&p, b"what ran").expect("write");
+        let path = p.to_str().expect("utf-8");
+        let id = FileId::of(&std::fs::metadata(&p).expect("meta"));
+        let cancel = CancellationToken::new();
+        let mut cache = HashCache::new(8);
+        assert_eq!(
+            cache.digest_of(path, id, &cancel).map(|d| hex(&d)),
+            Ok(sha256_hex(b"what ran"))
+        );
+        // Replaced since the process ran it: not the binary that ran.
+        std::fs::remove_file(&p).expect("remove");
+        std::fs::write(&p, b"something else entirely").expect("rewrite");
+        let mut fresh = HashCache::new(8);
+        assert_eq!(fresh.digest_of(path, id, &cancel), Err(Skip::Vanished));
+        // The first cache still knows what ran.
+        assert_eq!(
+            cache.digest_of(path, id, &cancel).map(|d| hex(&d)),
+            Ok(sha256_hex(b"what ran"))
+        );
     }
 
     #[test]

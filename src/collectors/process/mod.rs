@@ -1,18 +1,34 @@
-//! The process collector: polls the process table and reports processes
-//! that started and ended since the previous scan.
+//! The process collector: reports processes as they start and end.
 //!
-//! Polling sees only processes alive at some scan; anything that starts and
-//! exits between two scans is missed (recorded in [`Coverage`]). The first
-//! scan reports every running process as inventory (`event.kind: state`).
+//! Where the kernel's process events may be read (Linux: the netlink proc
+//! connector, as root or with CAP_NET_ADMIN; macOS: `eslogger`, as root
+//! with Full Disk Access), every exec, fork and exit is reported as it
+//! happens, short-lived processes included. Otherwise the process table is
+//! polled, and anything that starts and exits between two scans is missed;
+//! [`Coverage`] says which mode is active and why.
+//!
+//! With events, the scan still runs: its first pass is the inventory of
+//! what already runs (`event.kind: state`), and later passes report only
+//! what the events lost (after a kernel buffer overrun). Both share one
+//! view of the live processes, so neither reports what the other did.
 //!
 //! Processes are identified by (pid, start time), so a reused pid is a new
 //! process, and `process.entity_id` is derived from host, pid and start time
-//! (see [`process_start_ms`]) so other event sources can produce the same id.
+//! (see [`process_start_ms`]) so every source produces the same id.
 //!
 //! [`Coverage`]: crate::collectors::Coverage
 
+mod emit;
+#[cfg(any(target_os = "macos", test))]
+mod eslogger;
 mod hash;
+mod monitor;
+#[cfg(target_os = "linux")]
+mod netlink;
+#[cfg(target_os = "linux")]
+mod procfs;
 mod scanner;
+mod source;
 #[cfg(target_os = "linux")]
 mod start_time;
 mod tracker;
@@ -21,79 +37,172 @@ mod users;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
-
-use crate::collectors::{coverage, CollectorContext};
-use crate::config::ProcessMonitorConfig;
-use scanner::{ScanError, ScanStats, Scanner};
+use crate::collectors::{coverage, CollectorContext, ProcessCapture};
+use crate::config::{ProcessMonitorConfig, ProcessSource};
+use monitor::{Monitor, Source};
 
 #[cfg(target_os = "linux")]
 pub use start_time::process_start_ms;
 
-/// Runs until `ctx.cancel` fires. Each scan runs on a blocking thread; a
-/// cancelled scan stops between events and hash chunks, so returning waits
-/// at most for one table read.
+/// Runs until `ctx.cancel` fires. The work happens on a blocking thread
+/// that looks at the token at least every 100 ms; a scan in progress stops
+/// between events and hash chunks.
 pub async fn run(cfg: ProcessMonitorConfig, ctx: CollectorContext) {
-    record_coverage(&cfg, &ctx);
-    let mut ticker = tokio::time::interval(Duration::from_millis(cfg.scan_interval_ms.max(1)));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut scanner = Scanner::new(cfg, ctx.clone());
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            biased;
-            () = ctx.cancel.cancelled() => break,
-            _ = ticker.tick() => {}
+    // The threads stop on this token, which also fires if this task is
+    // dropped without being cancelled (a runtime shutting down), so they
+    // never outlive it.
+    let ctx = CollectorContext {
+        cancel: ctx.cancel.child_token(),
+        ..ctx
+    };
+    let _stop_threads = ctx.cancel.clone().drop_guard();
+    let source = match cfg.source {
+        ProcessSource::Scan => {
+            record_scan(&ctx, &cfg, None);
+            None
         }
-        let job = tokio::task::spawn_blocking(move || {
-            let result = scanner.scan();
-            (scanner, result)
-        });
-        match job.await {
-            Ok((back, result)) => {
-                scanner = back;
-                report(&ctx, result, &mut failing);
-            }
-            Err(e) => {
-                tracing::error!("process scan panicked, process collector stopped: {e}");
-                ctx.counters.scan_errors.fetch_add(1, Relaxed);
-                return;
+        ProcessSource::Auto | ProcessSource::Event => {
+            let (environ, c) = (cfg.collect_environment, ctx.clone());
+            let opened = tokio::task::spawn_blocking(move || start_source(environ, &c))
+                .await
+                .unwrap_or_else(|e| Err(format!("starting the event source panicked: {e}")));
+            match opened {
+                Ok((source, about)) => {
+                    record_events(&ctx, &cfg, &about);
+                    Some(source)
+                }
+                Err(reason) if cfg.source == ProcessSource::Event => {
+                    record_unavailable(&ctx, &reason);
+                    ctx.cancel.cancelled().await;
+                    return;
+                }
+                Err(reason) => {
+                    record_scan(&ctx, &cfg, Some(&reason));
+                    None
+                }
             }
         }
+    };
+    let interval = Duration::from_millis(cfg.scan_interval_ms.max(1));
+    let monitor = Monitor::new(
+        ctx.clone(),
+        interval,
+        cfg.collect_environment,
+        cfg.calculate_hashes,
+        source,
+    );
+    let c = ctx.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        monitor.run(|reason| record_scan(&c, &cfg, Some(reason)));
+    });
+    if let Err(e) = job.await {
+        tracing::error!("process collector panicked and stopped: {e}");
+        ctx.counters.scan_errors.fetch_add(1, Relaxed);
     }
 }
 
-fn record_coverage(cfg: &ProcessMonitorConfig, ctx: &CollectorContext) {
+/// What coverage says about a running event source.
+struct SourceInfo {
+    name: &'static str,
+    /// What the source cannot do here.
+    caveat: Option<&'static str>,
+}
+
+/// Opens the platform's event source and starts its reading thread.
+#[cfg(target_os = "linux")]
+fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, SourceInfo), String> {
+    let conn = netlink::Connector::open().map_err(|e| e.to_string())?;
+    // Since Linux 6.6 anyone may subscribe; reading other users'
+    // processes still takes root, and so does the reader's priority.
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let caveat = (!root).then_some(
+        "without root the programs of other users' processes cannot be read (reported partial), \
+         and on a busy machine short processes may be read too late",
+    );
+    let (tx, rx) = source::source_queue(std::sync::Arc::clone(&ctx.counters));
+    let cancel = ctx.cancel.clone();
+    let reader = std::thread::Builder::new()
+        .name("edr-proc-events".into())
+        .spawn(move || netlink::read_loop(conn, tx, environ, cancel))
+        .map_err(|e| format!("cannot start the event reader: {e}"))?;
+    let source = Source {
+        rx,
+        reader,
+        reread: Some(procfs::reread),
+    };
+    let info = SourceInfo {
+        name: "netlink proc connector",
+        caveat,
+    };
+    Ok((source, info))
+}
+
+#[cfg(target_os = "macos")]
+fn start_source(environ: bool, ctx: &CollectorContext) -> Result<(Source, SourceInfo), String> {
+    let counters = std::sync::Arc::clone(&ctx.counters);
+    let source = eslogger::start(environ, counters, ctx.cancel.clone())?;
+    let info = SourceInfo {
+        name: "eslogger (Endpoint Security)",
+        caveat: None,
+    };
+    Ok((source, info))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn start_source(_: bool, _: &CollectorContext) -> Result<(Source, SourceInfo), String> {
+    Err("no process event source on this platform".into())
+}
+
+fn record_events(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, about: &SourceInfo) {
+    let mut note = format!(
+        "every exec, fork and exit as it happens, short-lived processes included; \
+         a scan every {} ms takes the inventory and catches what events lose",
+        cfg.scan_interval_ms
+    );
+    match about.caveat {
+        Some(caveat) => {
+            tracing::warn!("process events from the {}, but {caveat}", about.name);
+            note = format!("{note}; {caveat}");
+        }
+        None => tracing::info!("process events from the {}", about.name),
+    }
+    let mut cov = coverage(ctx);
+    cov.process_source = Some(about.name.to_string());
+    cov.process_capture = Some(ProcessCapture::Event);
+    cov.process_note = Some(note);
+}
+
+/// Polling, by choice or because events are unavailable (`why`).
+fn record_scan(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, why: Option<&str>) {
+    let polling = format!(
+        "polling every {} ms: processes shorter than the scan interval can be missed",
+        cfg.scan_interval_ms
+    );
+    let note = match why {
+        Some(why) => {
+            tracing::warn!("process events unavailable ({why}); {polling}");
+            format!("process events unavailable ({why}); {polling}")
+        }
+        None => polling,
+    };
     let mut cov = coverage(ctx);
     cov.process_source = Some("scan".to_string());
-    cov.process_note = Some(format!(
-        "polling every {} ms: processes that start and end between two scans are not seen",
-        cfg.scan_interval_ms
-    ));
+    cov.process_capture = Some(ProcessCapture::Scan);
+    cov.process_note = Some(note);
 }
 
-/// Counts failures; warns once per run of failures rather than every scan.
-fn report(ctx: &CollectorContext, result: Result<ScanStats, ScanError>, failing: &mut bool) {
-    match result {
-        Ok(s) => {
-            if std::mem::take(failing) {
-                tracing::info!("process scans work again");
-            }
-            tracing::debug!(
-                processes = s.processes,
-                started = s.started,
-                ended = s.ended,
-                elapsed_us = u64::try_from(s.elapsed.as_micros()).unwrap_or(u64::MAX),
-                "process scan"
-            );
-        }
-        Err(e) => {
-            ctx.counters.scan_errors.fetch_add(1, Relaxed);
-            if std::mem::replace(failing, true) {
-                tracing::debug!("process scan failed again: {e}");
-            } else {
-                tracing::warn!("process scan failed: {e}");
-            }
-        }
-    }
+/// `source: event` without events: nothing is recorded, and status says so.
+fn record_unavailable(ctx: &CollectorContext, why: &str) {
+    tracing::error!(
+        "process events unavailable ({why}) and polling is off \
+         (collectors.process_monitor.source: event): no processes are recorded"
+    );
+    let mut cov = coverage(ctx);
+    cov.process_source = Some("none".to_string());
+    cov.process_capture = None;
+    cov.process_note = Some(format!(
+        "process events unavailable ({why}) and polling is off (source: event): \
+         no processes are recorded"
+    ));
 }

@@ -20,7 +20,11 @@ use std::sync::OnceLock;
 /// is unreadable.
 pub fn process_start_ms(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = parse_starttime(&stat)?;
+    start_ms_from_ticks(parse_starttime(&stat)?)
+}
+
+/// The start time of a process whose `starttime` field reads `ticks`.
+pub(crate) fn start_ms_from_ticks(ticks: u64) -> Option<u64> {
     Some(start_ms_from(
         boot_time_secs()?,
         ticks,
@@ -66,7 +70,7 @@ pub(crate) fn parse_btime(proc_stat: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn clock_ticks_per_sec() -> Option<u64> {
+pub(crate) fn clock_ticks_per_sec() -> Option<u64> {
     // SAFETY: sysconf has no preconditions and only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(hz).ok().filter(|hz| *hz > 0)
