@@ -10,6 +10,7 @@ pub mod collectors;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod filter;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
