@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod storage;
+pub mod workload;
 
 pub use config::Config;
 pub use engine::{EngineError, EngineHandle, EngineOptions, Snapshot};
