@@ -137,19 +137,33 @@ pub struct StoredFile {
     pub started: Timestamp,
 }
 
-enum Sink {
+enum Encoder {
     Plain(BufWriter<File>),
     // Boxed: the encoder's state is large and only one batch is open.
     Gzip(Box<GzEncoder<BufWriter<File>>>),
     Zstd(Box<ZstdEncoder<'static, BufWriter<File>>>),
 }
 
+/// Where a batch's lines go: a small staging buffer, handed to the encoder
+/// in large pieces (one encoder call per ~32 KiB, not two per event), then
+/// the encoder, then the file.
+struct Sink {
+    stage: Vec<u8>,
+    encoder: Encoder,
+}
+
+/// Lines collected before they are handed to the encoder.
+const STAGE_BYTES: usize = 32 * 1024;
+/// Bytes collected before a write to the batch file: compressed output
+/// comes in small pieces, and one syscall per piece would dominate.
+const FILE_BUFFER: usize = 64 * 1024;
+
 impl Sink {
     fn new(file: File, codec: Codec) -> io::Result<Sink> {
-        let buffered = BufWriter::with_capacity(SINK_BUFFER, file);
-        Ok(match codec {
-            Codec::None => Sink::Plain(buffered),
-            Codec::Gzip { level } => Sink::Gzip(Box::new(GzEncoder::new(
+        let buffered = BufWriter::with_capacity(FILE_BUFFER, file);
+        let encoder = match codec {
+            Codec::None => Encoder::Plain(buffered),
+            Codec::Gzip { level } => Encoder::Gzip(Box::new(GzEncoder::new(
                 buffered,
                 flate2::Compression::new(level.clamp(1, 9)),
             ))),
@@ -157,35 +171,51 @@ impl Sink {
                 let level = i32::try_from(level.clamp(1, 19)).unwrap_or(3);
                 let mut z = ZstdEncoder::new(buffered, level)?;
                 z.window_log(ZSTD_WINDOW_LOG)?;
-                Sink::Zstd(Box::new(z))
+                Encoder::Zstd(Box::new(z))
             }
+        };
+        Ok(Sink {
+            stage: Vec::with_capacity(STAGE_BYTES + 4096),
+            encoder,
         })
     }
 
+    fn encoder(&mut self) -> &mut dyn Write {
+        match &mut self.encoder {
+            Encoder::Plain(w) => w,
+            Encoder::Gzip(w) => w.as_mut(),
+            Encoder::Zstd(w) => w.as_mut(),
+        }
+    }
+
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        let w: &mut dyn Write = match self {
-            Sink::Plain(w) => w,
-            Sink::Gzip(w) => w.as_mut(),
-            Sink::Zstd(w) => w.as_mut(),
-        };
-        w.write_all(line)?;
-        w.write_all(b"\n")
+        self.stage.extend_from_slice(line);
+        self.stage.push(b'\n');
+        if self.stage.len() >= STAGE_BYTES {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        let stage = std::mem::take(&mut self.stage);
+        let r = self.encoder().write_all(&stage);
+        self.stage = stage;
+        self.stage.clear();
+        r
     }
 
     /// Ends the encoding and returns the file, all bytes handed to it.
-    fn finish(self) -> io::Result<File> {
-        let buffered = match self {
-            Sink::Plain(w) => w,
-            Sink::Gzip(w) => w.finish()?,
-            Sink::Zstd(w) => w.finish()?,
+    fn finish(mut self) -> io::Result<File> {
+        self.hand_over()?;
+        let buffered = match self.encoder {
+            Encoder::Plain(w) => w,
+            Encoder::Gzip(w) => w.finish()?,
+            Encoder::Zstd(w) => w.finish()?,
         };
         buffered.into_inner().map_err(|e| e.into_error())
     }
 }
-
-/// Bytes collected before a write to the batch file: compressed output
-/// comes in small pieces, and one syscall per piece would dominate.
-const SINK_BUFFER: usize = 64 * 1024;
 
 /// A batch being written: events stream through the encoder into a hidden
 /// temporary file.

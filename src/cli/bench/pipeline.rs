@@ -18,10 +18,13 @@ use edr_agent::workload::SyntheticEvents;
 
 /// Distinct events cycled through by the producer.
 const POOL: usize = 4096;
+/// Events of an as-fast-as-possible run (about 600 MB while queued).
+const MAX_RATE_EVENTS: usize = 400_000;
 
 #[derive(Debug, Clone)]
 pub struct PipelineRun {
-    /// Events per second offered; 0: as fast as the batcher takes them.
+    /// Events per second offered; 0: as fast as the batcher takes them
+    /// (a fixed number of events, not `duration`).
     pub rate: f64,
     pub duration: Duration,
     pub compression: Option<Compression>,
@@ -106,6 +109,15 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
     let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(cfg));
     let (tx, rx) = sync_channel::<Event>(QUEUE_CAPACITY);
     let pool = SyntheticEvents::new(Origin::detect(), 42).take(POOL);
+    // As fast as it goes: the events are built before the clock starts, so
+    // the producer's allocations do not compete with the batcher's frees.
+    let prebuilt: Vec<Event> = if r.rate > 0.0 {
+        Vec::new()
+    } else {
+        (0..MAX_RATE_EVENTS)
+            .map(|i| pool[i % POOL].clone())
+            .collect()
+    };
     let batcher = Batcher::new(
         rx,
         store,
@@ -119,21 +131,24 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
         thread_cpu()
     });
     let mut offered = 0u64;
-    let end = started + r.duration;
-    while Instant::now() < end {
-        let due = if r.rate > 0.0 {
-            (started.elapsed().as_secs_f64() * r.rate) as u64
-        } else {
-            offered + 1024
-        };
-        while offered < due {
-            if tx.send(pool[offered as usize % POOL].clone()).is_err() {
+    if r.rate > 0.0 {
+        let end = started + r.duration;
+        while Instant::now() < end {
+            let due = (started.elapsed().as_secs_f64() * r.rate) as u64;
+            while offered < due {
+                if tx.send(pool[offered as usize % POOL].clone()).is_err() {
+                    break;
+                }
+                offered += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    } else {
+        for e in prebuilt {
+            if tx.send(e).is_err() {
                 break;
             }
             offered += 1;
-        }
-        if r.rate > 0.0 {
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
     drop(tx);
