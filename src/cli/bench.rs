@@ -535,8 +535,8 @@ fn startup(a: StartupArgs) -> anyhow::Result<()> {
         // The first event is written, and made durable, at once.
         c.agent.max_events_per_batch = 1;
         c.agent.adaptive_batching.enabled = false;
-        let spawned_wall = SystemTime::now();
         let mut agent = Agent::spawn(&c, &work.path, false, "info")?;
+        let spawned_wall = agent.spawned_wall;
         let first = agent.wait_until(Duration::from_secs(30), Duration::from_millis(1), |a| {
             list_batches(&a.data_dir)
                 .ok()
@@ -612,13 +612,20 @@ fn machine_processes() -> usize {
         .unwrap_or(0)
 }
 
-/// Raises the open-file limit to its hard limit (connections need two
-/// descriptors each).
-fn raise_nofile() {
+/// Raises the open-file limit to at least `want` (connections need two
+/// descriptors each); above the hard limit only as root.
+fn raise_nofile(want: u64) {
     // SAFETY: getrlimit/setrlimit read and write the struct we pass.
     unsafe {
         let mut l: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want.max(l.rlim_cur),
+            rlim_max: want.max(l.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
             l.rlim_cur = l.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
@@ -657,7 +664,7 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
             )
         }
         Unit::Connections => {
-            raise_nofile();
+            raise_nofile(2 * a.count as u64 + 1024);
             let listener = TcpListener::bind("127.0.0.1:0")?;
             let mut v = Vec::with_capacity(2 * a.count);
             for _ in 0..a.count {
@@ -686,9 +693,9 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
         }
     };
     let setup_s = setup.elapsed().as_secs_f64();
-    let spawned_wall = SystemTime::now();
     let log = "info,edr_agent::collectors::file::watch=debug";
     let mut agent = Agent::spawn(&c, &work.path, !a.common.no_time, log)?;
+    let spawned_wall = agent.spawned_wall;
     let ready_ms = match &tree {
         Some(t) => {
             wait_watching(&mut agent, t)?;

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use edr_agent::config::Config;
@@ -18,6 +18,8 @@ pub struct Agent {
     pub pid: u32,
     pub data_dir: PathBuf,
     pub spawned: Instant,
+    /// The same moment by the wall clock, to compare with log timestamps.
+    pub spawned_wall: SystemTime,
     stderr: PathBuf,
     timed: bool,
 }
@@ -53,6 +55,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(err_file));
+        let spawned_wall = SystemTime::now();
         let spawned = Instant::now();
         let child = cmd.spawn().context("cannot start the agent")?;
         let pid = if timed {
@@ -65,6 +68,7 @@ impl Agent {
             pid,
             data_dir: config.data_dir(),
             spawned,
+            spawned_wall,
             stderr,
             timed,
         })
