@@ -45,6 +45,11 @@ enum BenchCommand {
     Startup(StartupArgs),
     /// What the agent costs with many processes, connections or watched files.
     Scale(ScaleArgs),
+    /// Used by `scale connections`: holds the client ends of N connections
+    /// in a second process (one process may not open enough descriptors
+    /// for both ends) until its stdin closes.
+    #[command(hide = true)]
+    HoldClients { port: u16, count: usize },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -166,6 +171,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Pipeline(a) => pipeline_runs(a),
         BenchCommand::Startup(a) => startup(a),
         BenchCommand::Scale(a) => scale(a),
+        BenchCommand::HoldClients { port, count } => hold_clients(port, count),
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -632,6 +638,18 @@ fn raise_nofile(want: u64) {
     }
 }
 
+fn hold_clients(port: u16, count: usize) -> anyhow::Result<()> {
+    raise_nofile(count as u64 + 1024);
+    let held = (0..count)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot connect")?;
+    // Until the parent closes our stdin (or dies).
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(held);
+    Ok(())
+}
+
 fn scale(a: ScaleArgs) -> anyhow::Result<()> {
     let work = WorkDir::new(a.common.work_dir.as_deref())?;
     let mut c = agent_config(ConfigSource::default(), &work, None)?;
@@ -664,16 +682,23 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
             )
         }
         Unit::Connections => {
-            raise_nofile(2 * a.count as u64 + 1024);
+            raise_nofile(a.count as u64 + 1024);
             let listener = TcpListener::bind("127.0.0.1:0")?;
-            let mut v = Vec::with_capacity(2 * a.count);
+            let exe = std::env::current_exe().context("cannot find this program")?;
+            let clients = Command::new(exe)
+                .args(["bench", "hold-clients"])
+                .arg(listener.local_addr()?.port().to_string())
+                .arg(a.count.to_string())
+                .stdin(Stdio::piped())
+                .spawn()
+                .context("cannot start the client process")?;
+            let mut v = Vec::with_capacity(a.count);
             for _ in 0..a.count {
-                v.push(TcpStream::connect(listener.local_addr()?)?);
                 v.push(listener.accept()?.0);
             }
             (
                 Held {
-                    children: Vec::new(),
+                    children: vec![clients],
                     _sockets: v,
                 },
                 None,
@@ -712,7 +737,8 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
             };
             agent.wait_until(Duration::from_secs(120), Duration::from_millis(50), |ag| {
                 read_status(&ag.data_dir)
-                    .filter(|s| s.totals.produced.iter().sum::<u64>() >= want)
+                    .map(|s| s.totals)
+                    .filter(|t| t.produced.iter().sum::<u64>() + t.dropped_total() >= want)
                     .map(|_| ())
             })?;
             None
@@ -721,6 +747,7 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let series = sample(agent.pid, a.duration)?;
     let procs = machine_processes();
+    let totals = read_status(&agent.data_dir).map(|s| s.totals);
     let time = agent.stop()?;
     drop(held);
     let scans = series.wall().as_secs_f64(); // one scan a second
@@ -754,6 +781,13 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
             .map(|k| format!(", /usr/bin/time -v max {:.1} MiB", k as f64 / 1024.0))
             .unwrap_or_default()
     ))?;
+    if let Some(t) = totals {
+        out(format_args!(
+            "  events: {} queued, {} dropped (queue full)\n",
+            t.produced.iter().sum::<u64>(),
+            t.dropped_total()
+        ))?;
+    }
     if let Some(ms) = ready_ms {
         out(format_args!(
             "  watch of {} directories set up {ms:.0} ms after spawn\n",

@@ -103,10 +103,7 @@ impl Agent {
 
     /// SIGTERM (the agent commits its open batch), then waits.
     pub fn stop(mut self) -> anyhow::Result<TimeReport> {
-        // SAFETY: kill has no memory effects; the pid is our own child or
-        // grandchild, still unreaped.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-        let status = self.child.wait().context("waiting for the agent")?;
+        let status = self.terminate().context("waiting for the agent")?;
         if !status.success() {
             bail!("the agent exited with {status}:\n{}", self.log());
         }
@@ -115,6 +112,25 @@ impl Agent {
         } else {
             TimeReport::default()
         })
+    }
+}
+
+impl Agent {
+    fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        // SAFETY: kill has no memory effects; the pid is our own child or
+        // grandchild, still unreaped.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        self.child.wait()
+    }
+}
+
+/// A bench that fails half-way still stops its agent.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.terminate();
     }
 }
 
