@@ -123,7 +123,8 @@ impl Load {
     }
 
     /// Stops the generators; every process has exited, every file is
-    /// deleted and every connection closed when this returns.
+    /// deleted and every connection closed when this returns (each having
+    /// lived its full time).
     pub fn stop(self) -> Generated {
         self.stop.store(true, Relaxed);
         let mut g = Generated::default();
@@ -247,13 +248,28 @@ fn connect_loop(rate: f64, port: u16, stop: &AtomicBool) -> u64 {
             open.pop_front();
         }
     }
+    // Every connection lives its full time, also the last ones: closing
+    // them at once would make them shorter than a scan.
+    for (t, s) in open {
+        std::thread::sleep(CONN_HOLD.saturating_sub(t.elapsed()));
+        drop(s);
+    }
     made
 }
 
-/// Accepts and holds the server ends as long as the clients hold theirs.
+/// Accepts and holds the server ends as long as the clients hold theirs,
+/// and goes on for one hold time after the stop so the last connections
+/// are accepted and held too.
 fn accept_loop(listener: &TcpListener, stop: &AtomicBool) {
     let mut held: VecDeque<(Instant, TcpStream)> = VecDeque::new();
-    while !stop.load(Relaxed) {
+    let mut stopped: Option<Instant> = None;
+    loop {
+        if stopped.is_none() && stop.load(Relaxed) {
+            stopped = Some(Instant::now());
+        }
+        if stopped.is_some_and(|t| t.elapsed() >= CONN_HOLD) && held.is_empty() {
+            return;
+        }
         match listener.accept() {
             Ok((s, _)) => held.push_back((Instant::now(), s)),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
