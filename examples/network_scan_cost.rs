@@ -120,9 +120,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         coverage: Arc::new(Mutex::new(Coverage::default())),
         cancel: cancel.clone(),
     };
-    let interval = NetworkMonitorConfig::default().scan_interval_ms;
+    // A fixed interval: adaptive scanning would stretch the steady scans.
+    let cfg = NetworkMonitorConfig {
+        max_scan_interval_ms: NetworkMonitorConfig::default().scan_interval_ms,
+        ..NetworkMonitorConfig::default()
+    };
+    let interval = cfg.scan_interval_ms;
     let mut cpu_before = process_cpu_us();
-    let task = rt.spawn(network::run(NetworkMonitorConfig::default(), ctx));
+    let task = rt.spawn(network::run(cfg, ctx));
 
     // Open the new connections half-way between scans.
     std::thread::sleep(Duration::from_millis(

@@ -44,6 +44,7 @@ pub const PRESETS: &[(&str, &str)] = &[
 pub struct Config {
     pub agent: AgentConfig,
     pub collectors: CollectorsConfig,
+    pub filters: FiltersConfig,
     pub storage: StorageConfig,
     pub alerts: AlertsConfig,
 }
@@ -57,6 +58,7 @@ pub struct AgentConfig {
     /// A batch is written at the latest this long after its first event,
     /// in milliseconds. 100..=3600000.
     pub collection_interval_ms: u64,
+    pub adaptive_batching: AdaptiveBatchingConfig,
 }
 
 impl Default for AgentConfig {
@@ -64,6 +66,45 @@ impl Default for AgentConfig {
         AgentConfig {
             max_events_per_batch: 1000,
             collection_interval_ms: 5000,
+            adaptive_batching: AdaptiveBatchingConfig::default(),
+        }
+    }
+}
+
+/// `agent.adaptive_batching.*`: the batch size follows the event rate.
+///
+/// Quiet machine: a batch holding fewer than `min_events` when
+/// `collection_interval_ms` has passed stays open, up to `max_interval_ms`,
+/// because a batch of a few dozen events compresses to several times the
+/// bytes per event of a full one. Busy machine: the size at which a batch
+/// is written grows from `max_events_per_batch` to about one second of
+/// events, up to `max_events`, so a flood writes (and fsyncs) a few large
+/// files a second instead of hundreds of small ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdaptiveBatchingConfig {
+    /// Off: batches are written at exactly `max_events_per_batch` events or
+    /// `collection_interval_ms`.
+    pub enabled: bool,
+    /// A batch smaller than this stays open past `collection_interval_ms`.
+    /// 1..=100000.
+    pub min_events: u32,
+    /// ...but is written at the latest this long after its first event, in
+    /// milliseconds. 100..=3600000; a value below `collection_interval_ms`
+    /// means `collection_interval_ms`.
+    pub max_interval_ms: u64,
+    /// Largest batch on a busy machine. 1..=1000000; a value below
+    /// `max_events_per_batch` means `max_events_per_batch`.
+    pub max_events: u32,
+}
+
+impl Default for AdaptiveBatchingConfig {
+    fn default() -> Self {
+        AdaptiveBatchingConfig {
+            enabled: true,
+            min_events: 500,
+            max_interval_ms: 30_000,
+            max_events: 50_000,
         }
     }
 }
@@ -181,8 +222,14 @@ impl Default for FileMonitorConfig {
 #[serde(default)]
 pub struct NetworkMonitorConfig {
     pub enabled: bool,
-    /// Milliseconds between socket table scans. 100..=3600000.
+    /// Milliseconds between socket table scans while sockets open and
+    /// close. 100..=3600000.
     pub scan_interval_ms: u64,
+    /// Adaptive scanning: each scan that finds no change doubles the
+    /// interval up to this many milliseconds; any change returns it to
+    /// `scan_interval_ms`. 100..=3600000; a value at or below
+    /// `scan_interval_ms` scans at a fixed interval.
+    pub max_scan_interval_ms: u64,
 }
 
 impl Default for NetworkMonitorConfig {
@@ -190,9 +237,61 @@ impl Default for NetworkMonitorConfig {
         NetworkMonitorConfig {
             enabled: true,
             scan_interval_ms: 1000,
+            max_scan_interval_ms: 4000,
         }
     }
 }
+
+/// `filters.*`: events removed between the queue and the batch file,
+/// counted as filtered (per type) in `edr-agent status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FiltersConfig {
+    /// Keep one `file-modified` event per file per this many milliseconds:
+    /// an editor's save or a download in progress reports the first change
+    /// of each window, not every write. A creation, deletion or rename of
+    /// the file starts a new window. 0 (off)..=3600000.
+    pub coalesce_file_changes_ms: u64,
+    /// Drop an event identical to one stored within this many milliseconds
+    /// (every field but `@timestamp`). 0 (off)..=3600000.
+    pub repeat_window_ms: u64,
+    /// `event.action` values never stored, e.g. `connection-closed`.
+    pub exclude_actions: Vec<String>,
+    /// Glob patterns on `process.name` or `process.executable`: process
+    /// events of matching processes, and network events they own, are not
+    /// stored.
+    pub exclude_processes: Vec<String>,
+}
+
+impl Default for FiltersConfig {
+    fn default() -> Self {
+        FiltersConfig {
+            coalesce_file_changes_ms: 1000,
+            repeat_window_ms: 10_000,
+            exclude_actions: Vec::new(),
+            exclude_processes: Vec::new(),
+        }
+    }
+}
+
+/// Every `event.action` the collectors emit, for validating
+/// `filters.exclude_actions`.
+pub const EVENT_ACTIONS: &[&str] = &[
+    "process-started",
+    "process-ended",
+    "process-exec",
+    "process-inventory",
+    "file-created",
+    "file-modified",
+    "file-deleted",
+    "file-renamed",
+    "listening",
+    "connected",
+    "listen-started",
+    "listen-stopped",
+    "connection-opened",
+    "connection-closed",
+];
 
 /// `storage.*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,8 +323,14 @@ pub struct LocalStorageConfig {
     /// null: the platform's per-user data directory
     /// (`~/.local/share/edr-agent`, `~/Library/Application Support/edr-agent`).
     pub data_dir: Option<String>,
-    /// Gzip each batch (`.json.gz`); otherwise plain `.json`.
+    /// Compress each batch (see `compression`); otherwise plain `.json`.
     pub compress_events: bool,
+    /// `gzip` (`.json.gz`, readable by every tool) or `zstd` (`.json.zst`:
+    /// faster and smaller; needs `zstd` or a recent library to read).
+    pub compression: Compression,
+    /// gzip 1..=9, zstd 1..=19; null: the codec's usual default (gzip 6,
+    /// zstd 3).
+    pub compression_level: Option<u32>,
 }
 
 impl Default for LocalStorageConfig {
@@ -233,6 +338,26 @@ impl Default for LocalStorageConfig {
         LocalStorageConfig {
             data_dir: None,
             compress_events: true,
+            compression: Compression::Gzip,
+            compression_level: None,
+        }
+    }
+}
+
+/// `storage.local_storage.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The levels a codec accepts and the one used when none is set.
+    pub fn levels(self) -> (u32, u32, u32) {
+        match self {
+            Compression::Gzip => (1, 9, 6),
+            Compression::Zstd => (1, 19, 3),
         }
     }
 }
@@ -505,6 +630,39 @@ impl Config {
             3_600_000,
         );
         int(
+            "collectors.network_monitor.max_scan_interval_ms",
+            c.network_monitor.max_scan_interval_ms,
+            100,
+            3_600_000,
+        );
+        let ab = &self.agent.adaptive_batching;
+        int(
+            "agent.adaptive_batching.min_events",
+            u64::from(ab.min_events),
+            1,
+            100_000,
+        );
+        int(
+            "agent.adaptive_batching.max_interval_ms",
+            ab.max_interval_ms,
+            100,
+            3_600_000,
+        );
+        int(
+            "agent.adaptive_batching.max_events",
+            u64::from(ab.max_events),
+            1,
+            1_000_000,
+        );
+        let f = &self.filters;
+        int(
+            "filters.coalesce_file_changes_ms",
+            f.coalesce_file_changes_ms,
+            0,
+            3_600_000,
+        );
+        int("filters.repeat_window_ms", f.repeat_window_ms, 0, 3_600_000);
+        int(
             "collectors.file_monitor.max_file_size_mb",
             c.file_monitor.max_file_size_mb,
             1,
@@ -575,6 +733,40 @@ impl Config {
                     key: format!("collectors.file_monitor.watch_paths[{i}]"),
                     value: format!("{p:?}"),
                     allowed: "a non-empty directory path".to_string(),
+                });
+            }
+        }
+        let ls = &self.storage.local_storage;
+        if let Some(level) = ls.compression_level {
+            let (lo, hi, _) = ls.compression.levels();
+            if level < lo || level > hi {
+                errors.push(FieldError {
+                    key: "storage.local_storage.compression_level".to_string(),
+                    value: level.to_string(),
+                    allowed: format!(
+                        "an integer from {lo} to {hi} for {}, or null",
+                        serde_norway::to_string(&ls.compression)
+                            .unwrap_or_default()
+                            .trim()
+                    ),
+                });
+            }
+        }
+        for (i, a) in self.filters.exclude_actions.iter().enumerate() {
+            if !EVENT_ACTIONS.contains(&a.as_str()) {
+                errors.push(FieldError {
+                    key: format!("filters.exclude_actions[{i}]"),
+                    value: format!("{a:?}"),
+                    allowed: format!("one of {}", EVENT_ACTIONS.join(", ")),
+                });
+            }
+        }
+        for (i, p) in self.filters.exclude_processes.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(p) {
+                errors.push(FieldError {
+                    key: format!("filters.exclude_processes[{i}]"),
+                    value: format!("{p:?}"),
+                    allowed: format!("a glob pattern ({})", e.kind()),
                 });
             }
         }
@@ -737,7 +929,7 @@ fn parse_yaml(origin: &str, yaml: &str) -> Result<Value, ConfigError> {
             origin: origin.to_string(),
             key: "(top level)".to_string(),
             message: format!(
-                "expected a mapping of sections (agent, collectors, storage, alerts), found {}",
+                "expected a mapping of sections (agent, collectors, filters, storage, alerts), found {}",
                 kind_of(&other)
             ),
         }),
@@ -1011,6 +1203,45 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("collectors.process_monitor.source"), "{text}");
         assert!(text.contains("`auto`, `event`, `scan`"), "{text}");
+    }
+
+    #[test]
+    fn new_keys_are_range_checked_with_their_key() {
+        let e = Config::from_yaml(
+            "f.yaml",
+            "storage:\n  local_storage:\n    compression: zstd\n    compression_level: 20\n\
+             filters:\n  exclude_actions: [file-touched]\n  exclude_processes: ['[']\n\
+             agent:\n  adaptive_batching:\n    min_events: 0\n",
+        )
+        .unwrap_err();
+        let keys: Vec<String> = e.field_errors().into_iter().map(|f| f.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "agent.adaptive_batching.min_events",
+                "storage.local_storage.compression_level",
+                "filters.exclude_actions[0]",
+                "filters.exclude_processes[0]",
+            ],
+            "{e}"
+        );
+        assert!(e.to_string().contains("from 1 to 19 for zstd"), "{e}");
+        // Level 9 is fine for gzip and for zstd.
+        for codec in ["gzip", "zstd"] {
+            let c = Config::from_yaml(
+                "f",
+                &format!("storage:\n  local_storage:\n    compression: {codec}\n    compression_level: 9\n"),
+            )
+            .expect("valid");
+            assert_eq!(c.storage.local_storage.compression_level, Some(9));
+        }
+        let e = Config::from_yaml("f", "storage:\n  local_storage:\n    compression: lz4\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("storage.local_storage.compression")
+                && e.to_string().contains("zstd"),
+            "{e}"
+        );
     }
 
     #[test]

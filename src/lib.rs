@@ -10,10 +10,12 @@ pub mod collectors;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod filter;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod storage;
+pub mod workload;
 
 pub use config::Config;
 pub use engine::{EngineError, EngineHandle, EngineOptions, Snapshot};

@@ -71,6 +71,9 @@ enum Command {
     Events(cli::events::EventsArgs),
     /// Chart the agent's metrics history (memory, CPU, events, storage) to an SVG or PNG file.
     Report(cli::report::ReportArgs),
+    /// Measure the agent: a mixed workload against it, the storage
+    /// pipeline, start-up, and costs at scale (see docs/PERFORMANCE.md).
+    Bench(cli::bench::BenchArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             .and_then(|d| cli::stats::stats(&d, summary, json)),
         Command::Events(args) => cli::events::events(args),
         Command::Report(args) => cli::report::report(args),
+        Command::Bench(args) => cli::bench::bench(args),
         Command::Config(c) => config_command(c),
     };
     match result {

@@ -144,6 +144,14 @@ async fn every_stored_field_is_valid_ecs() {
                 }
             }
         }
+        // Every action can be named in `filters.exclude_actions`.
+        if let Some(action) = e["event"]["action"].as_str() {
+            if !edr_agent::config::EVENT_ACTIONS.contains(&action) {
+                problems.insert(format!(
+                    "action {action:?} is missing from config::EVENT_ACTIONS"
+                ));
+            }
+        }
         for required in ["@timestamp", "event", "host", "agent", "ecs"] {
             if e.get(required).is_none() {
                 problems.insert(format!("event without {required}: {e}"));

@@ -48,6 +48,7 @@ impl Collector {
         let cfg = NetworkMonitorConfig {
             enabled: true,
             scan_interval_ms: 100,
+            max_scan_interval_ms: 100,
         };
         let task = Some(rt.spawn(network::run(cfg, ctx)));
         Collector {

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+pub mod bench;
 pub mod events;
 pub mod report;
 pub mod run;

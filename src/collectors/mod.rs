@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::Origin;
 use crate::pipeline::{Counters, EventTx};
 
+pub mod adaptive;
 pub mod file;
 pub mod network;
 pub mod process;

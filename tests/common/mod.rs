@@ -9,7 +9,9 @@ use edr_agent::storage::{batch_stats, list_batches, open_batch_reader};
 
 /// A config for tests: everything under `root`, file monitor watching
 /// `root/watched` only (created), process and network collectors off,
-/// hashing off. Tests switch on what they need.
+/// hashing off, fixed batch sizes and intervals (adaptive batching would
+/// hold a test's few events for `max_interval_ms`). Tests switch on what
+/// they need.
 pub fn test_config(root: &Path) -> Config {
     let watched = root.join("watched");
     std::fs::create_dir_all(&watched).expect("create watched dir");
@@ -19,6 +21,7 @@ pub fn test_config(root: &Path) -> Config {
     c.collectors.file_monitor.calculate_hashes = false;
     c.collectors.process_monitor.enabled = false;
     c.collectors.network_monitor.enabled = false;
+    c.agent.adaptive_batching.enabled = false;
     c
 }
 

@@ -2,7 +2,13 @@
 //! `/proc/<pid>/fd`.
 //!
 //! sock_diag returns only the sockets in the states we ask for, where
-//! `/proc/net/tcp` would walk the whole hash table on every read. Finding
+//! `/proc/net/tcp` would walk the whole hash table on every read. The
+//! kernel still walks its TCP established hash (262,144 buckets on a
+//! desktop) once per request, and that walk is most of a scan's cost; the
+//! legacy `TCPDIAG_GETSOCK` request dumps IPv4 and IPv6 in one walk where
+//! `SOCK_DIAG_BY_FAMILY` needs one per family, so TCP is asked for the
+//! legacy way (falling back to per-family requests where a kernel refuses
+//! it). UDP, with a small hash, stays on the per-family request. Finding
 //! the owning process means reading every process's fd links, by far the
 //! dominant cost, so owners are cached by inode and /proc is walked only
 //! when a scan shows sockets the cache has never seen.
@@ -24,9 +30,13 @@ pub(super) const SOURCE: &str = "netlink sock_diag";
 
 /// `linux/sock_diag.h`; not in the libc crate.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `linux/inet_diag.h`: the legacy TCP dump, both families in one walk.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLMSG_HDRLEN: usize = 16;
 /// `nlmsghdr` + `struct inet_diag_req_v2`.
 const REQUEST_LEN: usize = NLMSG_HDRLEN + 56;
+/// `nlmsghdr` + `struct inet_diag_req` (v1).
+const LEGACY_REQUEST_LEN: usize = NLMSG_HDRLEN + 60;
 /// `struct inet_diag_msg`; attributes may follow it.
 const INET_DIAG_MSG_LEN: usize = 72;
 /// The kernel never builds a dump message larger than 32 KiB, so one
@@ -52,6 +62,8 @@ const TCP_STATES: u32 = 1 << TCP_ESTABLISHED
     | 1 << TCP_NEW_SYN_RECV;
 const UDP_STATES: u32 = 1 << TCP_ESTABLISHED | 1 << TCP_CLOSE;
 
+/// Per-family dumps. The TCP ones are used only where the legacy TCP dump
+/// is refused.
 const DUMPS: [(u8, Transport); 4] = [
     (libc::AF_INET as u8, Transport::Tcp),
     (libc::AF_INET6 as u8, Transport::Tcp),
@@ -85,6 +97,8 @@ pub(super) enum ScanError {
 pub(super) struct Lister {
     diag: Diag,
     owners: Owners,
+    /// The kernel answers the legacy TCP dump (until it refuses once).
+    legacy_tcp: bool,
     /// Dumps the kernel cannot answer (no IPv6, no `udp_diag`), skipped
     /// after the first refusal.
     unsupported: [bool; DUMPS.len()],
@@ -95,16 +109,39 @@ impl Lister {
         Ok(Lister {
             diag: Diag::open()?,
             owners: Owners::new(host_name)?,
+            legacy_tcp: true,
             unsupported: [false; DUMPS.len()],
         })
     }
 
     pub(super) fn list(&mut self, out: &mut Vec<Socket>) -> Result<(), ScanError> {
+        if self.legacy_tcp {
+            let before = out.len();
+            let seq = self.diag.next_seq();
+            match self
+                .diag
+                .dump(&legacy_tcp_request(seq), Transport::Tcp, out)
+            {
+                Err(ScanError::Kernel { errno }) => {
+                    out.truncate(before);
+                    self.legacy_tcp = false;
+                    tracing::debug!(
+                        error = %io::Error::from_raw_os_error(errno),
+                        "legacy TCP dump refused; dumping TCP per family"
+                    );
+                }
+                other => other?,
+            }
+        }
         for (i, (family, transport)) in DUMPS.into_iter().enumerate() {
-            if self.unsupported[i] {
+            if self.unsupported[i] || (transport == Transport::Tcp && self.legacy_tcp) {
                 continue;
             }
-            match self.diag.dump(family, transport, out) {
+            let seq = self.diag.next_seq();
+            match self
+                .diag
+                .dump(&request(family, transport, seq), transport, out)
+            {
                 Err(ScanError::Kernel {
                     errno: libc::ENOENT,
                 }) => {
@@ -189,15 +226,20 @@ impl Diag {
         })
     }
 
-    /// Appends the sockets of one family and transport to `out`.
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends a dump request (of sequence number `self.seq`) and appends the
+    /// sockets of its reply to `out`.
     fn dump(
         &mut self,
-        family: u8,
+        req: &[u8],
         transport: Transport,
         out: &mut Vec<Socket>,
     ) -> Result<(), ScanError> {
-        self.seq = self.seq.wrapping_add(1);
-        self.send(&request(family, transport, self.seq))?;
+        self.send(req)?;
         loop {
             // SAFETY: the buffer is valid for `len` bytes for the call.
             let n = unsafe {
@@ -276,6 +318,23 @@ fn request(family: u8, transport: Transport, seq: u32) -> [u8; REQUEST_LEN] {
     req
 }
 
+/// `nlmsghdr` + `inet_diag_req` (v1) asking for the legacy TCP dump: the
+/// kernel ignores the family and walks its tables once for both.
+fn legacy_tcp_request(seq: u32) -> [u8; LEGACY_REQUEST_LEN] {
+    let mut req = [0u8; LEGACY_REQUEST_LEN];
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[0..4].copy_from_slice(&(LEGACY_REQUEST_LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // What `ss` sends; the kernel answers with both families regardless.
+    req[16] = libc::AF_INET as u8;
+    // Lengths, extensions and the 48-byte socket id stay zero; then the
+    // states mask and the unused `idiag_dbs`.
+    req[16 + 52..16 + 56].copy_from_slice(&TCP_STATES.to_ne_bytes());
+    req
+}
+
 fn u16_ne(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
@@ -304,7 +363,7 @@ fn parse_datagram(
         if u32_ne(buf, 8) == seq {
             match kind {
                 libc::NLMSG_DONE | libc::NLMSG_ERROR => return end_of_dump(payload),
-                k if k == i32::from(SOCK_DIAG_BY_FAMILY) => {
+                k if k == i32::from(SOCK_DIAG_BY_FAMILY) || k == i32::from(TCPDIAG_GETSOCK) => {
                     out.extend(parse_diag_msg(payload, transport)?);
                 }
                 _ => {}
@@ -633,6 +692,12 @@ mod tests {
     /// dumps were joined into one buffer.
     const CAPTURED: &str = "7c000000140002004d00000077240000020100009242ed8d7f0000010000000000000000000000007f00000100000000000000000000000000000000020000000000000000000000000000000000000000000000812d0000050008000000000008000f00000000000c0015000100000000000000060016005200000084000000140002004d000000772400000a0a0000ed8d0000000000000000000000000000000000000000000000000000000000000000000000000000030000000000000000000000000000008000000000000000802d0000050008000000000005000b000000000008000f00000000000c001500010000000000000006001600120000007c000000140002004d000000772400000a010000ed8d924200000000000000000000ffff7f00000100000000000000000000ffff7f00000100000000040000000000000000000000000000000000000000000000822d0000050008000000000008000f00000000000c0015000100000000000000060016001200000014000000030002004d0000007724000000000000";
 
+    /// A legacy `TCPDIAG_GETSOCK` reply captured from this kernel (seq 91),
+    /// kept to our own sockets: an IPv4 listener 127.0.0.1:48297 (inode
+    /// 172184) and an IPv6 one [::1]:43679 (172185), a connection to each
+    /// (both ends), all in one dump; then NLMSG_DONE.
+    const CAPTURED_LEGACY: &str = "7c000000120002005b0000002d6b0000020a0000bca900007f000001000000000000000000000000000000000000000000000000000000000000000091300000000000000000000000000000800000000000000098a00200050008000000000008000f00000000000c0015000100000000000000060016005200000084000000120002005b0000002d6b00000a0a0000aa9f000000000000000000000000000000000001000000000000000000000000000000000000000092300000000000000000000000000000800000000000000099a00200050008000000000005000b000100000008000f00000000000c001500010000000000000006001600120000007c000000120002005b0000002d6b00000a010000aa9fbcb60000000000000000000000000000000100000000000000000000000000000001000000009330000000000000000000000000000000000000000000009da00200050008000000000008000f00000000000c001500010000000000000006001600120000007c000000120002005b0000002d6b000002010000e6e0bca97f0000010000000000000000000000007f000001000000000000000000000000000000009430000000000000000000000000000000000000000000009aa00200050008000000000008000f00000000000c001500010000000000000006001600520000007c000000120002005b0000002d6b00000a010000bcb6aa9f0000000000000000000000000000000100000000000000000000000000000001000000009530000000000000000000000000000000000000000000009ca00200050008000000000008000f00000000000c001500010000000000000006001600120000007c000000120002005b0000002d6b000002010000bca9e6e07f0000010000000000000000000000007f000001000000000000000000000000000000009630000000000000000000000000000000000000000000009ba00200050008000000000008000f00000000000c0015000100000000000000060016005200000014000000030002005b0000002d6b000000000000";
+
     /// NLMSG_ERROR (EINVAL, seq 78) for a request with a bogus family.
     const CAPTURED_ERROR: &str = "5c000000020000004e000000da250000eaffffff48000000140001034e000000000000006306000002000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
 
@@ -742,6 +807,96 @@ mod tests {
         let mut out = Vec::new();
         parse_datagram(&msg, 77, Transport::Tcp, &mut out).expect("parses");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn one_legacy_dump_lists_both_families() {
+        let mut out = Vec::new();
+        let done =
+            parse_datagram(&hex(CAPTURED_LEGACY), 91, Transport::Tcp, &mut out).expect("parses");
+        assert!(done);
+        let got: Vec<_> = out
+            .iter()
+            .map(|s| {
+                (
+                    s.key.local.to_string(),
+                    s.key.remote.to_string(),
+                    s.key.inode,
+                    s.state,
+                    s.ipv6_family,
+                )
+            })
+            .collect();
+        let row = |l: &str, r: &str, inode, state, v6| {
+            (l.to_string(), r.to_string(), inode, Some(state), v6)
+        };
+        assert_eq!(
+            got,
+            [
+                row("127.0.0.1:48297", "0.0.0.0:0", 172184, "LISTEN", false),
+                row("[::1]:43679", "[::]:0", 172185, "LISTEN", true),
+                row("[::1]:43679", "[::1]:48310", 172189, "ESTABLISHED", true),
+                row(
+                    "127.0.0.1:59104",
+                    "127.0.0.1:48297",
+                    172186,
+                    "ESTABLISHED",
+                    false
+                ),
+                row("[::1]:48310", "[::1]:43679", 172188, "ESTABLISHED", true),
+                row(
+                    "127.0.0.1:48297",
+                    "127.0.0.1:59104",
+                    172187,
+                    "ESTABLISHED",
+                    false
+                ),
+            ]
+        );
+        assert!(out.iter().all(|s| s.key.transport == Transport::Tcp));
+    }
+
+    #[test]
+    fn legacy_request_is_a_v1_tcp_dump() {
+        let req = legacy_tcp_request(12);
+        assert_eq!(u32_ne(&req, 0) as usize, req.len());
+        assert_eq!(req.len(), NLMSG_HDRLEN + 60);
+        assert_eq!(u16_ne(&req, 4), TCPDIAG_GETSOCK);
+        let flags = u16_ne(&req, 6);
+        assert_eq!(flags, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16);
+        assert_eq!(u32_ne(&req, 8), 12);
+        assert_eq!(req[16], libc::AF_INET as u8);
+        // The socket id (a filter for exact lookups) stays zero in a dump.
+        assert!(req[17..16 + 52].iter().all(|b| *b == 0));
+        assert_eq!(u32_ne(&req, 16 + 52), TCP_STATES);
+        assert_eq!(u32_ne(&req, 16 + 56), 0);
+    }
+
+    #[test]
+    fn the_live_kernel_lists_our_tcp_sockets_of_both_families() {
+        let l4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind v4");
+        let Ok(l6) = std::net::TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 here: the v4 half is covered by other tests
+        };
+        let _c4 = std::net::TcpStream::connect(l4.local_addr().expect("addr")).expect("c4");
+        let _c6 = std::net::TcpStream::connect(l6.local_addr().expect("addr")).expect("c6");
+        let mut lister = Lister::new("h").expect("netlink");
+        let mut out = Vec::new();
+        lister.list(&mut out).expect("lists");
+        for l in [&l4, &l6] {
+            let addr = l.local_addr().expect("addr");
+            assert!(
+                out.iter()
+                    .any(|s| s.key.local == addr && s.state == Some("LISTEN")),
+                "{addr} missing"
+            );
+            assert!(
+                out.iter()
+                    .any(|s| s.key.remote == addr && s.state == Some("ESTABLISHED")),
+                "client of {addr} missing"
+            );
+        }
+        assert!(lister.legacy_tcp, "this kernel answers the legacy dump");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! sock_diag; `macos.rs`: `lsof`) returns the live sockets, and a
 //! [`Tracker`] diffs them against the previous scan. The first scan is the
 //! inventory (`event.kind: state`). Polling means a connection shorter than
-//! the interval can be missed; what is seen is seen with its owner.
+//! the interval can be missed; what is seen is seen with its owner. Scans
+//! that find no change stretch the interval up to `max_scan_interval_ms`
+//! ([`AdaptiveInterval`]); a change brings it back.
 //!
 //! Scans run on the blocking pool: the scan state is moved into
 //! `spawn_blocking` and handed back, so nothing is shared or locked.
@@ -15,9 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::collectors::adaptive::AdaptiveInterval;
 use crate::collectors::CollectorContext;
 use crate::config::NetworkMonitorConfig;
 use crate::event::{EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp};
@@ -382,7 +384,8 @@ impl ScanState {
         }
     }
 
-    fn scan(&mut self) {
+    /// One scan; returns how many changes it reported.
+    fn scan(&mut self) -> usize {
         let started = Instant::now();
         if let Err(e) = self.list() {
             self.counters
@@ -391,16 +394,18 @@ impl ScanState {
             if let Some(suppressed) = self.warn.allow(started) {
                 tracing::warn!(error = %e, suppressed, "network scan failed");
             }
-            return;
+            return 0;
         }
         // A scan that outlived a cancellation must not report into the
         // next collector's run.
         if self.cancel.is_cancelled() {
-            return;
+            return 0;
         }
         let tx = &self.tx;
+        let mut changes = 0;
         self.tracker
             .update(&self.sockets, Instant::now(), Timestamp::now(), &mut |e| {
+                changes += 1;
                 tx.send(e);
             });
         tracing::debug!(
@@ -409,6 +414,7 @@ impl ScanState {
             "network scan"
         );
         self.sockets.shrink_to(self.sockets.len() * 2);
+        changes
     }
 
     fn list(&mut self) -> Result<(), platform::ScanError> {
@@ -424,18 +430,19 @@ impl ScanState {
 /// Runs the network collector until `ctx.cancel` fires.
 pub async fn run(cfg: NetworkMonitorConfig, ctx: CollectorContext) {
     crate::collectors::coverage(&ctx).network_source = Some(platform::SOURCE.to_string());
-    let mut ticker = tokio::time::interval(Duration::from_millis(cfg.scan_interval_ms.max(1)));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pace = AdaptiveInterval::from_millis(cfg.scan_interval_ms, cfg.max_scan_interval_ms);
     let mut state = ScanState::new(&ctx);
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
+        let started = tokio::time::Instant::now();
         let job = tokio::task::spawn_blocking(move || {
-            state.scan();
-            state
+            let changes = state.scan();
+            (state, changes)
         });
         tokio::select! {
             biased;
@@ -443,7 +450,10 @@ pub async fn run(cfg: NetworkMonitorConfig, ctx: CollectorContext) {
             // cancellation and drops its state there.
             _ = ctx.cancel.cancelled() => return,
             done = job => match done {
-                Ok(s) => state = s,
+                Ok((s, changes)) => {
+                    state = s;
+                    next = started + pace.after_scan(changes);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "network scan panicked; network collection stopped");
                     return;
