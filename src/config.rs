@@ -133,6 +133,11 @@ pub struct ProcessMonitorConfig {
     pub calculate_hashes: bool,
     /// Where process starts and ends come from.
     pub source: ProcessSource,
+    /// Adaptive scanning: each scan that finds no start or end doubles the
+    /// interval up to this many milliseconds; any change returns it to
+    /// `scan_interval_ms`. 100..=3600000; a value at or below
+    /// `scan_interval_ms` scans at a fixed interval.
+    pub max_scan_interval_ms: u64,
 }
 
 impl Default for ProcessMonitorConfig {
@@ -143,6 +148,7 @@ impl Default for ProcessMonitorConfig {
             collect_environment: false,
             calculate_hashes: true,
             source: ProcessSource::Auto,
+            max_scan_interval_ms: 4000,
         }
     }
 }
@@ -626,6 +632,12 @@ impl Config {
         int(
             "collectors.network_monitor.scan_interval_ms",
             c.network_monitor.scan_interval_ms,
+            100,
+            3_600_000,
+        );
+        int(
+            "collectors.process_monitor.max_scan_interval_ms",
+            c.process_monitor.max_scan_interval_ms,
             100,
             3_600_000,
         );

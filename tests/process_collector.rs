@@ -65,6 +65,8 @@ fn config(source: ProcessSource) -> ProcessMonitorConfig {
         collect_environment: false,
         calculate_hashes: false,
         source,
+        // A fixed period: the tests' children must be seen by a scan.
+        max_scan_interval_ms: 100,
     }
 }
 

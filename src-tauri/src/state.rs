@@ -78,6 +78,18 @@ fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
 
 /// Writes the commented default config if there is no file yet, readable
 /// only by its owner. `create_new` so a file that appears meanwhile is kept.
+/// The app's first config: the commented defaults, with a memory alert
+/// fitting a process that also holds GTK and WebKit (measured 120-170 MB
+/// with the engine using about 6 MB of it), where the headless agent's
+/// 200 MB would fire in ordinary use.
+pub fn app_default_yaml() -> String {
+    DEFAULT_YAML.replacen(
+        "  max_memory_mb: 200\n",
+        "  max_memory_mb: 400  # the app's process includes its GTK/WebKit window\n",
+        1,
+    )
+}
+
 pub fn ensure_config_file(path: &Path) -> std::io::Result<()> {
     if path.exists() {
         return Ok(());
@@ -95,7 +107,7 @@ pub fn ensure_config_file(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     };
-    f.write_all(DEFAULT_YAML.as_bytes())?;
+    f.write_all(app_default_yaml().as_bytes())?;
     f.sync_all()?;
     tracing::info!(path = %path.display(), "created the default config file");
     Ok(())
@@ -112,7 +124,12 @@ mod tests {
         let path = dir.path().join("a/b/config.yaml");
         ensure_config_file(&path).expect("created");
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, DEFAULT_YAML);
+        assert_eq!(text, app_default_yaml());
+        let c = edr_agent::Config::from_yaml("app", &text).expect("valid");
+        assert_eq!(c.alerts.max_memory_mb, 400);
+        let mut expected = edr_agent::Config::default();
+        expected.alerts.max_memory_mb = 400;
+        assert_eq!(c, expected, "only the memory alert differs");
         assert!(text.contains("# "), "comments kept");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -22,6 +22,10 @@ pub fn test_config(root: &Path) -> Config {
     c.collectors.process_monitor.enabled = false;
     c.collectors.network_monitor.enabled = false;
     c.agent.adaptive_batching.enabled = false;
+    // Fixed scan periods (a maximum at or below the period): tests that
+    // switch a scanner on expect it to look at the period they set.
+    c.collectors.process_monitor.max_scan_interval_ms = 100;
+    c.collectors.network_monitor.max_scan_interval_ms = 100;
     c
 }
 

@@ -35,8 +35,8 @@ mod tracker;
 mod users;
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
+use crate::collectors::adaptive::AdaptiveInterval;
 use crate::collectors::{coverage, CollectorContext, ProcessCapture};
 use crate::config::{ProcessMonitorConfig, ProcessSource};
 use monitor::{Monitor, Source};
@@ -83,10 +83,10 @@ pub async fn run(cfg: ProcessMonitorConfig, ctx: CollectorContext) {
             }
         }
     };
-    let interval = Duration::from_millis(cfg.scan_interval_ms.max(1));
+    let pace = AdaptiveInterval::from_millis(cfg.scan_interval_ms, cfg.max_scan_interval_ms);
     let monitor = Monitor::new(
         ctx.clone(),
-        interval,
+        pace,
         cfg.collect_environment,
         cfg.calculate_hashes,
         source,
@@ -157,8 +157,8 @@ fn start_source(_: bool, _: &CollectorContext) -> Result<(Source, SourceInfo), S
 fn record_events(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, about: &SourceInfo) {
     let mut note = format!(
         "every exec, fork and exit as it happens, short-lived processes included; \
-         a scan every {} ms takes the inventory and catches what events lose",
-        cfg.scan_interval_ms
+         a scan every {} takes the inventory and catches what events lose",
+        scan_period(cfg)
     );
     match about.caveat {
         Some(caveat) => {
@@ -176,8 +176,8 @@ fn record_events(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, about: &Sou
 /// Polling, by choice or because events are unavailable (`why`).
 fn record_scan(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, why: Option<&str>) {
     let polling = format!(
-        "polling every {} ms: processes shorter than the scan interval can be missed",
-        cfg.scan_interval_ms
+        "polling every {}: processes shorter than the scan interval can be missed",
+        scan_period(cfg)
     );
     let note = match why {
         Some(why) => {
@@ -190,6 +190,15 @@ fn record_scan(ctx: &CollectorContext, cfg: &ProcessMonitorConfig, why: Option<&
     cov.process_source = Some("scan".to_string());
     cov.process_capture = Some(ProcessCapture::Scan);
     cov.process_note = Some(note);
+}
+
+/// `1000 ms`, or `1000-4000 ms` with adaptive scanning.
+fn scan_period(cfg: &ProcessMonitorConfig) -> String {
+    if cfg.max_scan_interval_ms > cfg.scan_interval_ms {
+        format!("{}-{} ms", cfg.scan_interval_ms, cfg.max_scan_interval_ms)
+    } else {
+        format!("{} ms", cfg.scan_interval_ms)
+    }
 }
 
 /// `source: event` without events: nothing is recorded, and status says so.

@@ -3,6 +3,7 @@
 //! every interval (the inventory, the polling fallback, and the safety
 //! net for whatever the source lost).
 
+use crate::collectors::adaptive::AdaptiveInterval;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
@@ -43,7 +44,9 @@ pub(crate) struct Source {
 
 pub(crate) struct Monitor {
     ctx: CollectorContext,
-    interval: Duration,
+    /// The scan period: short while processes come and go, longer while
+    /// nothing changes.
+    pace: AdaptiveInterval,
     live: Tracker<LiveProcess>,
     emit: Emitter,
     scanner: Scanner,
@@ -59,7 +62,7 @@ pub(crate) struct Monitor {
 impl Monitor {
     pub fn new(
         ctx: CollectorContext,
-        interval: Duration,
+        pace: AdaptiveInterval,
         collect_environment: bool,
         calculate_hashes: bool,
         source: Option<Source>,
@@ -71,7 +74,7 @@ impl Monitor {
         Monitor {
             emit: Emitter::new(ctx.clone(), calculate_hashes),
             ctx,
-            interval,
+            pace,
             live: Tracker::new(),
             scanner: Scanner::new(collect_environment),
             events,
@@ -88,8 +91,8 @@ impl Monitor {
         while !self.ctx.cancel.is_cancelled() {
             let now = Instant::now();
             if now >= self.next_scan && self.caught_up {
-                self.scan();
-                self.next_scan = Instant::now() + self.interval;
+                let changes = self.scan();
+                self.next_scan = Instant::now() + self.pace.after_scan(changes);
             }
             let wake = self.next_wake(now);
             let received = self.receive(wake);
@@ -215,14 +218,17 @@ impl Monitor {
         Ok(())
     }
 
-    fn scan(&mut self) {
+    /// Scans once; returns how many starts and ends it reported.
+    fn scan(&mut self) -> usize {
         let role = if self.events.is_some() {
             Role::Reconcile
         } else {
             Role::Alone
         };
         let result = self.scanner.scan(&mut self.live, &mut self.emit, role);
+        let changes = result.as_ref().map_or(0, |s| s.started + s.ended);
         report(&self.ctx, result, &mut self.failing);
+        changes
     }
 }
 
