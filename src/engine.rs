@@ -36,6 +36,9 @@ pub const LOCK_FILE: &str = "agent.lock";
 /// File in the data dir with the latest snapshot, rewritten every second.
 pub const STATUS_FILE: &str = "status.json";
 const HISTORY_FLUSH_EVERY: u32 = 60;
+/// The status file is padded to a multiple of this (a page).
+const STATUS_PAGE: usize = 4096;
+const STATUS_READ_ATTEMPTS: usize = 3;
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -439,8 +442,16 @@ pub fn running_agent(data_dir: &Path) -> Option<Option<u32>> {
 
 /// Reads the status file an agent writes into its data dir.
 pub fn read_status(data_dir: &Path) -> Option<Snapshot> {
-    let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    // A status rewritten in place (disk full) can be read half updated;
+    // the next read sees it whole.
+    for _ in 0..STATUS_READ_ATTEMPTS {
+        let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
+        if let Ok(s) = serde_json::from_slice(&bytes) {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 async fn stop_in_order(
@@ -651,18 +662,40 @@ fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
     sample
 }
 
+/// Replaces the status file atomically. On a full disk, where no new file
+/// can be written, it is overwritten in place instead: that is when its
+/// storage alert matters most. Padding to whole pages lets the rewrite
+/// reuse the blocks the file already has.
 fn write_status(data_dir: &Path, s: &Snapshot) -> std::io::Result<()> {
+    let path = data_dir.join(STATUS_FILE);
     let tmp = data_dir.join(format!(".{STATUS_FILE}.tmp"));
-    let bytes = serde_json::to_vec(s).map_err(std::io::Error::other)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, data_dir.join(STATUS_FILE))
+    let mut bytes = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+    // Trailing spaces are valid JSON.
+    bytes.resize(bytes.len().div_ceil(STATUS_PAGE) * STATUS_PAGE, b' ');
+    let atomic = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+    };
+    match atomic() {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = OpenOptions::new().write(true).open(&path)?;
+            let old_len = f.metadata()?.len();
+            // Never shorter than before: no truncation, so no torn tail.
+            if let Ok(old_len) = usize::try_from(old_len) {
+                bytes.resize(bytes.len().max(old_len), b' ');
+            }
+            f.write_all(&bytes)
+        }
+        other => other,
+    }
 }
 
 /// Applies edits of the config file made by hand (or by another program).
