@@ -188,7 +188,7 @@ impl EngineHandle {
         config.validate()?;
         let data_dir = config.data_dir();
         storage::create_private_dir(&data_dir)?;
-        let lock_file = acquire_lock(&data_dir)?;
+        let lock = DataDirLock::acquire(&data_dir)?;
         let store = Store::open(&data_dir)?;
         if store.removed_temporaries > 0 {
             tracing::info!(
@@ -240,6 +240,7 @@ impl EngineHandle {
             config_rx.clone(),
             paused_rx.clone(),
             metrics_stop.clone(),
+            lock,
         ));
 
         let base = CollectorContext {
@@ -271,7 +272,6 @@ impl EngineHandle {
             batcher_task,
             metrics_stop,
             metrics_task,
-            lock_file,
         ));
         tracker.close();
         tracing::info!(data_dir = %data_dir.display(), "engine started");
@@ -394,6 +394,43 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
     }
 }
 
+/// The data dir's lock, held for the engine's life.
+struct DataDirLock {
+    path: PathBuf,
+    file: File,
+}
+
+impl DataDirLock {
+    fn acquire(data_dir: &Path) -> Result<DataDirLock, EngineError> {
+        Ok(DataDirLock {
+            path: data_dir.join(LOCK_FILE),
+            file: acquire_lock(data_dir)?,
+        })
+    }
+
+    /// Takes the lock again if its file was removed or replaced (the data
+    /// dir deleted under the running agent): otherwise `status` would call
+    /// the agent stopped and a second agent could start on the same store.
+    fn ensure(&mut self, data_dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let held = self.file.metadata().ok().map(id);
+        if held.is_some() && held == std::fs::metadata(&self.path).ok().map(id) {
+            return;
+        }
+        let taken = storage::create_private_dir(data_dir)
+            .map_err(EngineError::from)
+            .and_then(|()| acquire_lock(data_dir));
+        match taken {
+            Ok(file) => {
+                tracing::warn!(path = %self.path.display(), "the data dir lock file was removed; lock taken again");
+                self.file = file;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot take the data dir lock again"),
+        }
+    }
+}
+
 /// Takes the data dir's lock so two agents never write the same store.
 fn acquire_lock(data_dir: &Path) -> Result<File, EngineError> {
     let path = data_dir.join(LOCK_FILE);
@@ -459,8 +496,7 @@ async fn stop_in_order(
     supervisor: JoinHandle<()>,
     batcher: JoinHandle<()>,
     metrics_stop: CancellationToken,
-    metrics: JoinHandle<()>,
-    lock_file: File,
+    metrics: JoinHandle<DataDirLock>,
 ) {
     shutdown.cancelled().await;
     tracing::info!("stopping: collectors first, then the open batch");
@@ -471,10 +507,11 @@ async fn stop_in_order(
         tracing::error!(error = %e, "batcher failed");
     }
     metrics_stop.cancel();
-    if let Err(e) = metrics.await {
-        tracing::error!(error = %e, "metrics sampler failed");
+    // The sampler returns the lock; a failed sampler has dropped it.
+    match metrics.await {
+        Ok(lock) => drop(lock),
+        Err(e) => tracing::error!(error = %e, "metrics sampler failed"),
     }
-    drop(lock_file);
     tracing::info!("engine stopped");
 }
 
@@ -605,7 +642,8 @@ async fn sample_loop(
     config: watch::Receiver<Arc<Config>>,
     paused: watch::Receiver<bool>,
     stop: CancellationToken,
-) {
+    mut lock: DataDirLock,
+) -> DataDirLock {
     let mut history = HistoryWriter::new(&shared.data_dir);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -627,6 +665,7 @@ async fn sample_loop(
                 tracing::warn!(error = %e, "cannot write metrics history");
             }
         }
+        lock.ensure(&shared.data_dir);
         let snapshot = build_snapshot(&shared, &cfg, *paused.borrow(), !stopping);
         if let Err(e) = write_status(&shared.data_dir, &snapshot) {
             tracing::debug!(error = %e, "cannot write status file");
@@ -635,6 +674,7 @@ async fn sample_loop(
             break;
         }
     }
+    lock
 }
 
 fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
