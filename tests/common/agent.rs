@@ -1,9 +1,11 @@
 //! The real `edr-agent` binary as an operator runs it: spawn, wait until it
 //! watches, read its status, measure it from `/proc`, stop or kill it.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edr_agent::engine::{read_status, Snapshot};
@@ -42,7 +44,14 @@ pub struct Launch {
 pub struct Agent {
     pub child: Child,
     pub data: PathBuf,
+    /// Its stderr (the log), drained as it comes: an unread pipe would
+    /// fill up and block the agent's logging.
+    log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Log kept per agent; older lines are dropped beyond this.
+const LOG_KEEP: usize = 4 * 1024 * 1024;
 
 impl Agent {
     pub fn spawn(config: &Path, data: &Path) -> Agent {
@@ -81,11 +90,35 @@ impl Agent {
                 });
             }
         }
-        let child = cmd.spawn().expect("agent starts");
+        let mut child = cmd.spawn().expect("agent starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let log_reader = child.stderr.take().map(|stderr| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    if log.len() > LOG_KEEP {
+                        let cut = log.len() / 2;
+                        let cut = log[cut..].find('\n').map_or(cut, |i| cut + i + 1);
+                        log.drain(..cut);
+                    }
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        });
         Agent {
             child,
             data: data.to_path_buf(),
+            log,
+            log_reader,
         }
+    }
+
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -134,11 +167,10 @@ impl Agent {
     /// Panics with the agent's stderr if it has exited.
     pub fn assert_alive(&mut self) {
         if let Ok(Some(code)) = self.child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = self.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            if let Some(r) = self.log_reader.take() {
+                let _ = r.join();
             }
-            panic!("agent exited with {code}: {err}");
+            panic!("agent exited with {code}: {}", self.log());
         }
     }
 
@@ -153,15 +185,14 @@ impl Agent {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits; returns the exit status and stderr.
+    /// SIGTERM, then waits; returns the exit status and the log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         self.signal(libc::SIGTERM);
         let status = self.child.wait().expect("agent exits");
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        if let Some(r) = self.log_reader.take() {
+            let _ = r.join();
         }
-        (status, err)
+        (status, self.log())
     }
 
     /// Resident memory in bytes, from `/proc/<pid>/status`.
