@@ -383,9 +383,20 @@ fn redact_url_credentials(v: &str) -> String {
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
-        let end = tail
+        let mut end = tail
             .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
             .unwrap_or(tail.len());
+        // `a@b://u:p@h`: the authority ran into the scheme of a glued second
+        // URL; stop before it so the next round sees its `://`.
+        if tail[..end].ends_with(':') && tail[end..].starts_with("//") {
+            let scheme: usize = tail[..end - 1]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+                .map(char::len_utf8)
+                .sum();
+            end -= 1 + scheme;
+        }
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(at) => {
@@ -668,6 +679,19 @@ mod tests {
         assert_eq!(
             redact_args(&args(&["wget", "--header", "X-Api-Key: pw13", "u"])),
             args(&["wget", "--header", "X-Api-Key:[REDACTED]", "u"])
+        );
+    }
+
+    #[test]
+    fn glued_urls_are_each_redacted() {
+        // Found by the redact fuzz target.
+        assert_eq!(
+            redact_value("x://p@psASIA://u:p@x/"),
+            "x://[REDACTED]@psASIA://u:[REDACTED]@x/"
+        );
+        assert_eq!(
+            redact_value("https://a:b@h1/https://c:d@h2"),
+            "https://a:[REDACTED]@h1/https://c:[REDACTED]@h2"
         );
     }
 
