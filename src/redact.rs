@@ -312,7 +312,9 @@ fn redact_pairs(v: &str) -> String {
     while let Some(found) = v[at..].find(['=', ':']) {
         let sep = at + found;
         at = sep + 1;
-        let secret = key_before(v, sep).is_some_and(is_secret_name);
+        // `scheme://` is a URL, not a `name:value` pair.
+        let scheme = v[sep..].starts_with("://");
+        let secret = !scheme && key_before(v, sep).is_some_and(is_secret_name);
         let Some((start, end)) = secret.then(|| value_after(v, sep + 1)).flatten() else {
             continue;
         };
@@ -693,6 +695,10 @@ mod tests {
             redact_value("https://a:b@h1/https://c:d@h2"),
             "https://a:[REDACTED]@h1/https://c:[REDACTED]@h2"
         );
+        // A scheme named like a secret is still a scheme.
+        let once = redact_value("oris://u:p@APIKEYzps://u:p@x/");
+        assert_eq!(once, "oris://u:[REDACTED]@APIKEYzps://u:[REDACTED]@x/");
+        assert_eq!(redact_value(&once), once);
     }
 
     #[test]
