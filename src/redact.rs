@@ -420,21 +420,48 @@ fn redact_url_credentials(v: &str) -> String {
     out
 }
 
-/// `Bearer x`, `Basic x`, `token x` (as in HTTP `Authorization` headers).
+/// `Bearer x`, `Basic x`, `token x` (as in HTTP `Authorization` headers),
+/// every occurrence: one value may carry several headers.
 fn redact_authorization(v: &str) -> String {
+    const SCHEMES: [&str; 3] = ["bearer ", "basic ", "token "];
+    // ASCII lowercasing keeps every byte offset.
     let lower = v.to_ascii_lowercase();
-    for scheme in ["bearer ", "basic ", "token "] {
-        if let Some(pos) = lower.find(scheme) {
-            let start = pos + scheme.len();
-            let end = v[start..]
-                .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
-                .map_or(v.len(), |e| start + e);
-            if end > start {
-                return format!("{}{REDACTED}{}", &v[..start], &v[end..]);
+    // Next occurrence of each scheme at or after `at`, found once each.
+    let find = |s: &str, from: usize| lower[from..].find(s).map(|p| from + p);
+    let mut next: [Option<usize>; 3] = [
+        find(SCHEMES[0], 0),
+        find(SCHEMES[1], 0),
+        find(SCHEMES[2], 0),
+    ];
+    let mut out = String::with_capacity(v.len());
+    let (mut copied, mut at) = (0, 0);
+    loop {
+        for (i, n) in next.iter_mut().enumerate() {
+            if n.is_some_and(|p| p < at) {
+                *n = find(SCHEMES[i], at);
             }
         }
+        let Some((i, pos)) = next
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.map(|p| (i, p)))
+            .min_by_key(|&(_, p)| p)
+        else {
+            break;
+        };
+        let start = pos + SCHEMES[i].len();
+        let end = v[start..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .map_or(v.len(), |e| start + e);
+        if end > start {
+            out.push_str(&v[copied..start]);
+            out.push_str(REDACTED);
+            copied = end;
+        }
+        at = end.max(start);
     }
-    v.to_string()
+    out.push_str(&v[copied..]);
+    out
 }
 
 /// Prefixes of well-known credential formats: GitHub, GitLab, Slack, AWS
@@ -699,6 +726,15 @@ mod tests {
         let once = redact_value("oris://u:p@APIKEYzps://u:p@x/");
         assert_eq!(once, "oris://u:[REDACTED]@APIKEYzps://u:[REDACTED]@x/");
         assert_eq!(redact_value(&once), once);
+    }
+
+    #[test]
+    fn every_authorization_in_a_value() {
+        let v = redact_value("X-A: Bearer tok1 X-B: Basic tok2 x token tok3");
+        assert_eq!(
+            v,
+            "X-A: Bearer [REDACTED] X-B: Basic [REDACTED] x token [REDACTED]"
+        );
     }
 
     #[test]
