@@ -155,7 +155,7 @@ fn hostile_files_give_correct_events_or_counted_skips() {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0)
+            .mode(0o000)
             .open(&unreadable)
             .expect("create");
         f.write_all(b"private").expect("write");

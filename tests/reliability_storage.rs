@@ -4,14 +4,14 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agent::{cli, stdout, temporaries, walk, walk_dirs, write_config, Agent, Launch};
 use common::root::{fill_disk, require_root, Mount};
-use common::{read_events, str_field, wait_for, watched};
+use common::{read_events, wait_for, watched};
 use edr_agent::engine::Snapshot;
 use edr_agent::metrics::{read_history, AlertKind};
 use edr_agent::storage::{batch_stats, list_batches};
@@ -412,14 +412,4 @@ fn config_files_are_written_private() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     edr_agent::Config::default().save(&path).expect("save");
     assert_eq!(mode(&path), 0o600);
-}
-
-/// The events of a data dir name files under `dir` only through paths we
-/// wrote (a sanity check shared by the fault tests).
-fn _paths_under(data: &Path, dir: &Path) -> Vec<PathBuf> {
-    read_events(data)
-        .iter()
-        .filter_map(|e| str_field(e, "file.path").map(PathBuf::from))
-        .filter(|p| p.starts_with(dir))
-        .collect()
 }

@@ -130,7 +130,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
                 }
             };
             if since_s.is_some() || until_s.is_some() {
-                let Some(ts) = line_time(&line) else { continue };
+                let Some(ts) = line_time(line) else { continue };
                 if since_s.as_ref().is_some_and(|s| ts.as_str() < s.as_str())
                     || until_s.as_ref().is_some_and(|u| ts.as_str() >= u.as_str())
                 {
