@@ -398,6 +398,8 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
 struct DataDirLock {
     path: PathBuf,
     file: File,
+    /// Taking the lock again failed; said once, not every second.
+    failing: bool,
 }
 
 impl DataDirLock {
@@ -405,6 +407,7 @@ impl DataDirLock {
         Ok(DataDirLock {
             path: data_dir.join(LOCK_FILE),
             file: acquire_lock(data_dir)?,
+            failing: false,
         })
     }
 
@@ -425,8 +428,13 @@ impl DataDirLock {
             Ok(file) => {
                 tracing::warn!(path = %self.path.display(), "the data dir lock file was removed; lock taken again");
                 self.file = file;
+                self.failing = false;
             }
-            Err(e) => tracing::error!(error = %e, "cannot take the data dir lock again"),
+            Err(e) if !self.failing => {
+                tracing::error!(error = %e, "cannot take the data dir lock again");
+                self.failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot take the data dir lock again"),
         }
     }
 }
