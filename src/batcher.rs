@@ -41,6 +41,10 @@ const AGE_RETENTION_EVERY: Duration = Duration::from_secs(60);
 pub const BUSY_BATCH_SPAN: Duration = Duration::from_secs(1);
 /// Weight of the latest batch in the event-rate estimate.
 const RATE_WEIGHT: f64 = 0.5;
+/// After a failed write, how long events are counted as lost before a new
+/// batch is tried: retrying on every event of a flood against a read-only
+/// or full disk burns a core.
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// State the batcher shares with the rest of the engine.
 #[derive(Debug, Default)]
@@ -187,6 +191,8 @@ pub struct Batcher {
     /// Reused serialization buffer.
     buf: Vec<u8>,
     last_age_check: Instant,
+    /// No new batch before this, after a storage failure.
+    retry_at: Option<Instant>,
 }
 
 impl Batcher {
@@ -215,6 +221,7 @@ impl Batcher {
             size_target: settings.size_target(0.0),
             buf: Vec::with_capacity(4096),
             last_age_check: Instant::now(),
+            retry_at: None,
         }
     }
 
@@ -301,6 +308,10 @@ impl Batcher {
         }
         self.shared.remember(&self.buf);
         if self.open.is_none() {
+            if self.retry_at.is_some_and(|at| Instant::now() < at) {
+                self.counters.store_failed.add(t, 1);
+                return;
+            }
             match self.store.open_batch(Timestamp::now(), self.settings.codec) {
                 Ok(batch) => {
                     self.open = Some(Open {
@@ -381,6 +392,7 @@ impl Batcher {
     }
 
     fn fail(&mut self, e: StorageError) {
+        self.retry_at = Some(Instant::now() + STORAGE_RETRY);
         self.counters.batch_failures.fetch_add(1, Relaxed);
         if !self.shared.storage_failing.load(Relaxed) {
             tracing::error!(error = %e, "cannot store events; they are counted as lost until storage recovers");

@@ -844,6 +844,9 @@ impl Config {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            // `mode` only applies to a new file; a temporary left by an
+            // interrupted save keeps whatever mode it had.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)

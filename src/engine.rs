@@ -36,6 +36,9 @@ pub const LOCK_FILE: &str = "agent.lock";
 /// File in the data dir with the latest snapshot, rewritten every second.
 pub const STATUS_FILE: &str = "status.json";
 const HISTORY_FLUSH_EVERY: u32 = 60;
+/// The status file is padded to a multiple of this (a page).
+const STATUS_PAGE: usize = 4096;
+const STATUS_READ_ATTEMPTS: usize = 3;
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +197,7 @@ impl EngineHandle {
         config.validate()?;
         let data_dir = config.data_dir();
         storage::create_private_dir(&data_dir)?;
-        let lock_file = acquire_lock(&data_dir)?;
+        let lock = DataDirLock::acquire(&data_dir)?;
         let store = Store::open(&data_dir)?;
         if store.removed_temporaries > 0 {
             tracing::info!(
@@ -246,6 +249,7 @@ impl EngineHandle {
             config_rx.clone(),
             paused_rx.clone(),
             metrics_stop.clone(),
+            lock,
         ));
 
         let base = CollectorContext {
@@ -277,7 +281,6 @@ impl EngineHandle {
             batcher_task,
             metrics_stop,
             metrics_task,
-            lock_file,
         ));
         tracker.close();
         tracing::info!(data_dir = %data_dir.display(), "engine started");
@@ -400,6 +403,51 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
     }
 }
 
+/// The data dir's lock, held for the engine's life.
+struct DataDirLock {
+    path: PathBuf,
+    file: File,
+    /// Taking the lock again failed; said once, not every second.
+    failing: bool,
+}
+
+impl DataDirLock {
+    fn acquire(data_dir: &Path) -> Result<DataDirLock, EngineError> {
+        Ok(DataDirLock {
+            path: data_dir.join(LOCK_FILE),
+            file: acquire_lock(data_dir)?,
+            failing: false,
+        })
+    }
+
+    /// Takes the lock again if its file was removed or replaced (the data
+    /// dir deleted under the running agent): otherwise `status` would call
+    /// the agent stopped and a second agent could start on the same store.
+    fn ensure(&mut self, data_dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let held = self.file.metadata().ok().map(id);
+        if held.is_some() && held == std::fs::metadata(&self.path).ok().map(id) {
+            return;
+        }
+        let taken = storage::create_private_dir(data_dir)
+            .map_err(EngineError::from)
+            .and_then(|()| acquire_lock(data_dir));
+        match taken {
+            Ok(file) => {
+                tracing::warn!(path = %self.path.display(), "the data dir lock file was removed; lock taken again");
+                self.file = file;
+                self.failing = false;
+            }
+            Err(e) if !self.failing => {
+                tracing::error!(error = %e, "cannot take the data dir lock again");
+                self.failing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot take the data dir lock again"),
+        }
+    }
+}
+
 /// Takes the data dir's lock so two agents never write the same store.
 fn acquire_lock(data_dir: &Path) -> Result<File, EngineError> {
     let path = data_dir.join(LOCK_FILE);
@@ -448,8 +496,16 @@ pub fn running_agent(data_dir: &Path) -> Option<Option<u32>> {
 
 /// Reads the status file an agent writes into its data dir.
 pub fn read_status(data_dir: &Path) -> Option<Snapshot> {
-    let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    // A status rewritten in place (disk full) can be read half updated;
+    // the next read sees it whole.
+    for _ in 0..STATUS_READ_ATTEMPTS {
+        let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
+        if let Ok(s) = serde_json::from_slice(&bytes) {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 async fn stop_in_order(
@@ -457,8 +513,7 @@ async fn stop_in_order(
     supervisor: JoinHandle<()>,
     batcher: JoinHandle<()>,
     metrics_stop: CancellationToken,
-    metrics: JoinHandle<()>,
-    lock_file: File,
+    metrics: JoinHandle<DataDirLock>,
 ) {
     shutdown.cancelled().await;
     tracing::info!("stopping: collectors first, then the open batch");
@@ -469,10 +524,11 @@ async fn stop_in_order(
         tracing::error!(error = %e, "batcher failed");
     }
     metrics_stop.cancel();
-    if let Err(e) = metrics.await {
-        tracing::error!(error = %e, "metrics sampler failed");
+    // The sampler returns the lock; a failed sampler has dropped it.
+    match metrics.await {
+        Ok(lock) => drop(lock),
+        Err(e) => tracing::error!(error = %e, "metrics sampler failed"),
     }
-    drop(lock_file);
     tracing::info!("engine stopped");
 }
 
@@ -603,7 +659,8 @@ async fn sample_loop(
     config: watch::Receiver<Arc<Config>>,
     paused: watch::Receiver<bool>,
     stop: CancellationToken,
-) {
+    mut lock: DataDirLock,
+) -> DataDirLock {
     let mut history = HistoryWriter::new(&shared.data_dir);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -625,6 +682,7 @@ async fn sample_loop(
                 tracing::warn!(error = %e, "cannot write metrics history");
             }
         }
+        lock.ensure(&shared.data_dir);
         let snapshot = build_snapshot(&shared, &cfg, *paused.borrow(), !stopping);
         if let Err(e) = write_status(&shared.data_dir, &snapshot) {
             tracing::debug!(error = %e, "cannot write status file");
@@ -633,6 +691,7 @@ async fn sample_loop(
             break;
         }
     }
+    lock
 }
 
 fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
@@ -661,18 +720,40 @@ fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
     sample
 }
 
+/// Replaces the status file atomically. On a full disk, where no new file
+/// can be written, it is overwritten in place instead: that is when its
+/// storage alert matters most. Padding to whole pages lets the rewrite
+/// reuse the blocks the file already has.
 fn write_status(data_dir: &Path, s: &Snapshot) -> std::io::Result<()> {
+    let path = data_dir.join(STATUS_FILE);
     let tmp = data_dir.join(format!(".{STATUS_FILE}.tmp"));
-    let bytes = serde_json::to_vec(s).map_err(std::io::Error::other)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, data_dir.join(STATUS_FILE))
+    let mut bytes = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+    // Trailing spaces are valid JSON.
+    bytes.resize(bytes.len().div_ceil(STATUS_PAGE) * STATUS_PAGE, b' ');
+    let atomic = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+    };
+    match atomic() {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = OpenOptions::new().write(true).open(&path)?;
+            let old_len = f.metadata()?.len();
+            // Never shorter than before: no truncation, so no torn tail.
+            if let Ok(old_len) = usize::try_from(old_len) {
+                bytes.resize(bytes.len().max(old_len), b' ');
+            }
+            f.write_all(&bytes)
+        }
+        other => other,
+    }
 }
 
 /// Applies edits of the config file made by hand (or by another program).

@@ -102,6 +102,13 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // The library's warnings (a damaged history file, say) must reach
+        // the operator of the read-only commands too.
+        if let Err(e) = cli::run::init_logging(Some("warn")) {
+            eprintln!("warning: no log output: {e:#}");
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Status { dir, json } => dir.resolve().and_then(|d| cli::status::status(&d, json)),

@@ -503,30 +503,60 @@ impl HistoryWriter {
         Ok(())
     }
 
-    /// Writes buffered lines as one gzip member.
+    /// Writes buffered lines as one gzip member. When that fails (disk
+    /// full, data dir gone) the lines stay buffered for the next flush, up
+    /// to an hour of them.
     pub fn flush(&mut self) -> io::Result<()> {
-        let Some(day) = self.pending_day.take() else {
+        let Some(day) = self.pending_day.clone() else {
             return Ok(());
         };
-        if self.pending.is_empty() {
-            return Ok(());
+        if !self.pending.is_empty() {
+            if let Err(e) = self.write_member(&day) {
+                self.drop_oldest_beyond(RING_CAPACITY);
+                return Err(e);
+            }
         }
+        self.pending.clear();
+        self.pending_day = None;
+        Ok(())
+    }
+
+    fn write_member(&self, day: &str) -> io::Result<()> {
         crate::storage::create_private_dir(&self.dir).map_err(io::Error::other)?;
         let path = self.dir.join(format!("{day}.csv.gz"));
-        let is_new = !path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&path)?;
-        let mut gz = GzEncoder::new(file, flate2::Compression::new(6));
-        if is_new {
-            gz.write_all(HISTORY_HEADER.as_bytes())?;
+        let before = file.metadata()?.len();
+        let mut gz = GzEncoder::new(&file, flate2::Compression::new(6));
+        let written = (|| {
+            if before == 0 {
+                gz.write_all(HISTORY_HEADER.as_bytes())?;
+            }
+            gz.write_all(self.pending.as_bytes())?;
+            gz.try_finish()
+        })();
+        drop(gz);
+        if written.is_err() {
+            // A torn member would end every later read of the day early.
+            let _ = file.set_len(before);
         }
-        gz.write_all(self.pending.as_bytes())?;
-        gz.finish()?;
-        self.pending.clear();
-        Ok(())
+        written
+    }
+
+    fn drop_oldest_beyond(&mut self, max_lines: usize) {
+        let lines = self.pending.matches('\n').count();
+        if lines <= max_lines {
+            return;
+        }
+        let cut = self
+            .pending
+            .match_indices('\n')
+            .nth(lines - max_lines - 1)
+            .map_or(0, |(i, _)| i + 1);
+        self.pending.drain(..cut);
     }
 }
 

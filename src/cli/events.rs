@@ -106,7 +106,8 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        for line in reader.lines() {
+        let mut not_json = 0u64;
+        for line in reader.split(b'\n') {
             let line = match line {
                 Ok(l) => l,
                 Err(e) => {
@@ -120,8 +121,16 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             if line.is_empty() {
                 continue;
             }
+            // Damage that still decompresses must not reach a JSON consumer.
+            let line = match std::str::from_utf8(&line) {
+                Ok(l) if serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok() => l,
+                _ => {
+                    not_json += 1;
+                    continue;
+                }
+            };
             if since_s.is_some() || until_s.is_some() {
-                let Some(ts) = line_time(&line) else { continue };
+                let Some(ts) = line_time(line) else { continue };
                 if since_s.as_ref().is_some_and(|s| ts.as_str() < s.as_str())
                     || until_s.as_ref().is_some_and(|u| ts.as_str() >= u.as_str())
                 {
@@ -148,6 +157,12 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             if args.limit.is_some_and(|l| emitted >= l) {
                 break;
             }
+        }
+        if not_json > 0 {
+            eprintln!(
+                "warning: {}: {not_json} lines are not JSON (damaged file), skipped",
+                path.display()
+            );
         }
         if args.limit.is_some_and(|l| emitted >= l) {
             break;

@@ -37,7 +37,7 @@ pub fn layers(file: Option<&Path>, preset: Option<&str>) -> Result<Vec<Layer>, C
     Ok(layers)
 }
 
-fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
+pub fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
     let spec = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())

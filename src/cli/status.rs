@@ -10,6 +10,9 @@ use super::{human_bytes, human_duration, out};
 
 /// Exit code when no agent runs on the data dir (as `systemctl status`).
 const NOT_RUNNING: u8 = 3;
+/// A running agent rewrites its status every second; one this old means it
+/// cannot write its data dir.
+const STALE_AFTER: Duration = Duration::from_secs(5);
 
 pub fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let running = running_agent(data_dir);
@@ -75,6 +78,15 @@ fn print_human(
     }
     out(format_args!("data dir:    {}\n", data_dir.display()))?;
     let Some(s) = s else { return Ok(()) };
+    let age = now
+        .duration_since(SystemTime::from(s.latest.ts))
+        .unwrap_or_default();
+    if running.is_some() && age > STALE_AFTER {
+        out(format_args!(
+            "WARNING:     status last written {} ago: the agent cannot write its data dir (full, read-only or removed?); the figures below are from then\n",
+            human_duration(age)
+        ))?;
+    }
     let l = &s.latest;
     out(format_args!(
         "resources:   RSS {}, VSZ {}, CPU {:.1}%\n",
@@ -88,14 +100,22 @@ fn print_human(
     ))?;
     let t = &s.totals;
     out(format_args!(
-        "events:      {} stored (process {}, file {}, network {}); {} dropped (queue full), {} lost (not writable), {} filtered\n",
+        "events:      {} stored (process {}, file {}, network {}); {} lost (not writable), {} filtered\n",
         t.stored.iter().sum::<u64>(),
         t.stored[0],
         t.stored[1],
         t.stored[2],
-        t.dropped_total(),
         t.store_failed.iter().sum::<u64>(),
         t.filtered.iter().sum::<u64>(),
+    ))?;
+    out(format_args!(
+        "dropped:     {} (queue full: process {}, file {}, network {}); hashes skipped {} (+{} hash queue full)\n",
+        t.dropped_total(),
+        t.dropped[0],
+        t.dropped[1],
+        t.dropped[2],
+        t.hash_skipped,
+        t.hash_queue_dropped,
     ))?;
     let st = &s.storage;
     let pct = if st.cap_bytes > 0 {

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod agent;
+pub mod root;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

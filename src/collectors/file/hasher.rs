@@ -8,9 +8,12 @@
 //! read serves them all, and it happens after every one of their writes.
 
 use std::collections::VecDeque;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -162,13 +165,14 @@ struct Hashed {
 /// still queued without a hash so no event is lost on shutdown.
 pub(super) fn run(
     queue: Arc<HashQueue>,
+    roots: Vec<PathBuf>,
     max_file_size_mb: u64,
     rate_mb_per_sec: u64,
     tx: EventTx,
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
-    let mut hasher = Hasher::new(max_file_size_mb, rate_mb_per_sec, Instant::now());
+    let mut hasher = Hasher::new(roots, max_file_size_mb, rate_mb_per_sec, Instant::now());
     while !stop.is_cancelled() {
         let Some(job) = queue.take(IDLE_WAIT) else {
             continue;
@@ -206,14 +210,22 @@ fn deliver(events: Vec<Event>, outcome: &Result<Hashed, Skip>, tx: &EventTx, cou
 /// Reads and hashes files within a size cap and a byte-rate budget,
 /// reusing one read buffer.
 struct Hasher {
+    /// The watch roots: no symlink below them is followed.
+    roots: Vec<PathBuf>,
     max_bytes: u64,
     budget: ByteBudget,
     buf: Vec<u8>,
 }
 
 impl Hasher {
-    fn new(max_file_size_mb: u64, rate_mb_per_sec: u64, now: Instant) -> Hasher {
+    fn new(
+        roots: Vec<PathBuf>,
+        max_file_size_mb: u64,
+        rate_mb_per_sec: u64,
+        now: Instant,
+    ) -> Hasher {
         Hasher {
+            roots,
             max_bytes: max_file_size_mb.saturating_mul(MIB),
             budget: ByteBudget::new(rate_mb_per_sec.max(1).saturating_mul(MIB), now),
             buf: vec![0; READ_CHUNK],
@@ -230,7 +242,7 @@ impl Hasher {
         if meta.len() > self.max_bytes {
             return Err(Skip::TooLarge);
         }
-        let file = open_regular(path)?;
+        let file = open_beneath(&self.roots, path)?;
         // The path may have been swapped for something else since the
         // check above; what counts is what the descriptor refers to.
         let meta = file.metadata().map_err(Skip::Unreadable)?;
@@ -276,17 +288,65 @@ impl Hasher {
     }
 }
 
-/// Opens without following a final symlink and without blocking (a FIFO
-/// swapped in after the type check would otherwise wait for a writer).
-fn open_regular(path: &Path) -> Result<File, Skip> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+/// Opens `path` for reading without following a symlink anywhere below the
+/// watch root that holds it: a directory swapped for a link between the
+/// event and the hash must not lead the hasher out of the watched tree.
+/// Never blocks (a FIFO swapped in after the type check would otherwise
+/// wait for a writer).
+fn open_beneath(roots: &[PathBuf], path: &Path) -> Result<File, Skip> {
+    const LAST: libc::c_int = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let beneath = roots
+        .iter()
+        .filter_map(|r| Some((r, path.strip_prefix(r).ok()?)))
+        .max_by_key(|(r, _)| r.as_os_str().len());
+    let Some((root, rel)) = beneath else {
+        // notify reports only paths under a root; this is a safe default.
+        return open_at(None, path.as_os_str(), LAST).map_err(Skip::from_io);
+    };
+    let mut parts = rel.components();
+    let Some(last) = parts.next_back() else {
+        // The root itself, a watched file: the configured path is trusted.
+        return open_at(None, path.as_os_str(), LAST).map_err(Skip::from_io);
+    };
+    // The root may itself be a link: it is what the user configured.
+    let mut dir = open_at(None, root.as_os_str(), libc::O_DIRECTORY).map_err(Skip::from_io)?;
+    for part in parts {
+        let Component::Normal(part) = part else {
+            return Err(Skip::NotRegular);
+        };
+        dir = open_at(Some(&dir), part, libc::O_DIRECTORY | libc::O_NOFOLLOW).map_err(|e| {
+            match e.raw_os_error() {
+                // A link (or a file) where the directory was.
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => Skip::NotRegular,
+                _ => Skip::from_io(e),
+            }
+        })?;
     }
-    options.open(path).map_err(Skip::from_io)
+    let Component::Normal(name) = last else {
+        return Err(Skip::NotRegular);
+    };
+    open_at(Some(&dir), name, LAST).map_err(Skip::from_io)
+}
+
+/// `openat(2)` read-only, relative to `dir` (or the working directory).
+fn open_at(dir: Option<&File>, name: &OsStr, flags: libc::c_int) -> io::Result<File> {
+    // Names from the kernel hold no NUL; EINVAL if one ever did.
+    let name =
+        CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: a NUL-terminated name and a directory fd we hold open.
+    let fd = unsafe {
+        libc::openat(
+            dirfd,
+            name.as_ptr(),
+            flags | libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -32,7 +32,7 @@ use notify::{RecommendedWatcher, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::collectors::{coverage, CollectorContext};
-use crate::config::FileMonitorConfig;
+use crate::config::{expand_home, FileMonitorConfig};
 use crate::event::{EventType, Timestamp};
 use crate::pipeline::Counters;
 
@@ -100,10 +100,19 @@ fn start(
             stop.clone(),
         );
         let (max_mb, rate) = (cfg.max_file_size_mb, cfg.hash_rate_limit_mb_per_sec);
+        // As notify resolves them: home expanded, relative to the cwd.
+        let roots = cfg
+            .watch_paths
+            .iter()
+            .map(|p| {
+                let p = expand_home(p);
+                std::path::absolute(&p).unwrap_or(p)
+            })
+            .collect();
         threads.push(
             thread::Builder::new()
                 .name("edr-file-hash".into())
-                .spawn(move || hasher::run(q, max_mb, rate, tx, counters, stop))?,
+                .spawn(move || hasher::run(q, roots, max_mb, rate, tx, counters, stop))?,
         );
         Some(Hashing {
             queue,
