@@ -12,4 +12,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The app's tests need a display and a session bus of their own: a private
 # X server and D-Bus session, so they neither see nor disturb a desktop.
 env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY NO_AT_BRIDGE=1 \
-  dbus-run-session -- xvfb-run -a cargo test --workspace
+  dbus-run-session -- xvfb-run -a cargo test --workspace --no-fail-fast

@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run(_)) {
         // The library's warnings (a damaged history file, say) must reach
         // the operator of the read-only commands too.
-        if let Err(e) = cli::run::init_logging(Some("warn")) {
+        if let Err(e) = edr_agent::logging::init(Some("warn")) {
             eprintln!("warning: no log output: {e:#}");
         }
     }

@@ -4,27 +4,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{batch_sizes, read_events, str_field, test_config, wait_for_async, watched};
+use common::{
+    batch_sizes, read_events, start_engine as start, str_field, test_config, touch_files,
+    wait_for_async, wait_watching, watched,
+};
 use edr_agent::config::Compression;
 use edr_agent::engine::{EngineHandle, EngineOptions};
 use edr_agent::storage::list_batches;
 use tokio_util::sync::CancellationToken;
-
-fn start(config: edr_agent::Config) -> EngineHandle {
-    EngineHandle::start(config, EngineOptions::default(), CancellationToken::new())
-        .expect("engine starts")
-}
-
-async fn wait_watching(engine: &EngineHandle) {
-    let ok = wait_for_async(Duration::from_secs(10), || {
-        (!engine.snapshot().coverage.watched_paths.is_empty()).then_some(())
-    })
-    .await;
-    assert!(ok.is_some(), "watch never set up");
-}
 
 async fn wait_totals(engine: &EngineHandle, what: fn(&edr_agent::engine::Totals) -> u64, n: u64) {
     let ok = wait_for_async(Duration::from_secs(15), || {
@@ -36,12 +25,6 @@ async fn wait_totals(engine: &EngineHandle, what: fn(&edr_agent::engine::Totals)
         "never reached {n}: {:?}",
         engine.snapshot().totals
     );
-}
-
-fn touch_files(dir: &Path, prefix: &str, n: usize) {
-    for i in 0..n {
-        std::fs::write(dir.join(format!("{prefix}-{i}.txt")), b"x").expect("write file");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

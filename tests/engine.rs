@@ -6,43 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{batch_sizes, read_events, str_field, test_config, wait_for_async, watched};
+use common::{
+    batch_sizes, read_events, start_engine as start, str_field, test_config, touch_files,
+    wait_for_async, wait_not_watching, wait_watching, watched,
+};
 use edr_agent::engine::{EngineError, EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
-
-fn start(config: edr_agent::Config) -> EngineHandle {
-    EngineHandle::start(config, EngineOptions::default(), CancellationToken::new())
-        .expect("engine starts")
-}
-
-/// Waits until the file collector's watch is in place.
-async fn wait_watching(engine: &EngineHandle) {
-    let ok = wait_for_async(Duration::from_secs(10), || {
-        (!engine.snapshot().coverage.watched_paths.is_empty()).then_some(())
-    })
-    .await;
-    assert!(ok.is_some(), "watch never set up");
-}
-
-/// Waits until the file collector has stopped (its coverage is cleared).
-async fn wait_not_watching(engine: &EngineHandle) {
-    let ok = wait_for_async(Duration::from_secs(10), || {
-        engine
-            .snapshot()
-            .coverage
-            .watched_paths
-            .is_empty()
-            .then_some(())
-    })
-    .await;
-    assert!(ok.is_some(), "file collector never stopped");
-}
-
-fn touch_files(dir: &std::path::Path, prefix: &str, n: usize) {
-    for i in 0..n {
-        std::fs::write(dir.join(format!("{prefix}-{i}.txt")), b"x").expect("write file");
-    }
-}
 
 async fn wait_stored(engine: &EngineHandle, at_least: u64) -> bool {
     wait_for_async(Duration::from_secs(15), || {

@@ -3,6 +3,8 @@
 //! Each test runs its own collector on its own tempdir and waits (with a
 //! deadline) for the events a user would expect to see.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -11,10 +13,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edr_agent::collectors::{file, CollectorContext, Coverage};
+use edr_agent::collectors::{file, Coverage};
 use edr_agent::config::FileMonitorConfig;
-use edr_agent::event::{Event, Origin};
-use edr_agent::pipeline::{self, Counters};
+use edr_agent::event::Event;
+use edr_agent::pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -46,22 +48,12 @@ fn config(watch: &[&Path]) -> FileMonitorConfig {
 impl Collector {
     /// Starts the collector and waits until `ready` is watched.
     fn start(cfg: FileMonitorConfig, ready: &Path) -> Collector {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let counters = Counters::new();
-        let (tx, rx) = pipeline::channel(65_536, Arc::clone(&counters));
-        let coverage = Arc::new(Mutex::new(Coverage::default()));
-        let cancel = CancellationToken::new();
-        let ctx = CollectorContext {
-            origin: Origin::detect(),
-            tx,
-            counters: Arc::clone(&counters),
-            coverage: Arc::clone(&coverage),
-            cancel: cancel.clone(),
-        };
+        let common::Harness { rt, rx, ctx } = common::harness();
+        let (counters, coverage, cancel) = (
+            Arc::clone(&ctx.counters),
+            Arc::clone(&ctx.coverage),
+            ctx.cancel.clone(),
+        );
         let task = rt.spawn(file::run(cfg, ctx));
         let c = Collector {
             rt,

@@ -2,16 +2,18 @@
 //! what a SIEM would see for a listener, a connection and a UDP socket
 //! owned by this test process.
 
+mod common;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edr_agent::collectors::{network, CollectorContext, Coverage};
+use edr_agent::collectors::{network, Coverage};
 use edr_agent::config::NetworkMonitorConfig;
-use edr_agent::event::{Event, Origin};
-use edr_agent::pipeline::{self, Counters};
+use edr_agent::event::Event;
+use edr_agent::pipeline::Counters;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -28,23 +30,12 @@ struct Collector {
 
 impl Collector {
     fn start() -> Collector {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let counters = Counters::new();
-        // Room for the whole host's inventory, so nothing of ours drops.
-        let (tx, rx) = pipeline::channel(65_536, Arc::clone(&counters));
-        let cancel = CancellationToken::new();
-        let coverage = Arc::new(Mutex::new(Coverage::default()));
-        let ctx = CollectorContext {
-            origin: Origin::detect(),
-            tx,
-            counters: Arc::clone(&counters),
-            coverage: Arc::clone(&coverage),
-            cancel: cancel.clone(),
-        };
+        let common::Harness { rt, rx, ctx } = common::harness();
+        let (counters, coverage, cancel) = (
+            Arc::clone(&ctx.counters),
+            Arc::clone(&ctx.coverage),
+            ctx.cancel.clone(),
+        );
         let cfg = NetworkMonitorConfig {
             enabled: true,
             scan_interval_ms: 100,

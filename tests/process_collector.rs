@@ -1,16 +1,18 @@
 //! The process collector against real child processes, polling and (as
 //! root) with the kernel's process events.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edr_agent::collectors::{process, CollectorContext, Coverage, ProcessCapture};
+use edr_agent::collectors::{process, Coverage, ProcessCapture};
 use edr_agent::config::{ProcessMonitorConfig, ProcessSource};
-use edr_agent::event::{Event, Origin};
-use edr_agent::pipeline::{self, Counters};
+use edr_agent::event::Event;
+use edr_agent::pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -31,22 +33,12 @@ struct Running {
 }
 
 fn start(cfg: ProcessMonitorConfig) -> Running {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let counters = Counters::new();
-    let (tx, rx) = pipeline::channel(65_536, Arc::clone(&counters));
-    let coverage = Arc::new(Mutex::new(Coverage::default()));
-    let cancel = CancellationToken::new();
-    let ctx = CollectorContext {
-        origin: Origin::detect(),
-        tx,
-        counters: Arc::clone(&counters),
-        coverage: Arc::clone(&coverage),
-        cancel: cancel.clone(),
-    };
+    let common::Harness { rt, rx, ctx } = common::harness();
+    let (counters, coverage, cancel) = (
+        Arc::clone(&ctx.counters),
+        Arc::clone(&ctx.coverage),
+        ctx.cancel.clone(),
+    );
     let task = rt.spawn(process::run(cfg, ctx));
     Running {
         rt,

@@ -20,7 +20,11 @@ use crate::state::AppState;
 use crate::window::View;
 
 fn main() -> ExitCode {
-    init_logging();
+    if let Err(e) = edr_agent::logging::init(None) {
+        // A bad RUST_LOG must not keep the app from starting.
+        eprintln!("{e}; logging at info");
+        let _ = edr_agent::logging::init(Some("info"));
+    }
     let minimized = std::env::args().skip(1).any(|a| a == "--minimized");
     let built = tauri::Builder::default()
         // First, so a second launch is turned away before it starts anything.
@@ -102,21 +106,4 @@ async fn quit_on_signal(app: AppHandle) {
         _ = int.recv() => {}
     }
     quit(&app);
-}
-
-fn init_logging() {
-    use tracing_subscriber::prelude::*;
-    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let targets: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|_| {
-        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-    });
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false),
-        )
-        .with(targets)
-        .init();
 }

@@ -410,9 +410,13 @@ mod tests {
     fn presets_merge_over_the_current_config() {
         let mut current = Config::default();
         current.agent.max_events_per_batch = 33;
+        current.alerts.max_memory_mb = 400;
         let form = preset_form(&current, "desktop").expect("preset");
-        assert_eq!(form["alerts.max_memory_mb"], text("100"));
+        // From the preset...
+        assert_eq!(form["alerts.max_cpu_percent"], text("5.0"));
+        // ...over what the preset leaves alone.
         assert_eq!(form["agent.max_events_per_batch"], text("33"));
+        assert_eq!(form["alerts.max_memory_mb"], text("400"));
         assert!(matches!(
             preset_form(&current, "nope"),
             Err(CommandError::Invalid(_))

@@ -37,27 +37,6 @@ pub fn layers(file: Option<&Path>, preset: Option<&str>) -> Result<Vec<Layer>, C
     Ok(layers)
 }
 
-pub fn init_logging(filter: Option<&str>) -> anyhow::Result<()> {
-    let spec = filter
-        .map(str::to_string)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
-    let targets: tracing_subscriber::filter::Targets = spec
-        .parse()
-        .with_context(|| format!("bad log filter {spec:?}"))?;
-    use tracing_subscriber::prelude::*;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false),
-        )
-        .with(targets)
-        .init();
-    Ok(())
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source = ConfigSource {
         preset: args.preset,
@@ -66,7 +45,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Validate everything before any file is created or touched.
     let config = source.load()?;
-    init_logging(args.log.as_deref())?;
+    edr_agent::logging::init(args.log.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

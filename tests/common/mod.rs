@@ -94,3 +94,71 @@ pub fn field<'a>(event: &'a serde_json::Value, path: &str) -> Option<&'a serde_j
 pub fn str_field<'a>(event: &'a serde_json::Value, path: &str) -> Option<&'a str> {
     field(event, path).and_then(|v| v.as_str())
 }
+
+/// One collector running alone: a runtime, a queue roomy enough for the
+/// host's whole inventory (so nothing a test looks for is dropped), and the
+/// context to hand the collector.
+pub struct Harness {
+    pub rt: tokio::runtime::Runtime,
+    pub rx: std::sync::mpsc::Receiver<edr_agent::event::Event>,
+    pub ctx: edr_agent::collectors::CollectorContext,
+}
+
+pub fn harness() -> Harness {
+    use std::sync::{Arc, Mutex};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let counters = edr_agent::pipeline::Counters::new();
+    let (tx, rx) = edr_agent::pipeline::channel(65_536, Arc::clone(&counters));
+    let ctx = edr_agent::collectors::CollectorContext {
+        origin: edr_agent::event::Origin::detect(),
+        tx,
+        counters,
+        coverage: Arc::new(Mutex::new(edr_agent::collectors::Coverage::default())),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    Harness { rt, rx, ctx }
+}
+
+/// Starts an engine with default options.
+pub fn start_engine(config: Config) -> edr_agent::EngineHandle {
+    edr_agent::EngineHandle::start(
+        config,
+        edr_agent::EngineOptions::default(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .expect("engine starts")
+}
+
+/// Waits until the file collector's watch is in place.
+pub async fn wait_watching(engine: &edr_agent::EngineHandle) {
+    let ok = wait_for_async(Duration::from_secs(10), || {
+        (!engine.snapshot().coverage.watched_paths.is_empty()).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "watch never set up");
+}
+
+/// Waits until the file collector has stopped (its coverage is cleared).
+pub async fn wait_not_watching(engine: &edr_agent::EngineHandle) {
+    let ok = wait_for_async(Duration::from_secs(10), || {
+        engine
+            .snapshot()
+            .coverage
+            .watched_paths
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "file collector never stopped");
+}
+
+/// Writes `n` small files `<prefix>-<i>.txt` into `dir`.
+pub fn touch_files(dir: &Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        std::fs::write(dir.join(format!("{prefix}-{i}.txt")), b"x").expect("write file");
+    }
+}
