@@ -83,8 +83,9 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdaptiveBatchingConfig {
-    /// Off: batches are written at exactly `max_events_per_batch` events or
-    /// `collection_interval_ms`.
+    /// Off (the default): batches are written at exactly
+    /// `max_events_per_batch` events or `collection_interval_ms`, as the
+    /// settings say. On, the batch size follows the event rate.
     pub enabled: bool,
     /// A batch smaller than this stays open past `collection_interval_ms`.
     /// 1..=100000.
@@ -101,7 +102,7 @@ pub struct AdaptiveBatchingConfig {
 impl Default for AdaptiveBatchingConfig {
     fn default() -> Self {
         AdaptiveBatchingConfig {
-            enabled: true,
+            enabled: false,
             min_events: 500,
             max_interval_ms: 30_000,
             max_events: 50_000,

@@ -25,6 +25,7 @@ enum Kind {
 const FIELDS: &[(&str, Kind)] = &[
     ("agent.max_events_per_batch", Kind::Whole),
     ("agent.collection_interval_ms", Kind::Whole),
+    ("agent.adaptive_batching.enabled", Kind::Flag),
     ("collectors.process_monitor.enabled", Kind::Flag),
     ("collectors.process_monitor.scan_interval_ms", Kind::Whole),
     ("collectors.process_monitor.collect_environment", Kind::Flag),

@@ -403,6 +403,28 @@ fn charts_appear_and_follow_the_engine() {
                 .contains("window_secs"),
             "{e}"
         );
+
+        // The window holds only its own commands: plugins the app embeds
+        // (notifications) and the core's file-system-like APIs are not
+        // granted to it.
+        for (cmd, args) in [
+            (
+                "plugin:notification|notify",
+                json!({ "options": { "title": "x" } }),
+            ),
+            ("plugin:notification|request_permission", json!({})),
+            ("plugin:path|resolve_directory", json!({ "directory": 1 })),
+            (
+                "plugin:webview|create_webview_window",
+                json!({ "options": { "label": "evil" } }),
+            ),
+        ] {
+            let e = invoke(&c, cmd, args).await.expect_err(cmd);
+            assert!(
+                e.to_string().contains("not allowed"),
+                "{cmd} was not refused by the capability: {e}"
+            );
+        }
     });
 }
 

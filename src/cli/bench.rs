@@ -119,8 +119,8 @@ struct PipelineArgs {
     /// max_events_per_batch.
     #[arg(long, default_value_t = 1000)]
     batch: u32,
-    /// Adaptive batching on (the default config) or off.
-    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    /// Adaptive batching on, or off (the default config).
+    #[arg(long, default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
     adaptive: bool,
     #[command(flatten)]
     common: Common,
