@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edr_agent::collectors::{process, Coverage, ProcessCapture};
 use edr_agent::config::{ProcessMonitorConfig, ProcessSource};
-use edr_agent::event::Event;
+use edr_agent::event::{Event, Timestamp};
 use edr_agent::pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -193,12 +193,22 @@ fn child_start_and_end_are_reported_with_matching_identity(source: ProcessSource
     let observer = running.observer();
     let me = running.own_inventory();
     let marker = unique_marker();
+    let before = Timestamp::now();
     let child = spawn_sh(&marker, &[], &[("MY_API_TOKEN", "secretvalue")]);
+    let after = Timestamp::now();
 
     let started = running.find("start of the child", |e| {
         e.event.action == "process-started" && has_arg(e, &marker)
     });
     let sp = started.process.as_ref().expect("process fields");
+    // Dated when it started, to the kernel's 10 ms clock tick (and not a
+    // second early, as whole-second boot times would make it).
+    let dated = sp.start.expect("start").as_millis();
+    assert!(
+        dated + 20 >= before.as_millis() && dated <= after.as_millis() + 20,
+        "started between {before:?} and {after:?}, dated {dated}"
+    );
+    assert_eq!(started.timestamp, sp.start.expect("start"));
     assert_eq!(started.event.kind, "event");
     assert_eq!(started.event.category, ["process"]);
     assert_eq!(started.event.types, ["start"]);

@@ -659,6 +659,7 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
     cols.file_monitor.enabled = a.unit == Unit::Files;
     // Per-scan costs: a fixed interval.
     cols.network_monitor.max_scan_interval_ms = cols.network_monitor.scan_interval_ms;
+    cols.process_monitor.max_scan_interval_ms = cols.process_monitor.scan_interval_ms;
     let setup = Instant::now();
     let (held, tree) = match a.unit {
         Unit::Processes => {

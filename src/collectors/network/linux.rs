@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Owner, PortKey, Socket, SocketKey, Transport};
+use crate::collectors::process::{process_start_ms, wall_start_ms};
 use crate::event::{entity_id, Timestamp};
 
 pub(super) const SOURCE: &str = "netlink sock_diag";
@@ -108,7 +109,7 @@ impl Lister {
     pub(super) fn new(host_name: &str) -> Result<Lister, ScanError> {
         Ok(Lister {
             diag: Diag::open()?,
-            owners: Owners::new(host_name)?,
+            owners: Owners::new(host_name),
             legacy_tcp: true,
             unsupported: [false; DUMPS.len()],
         })
@@ -451,8 +452,6 @@ struct Cached {
 /// Maps socket inodes to their owning process.
 struct Owners {
     host_name: String,
-    boot_ms: u64,
-    ticks_per_sec: u64,
     by_inode: HashMap<u64, Cached>,
     /// Inodes of this scan not yet in the cache; reused across scans.
     unknown: HashSet<u64>,
@@ -460,17 +459,13 @@ struct Owners {
 }
 
 impl Owners {
-    fn new(host_name: &str) -> Result<Owners, ScanError> {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Ok(Owners {
+    fn new(host_name: &str) -> Owners {
+        Owners {
             host_name: host_name.to_string(),
-            boot_ms: boot_time_ms()?,
-            ticks_per_sec: u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100),
             by_inode: HashMap::new(),
             unknown: HashSet::new(),
             scan: 0,
-        })
+        }
     }
 
     /// Fills `owner` on every socket, walking /proc only for inodes never
@@ -601,12 +596,12 @@ impl Owners {
     /// Name and identity of a process; `None` if it has exited.
     fn describe(&self, pid: u32) -> Option<Owner> {
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let start_ms = process_start_ms(pid, self.boot_ms, self.ticks_per_sec)?;
+        let start_ms = process_start_ms(pid)?;
         Some(Owner {
             pid,
             name: comm.trim_end_matches('\n').to_string(),
             entity_id: entity_id(&self.host_name, pid, start_ms),
-            start: Some(Timestamp(start_ms)),
+            start: Some(Timestamp(wall_start_ms(start_ms))),
         })
     }
 }
@@ -640,38 +635,6 @@ fn socket_link(fd_dir: &fs::File, name: &[u8]) -> Option<u64> {
 fn socket_inode(link: &[u8]) -> Option<u64> {
     let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Boot time (`btime` in /proc/stat) in ms since the epoch.
-fn boot_time_ms() -> Result<u64, ScanError> {
-    let stat = fs::read_to_string("/proc/stat").map_err(|source| ScanError::Proc {
-        what: "/proc/stat",
-        source,
-    })?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
-        .map(|secs| secs * 1000)
-        .ok_or(ScanError::Proc {
-            what: "/proc/stat",
-            source: io::Error::new(io::ErrorKind::InvalidData, "no btime line"),
-        })
-}
-
-/// Process start in ms since the epoch, the same derivation the process
-/// collector uses for `process.entity_id`: boot time plus `starttime`
-/// (field 22 of /proc/<pid>/stat, in clock ticks).
-fn process_start_ms(pid: u32, boot_ms: u64, ticks_per_sec: u64) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = start_ticks(&stat)?;
-    Some(boot_ms + ticks * 1000 / ticks_per_sec)
-}
-
-/// Field 22 of a /proc/<pid>/stat line. The command name (field 2) may
-/// hold spaces and parentheses, so fields are counted after its last `)`.
-fn start_ticks(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // Field 3 (state) is the first after the name.
-    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -924,10 +887,6 @@ mod tests {
         assert_eq!(socket_link(&dir, name.as_bytes()), Some(inode));
         assert_eq!(socket_link(&dir, b"999999"), None);
         assert_eq!(socket_link(&dir, b"1234567890123456789"), None);
-        let stat =
-            "77 (a) b (c)) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 200";
-        assert_eq!(start_ticks(stat), Some(123_456));
-        assert_eq!(start_ticks("77 (truncated"), None);
     }
 
     #[test]
@@ -951,12 +910,15 @@ mod tests {
 
     #[test]
     fn own_process_is_described_with_its_start() {
-        let owners = Owners::new("h").expect("reads /proc");
+        let owners = Owners::new("h");
         let me = owners.describe(std::process::id()).expect("we exist");
         let comm = fs::read_to_string("/proc/self/comm").expect("comm");
         assert_eq!(me.name, comm.trim_end());
-        let start = me.start.expect("start").as_millis();
-        assert!(start >= owners.boot_ms && start <= Timestamp::now().as_millis());
-        assert_eq!(me.entity_id, entity_id("h", me.pid, start));
+        // The same identity and date as the process collector gives us.
+        let start_ms = process_start_ms(me.pid).expect("own start");
+        assert_eq!(me.entity_id, entity_id("h", me.pid, start_ms));
+        let start = me.start.expect("start");
+        assert_eq!(start, Timestamp(wall_start_ms(start_ms)));
+        assert!(start <= Timestamp::now());
     }
 }

@@ -145,7 +145,9 @@ impl Emitter {
         exit_code: Option<i64>,
         by: Observer,
     ) {
-        let lifetime_ms = end.as_millis().saturating_sub(rec.start_ms);
+        let lifetime_ms = end
+            .as_millis()
+            .saturating_sub(super::wall_start_ms(rec.start_ms));
         let mut event = Event::new(
             &self.ctx.origin,
             end,
@@ -174,7 +176,7 @@ impl Emitter {
             executable: rec.executable.as_deref().map(String::from),
             args: rec.args.to_vec(),
             command_line: (!rec.args.is_empty()).then(|| rec.args.join(" ")),
-            start: Some(Timestamp(rec.start_ms)),
+            start: Some(Timestamp(super::wall_start_ms(rec.start_ms))),
             end: None,
             exit_code: None,
             entity_id: event::entity_id(host, pid, rec.start_ms),
@@ -223,7 +225,12 @@ impl Emitter {
 fn start_meta(why: Start, start_ms: u64) -> (Timestamp, EventMeta) {
     let (timestamp, kind, types, action): (_, _, &'static [&'static str], _) = match why {
         Start::Inventory(now) => (now, "state", &["info"], "process-inventory"),
-        Start::New => (Timestamp(start_ms), "event", &["start"], "process-started"),
+        Start::New => (
+            Timestamp(super::wall_start_ms(start_ms)),
+            "event",
+            &["start"],
+            "process-started",
+        ),
         Start::Exec(at) => (at, "event", &["start"], "process-exec"),
     };
     let meta = EventMeta {

@@ -42,7 +42,13 @@ use crate::config::{ProcessMonitorConfig, ProcessSource};
 use monitor::{Monitor, Source};
 
 #[cfg(target_os = "linux")]
-pub use start_time::process_start_ms;
+pub use start_time::{process_start_ms, wall_start_ms};
+
+/// Elsewhere the identity start is already the best date known.
+#[cfg(not(target_os = "linux"))]
+pub fn wall_start_ms(start_ms: u64) -> u64 {
+    start_ms
+}
 
 /// Runs until `ctx.cancel` fires. The work happens on a blocking thread
 /// that looks at the token at least every 100 ms; a scan in progress stops

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::procfs::{ProcReader, Program};
 use super::source::{exit_code_from_wait_status, Exit, Fork, SourceEvent, SourceTx};
-use super::start_time::{clock_ticks_per_sec, start_ms_from_ticks};
+use super::start_time::{clock_ns, clock_ticks_per_sec, start_ms_from_ticks};
 use crate::event::Timestamp;
 
 const NETLINK_CONNECTOR: libc::c_int = 11;
@@ -589,13 +589,6 @@ fn enrich(raw: Raw, program: Option<Program>, procs: &mut ProcReader) -> Option<
         })),
         _ => None,
     }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 /// The wall-clock time of a kernel timestamp (CLOCK_MONOTONIC).

@@ -11,6 +11,12 @@
 //!   converted to milliseconds, rounded to the nearest millisecond.
 //! - Elsewhere: sysinfo's `Process::start_time()` (whole seconds) * 1000.
 //!
+//! `btime` drops the fraction of a second the machine booted at, so that
+//! value is up to a second early: stable (the ids stay the same across
+//! restarts of the agent), but wrong as a date. [`wall_start_ms`] adds the
+//! fraction back for the dates events carry (`process.start`, the start
+//! event's `@timestamp`, `event.duration`).
+//!
 //! Linux only; the module is compiled for Linux.
 
 use std::sync::OnceLock;
@@ -39,6 +45,41 @@ pub(crate) fn start_ms_from(boot_secs: u64, ticks: u64, hz: u64) -> u64 {
     boot_secs
         .saturating_mul(1000)
         .saturating_add(u64::try_from(since_boot).unwrap_or(u64::MAX))
+}
+
+/// The date of a process whose identity start is `start_ms`, accurate to
+/// the kernel's clock tick.
+pub fn wall_start_ms(start_ms: u64) -> u64 {
+    start_ms.saturating_add(boot_fraction_ms())
+}
+
+/// What whole-second `btime` cut off the boot time: the wall clock minus
+/// the time since boot, less `btime`. Read once per run, like `btime`, so
+/// every date of a run moves by the same amount.
+fn boot_fraction_ms() -> u64 {
+    static FRACTION: OnceLock<u64> = OnceLock::new();
+    *FRACTION.get_or_init(|| {
+        let Some(btime) = boot_time_secs() else {
+            return 0;
+        };
+        let booted_ms =
+            (clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)) / 1_000_000;
+        boot_fraction(booted_ms, btime)
+    })
+}
+
+/// Within one second: the kernel truncates the same difference to make
+/// `btime`, and a clock slewed since then moves it by far less.
+pub(crate) fn boot_fraction(booted_ms: i128, btime_secs: u64) -> u64 {
+    let fraction = booted_ms - i128::from(btime_secs) * 1000;
+    u64::try_from(fraction.clamp(0, 999)).unwrap_or(0)
+}
+
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 /// Field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command name
@@ -103,6 +144,28 @@ mod tests {
             Some(1_700_000_000)
         );
         assert_eq!(parse_btime("cpu 1\n"), None);
+    }
+
+    #[test]
+    fn boot_fraction_stays_within_a_second() {
+        assert_eq!(boot_fraction(1_700_000_000_750, 1_700_000_000), 750);
+        assert_eq!(boot_fraction(1_699_999_999_999, 1_700_000_000), 0);
+        assert_eq!(boot_fraction(1_700_000_001_200, 1_700_000_000), 999);
+    }
+
+    #[test]
+    fn own_start_date_is_within_a_tick_of_the_clocks() {
+        // Our own start, measured from the clocks alone: now less how long
+        // ago /proc says we started.
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+        let ticks = parse_starttime(&stat).expect("starttime");
+        let hz = clock_ticks_per_sec().expect("hz");
+        let since_boot_ms = clock_ns(libc::CLOCK_BOOTTIME) / 1_000_000;
+        let now_ms = clock_ns(libc::CLOCK_REALTIME) / 1_000_000;
+        let started_ms = now_ms - (since_boot_ms - i128::from(ticks * 1000 / hz));
+        let date = wall_start_ms(process_start_ms(std::process::id()).expect("own start"));
+        let off = (i128::from(date) - started_ms).abs();
+        assert!(off <= 20, "dated {date}, the clocks say {started_ms}");
     }
 
     #[test]
