@@ -535,7 +535,11 @@ mod tests {
         let e = &events[0];
         assert_eq!(e.event.action, "process-started");
         assert_eq!(e.event.types, ["start"]);
-        assert_eq!(e.timestamp, Timestamp(T0 + 5_000));
+        // Dated from the start the kernel recorded; identified by it too.
+        assert_eq!(
+            e.timestamp,
+            Timestamp(super::super::wall_start_ms(T0 + 5_000))
+        );
         let p = process(e);
         assert_eq!(p.executable.as_deref(), Some("/usr/bin/true"));
         assert_eq!(p.args, ["true", "x"]);
@@ -570,14 +574,15 @@ mod tests {
         let mut h = Harness::new();
         h.fork(100, 200, T0 + 5_000);
         h.exec(exec_of(200, T0 + 5_000, "/usr/bin/false", &["false"]));
-        h.exit(200, exit_code_from_wait_status(1 << 8), T0 + 5_250);
+        let started = super::super::wall_start_ms(T0 + 5_000);
+        h.exit(200, exit_code_from_wait_status(1 << 8), started + 250);
         let events = h.events();
         assert_eq!(events.len(), 2, "{events:?}");
         let (start, end) = (process(&events[0]), process(&events[1]));
         assert_eq!(start.entity_id, end.entity_id);
         assert_eq!(events[1].event.types, ["end"]);
         assert_eq!(end.exit_code, Some(1));
-        assert_eq!(end.end, Some(Timestamp(T0 + 5_250)));
+        assert_eq!(end.end, Some(Timestamp(started + 250)));
         assert_eq!(events[1].event.duration, Some(250_000_000));
         assert_eq!(end.executable.as_deref(), Some("/usr/bin/false"));
         assert!(h.live.get(200).is_none());
