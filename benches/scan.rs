@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edr_agent::collectors::{file, network, process, CollectorContext, Coverage};
 use edr_agent::config::{FileMonitorConfig, NetworkMonitorConfig, ProcessMonitorConfig};
-use edr_agent::event::{Event, Origin};
-use edr_agent::pipeline::{self, Counters, QUEUE_CAPACITY};
+use edr_agent::event::Event;
+use edr_agent::pipeline::QUEUE_CAPACITY;
 use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -87,16 +87,8 @@ where
         .enable_all()
         .build()
         .expect("runtime");
-    let (tx, rx) = pipeline::channel(QUEUE_CAPACITY, Counters::new());
-    let cancel = CancellationToken::new();
-    let coverage = Arc::new(Mutex::new(Coverage::default()));
-    let ctx = CollectorContext {
-        origin: Origin::detect(),
-        tx,
-        counters: Counters::new(),
-        coverage: Arc::clone(&coverage),
-        cancel: cancel.clone(),
-    };
+    let (ctx, rx) = CollectorContext::standalone(QUEUE_CAPACITY);
+    let (cancel, coverage) = (ctx.cancel.clone(), Arc::clone(&ctx.coverage));
     rt.spawn(f(ctx));
     Running {
         rt,

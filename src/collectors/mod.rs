@@ -8,13 +8,14 @@
 //!
 //! [`Event`]: crate::event::Event
 
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Origin;
-use crate::pipeline::{Counters, EventTx};
+use crate::event::{Event, Origin};
+use crate::pipeline::{self, Counters, EventTx};
 
 pub mod adaptive;
 pub mod file;
@@ -31,6 +32,25 @@ pub struct CollectorContext {
     /// Fires when the collector must stop (shutdown, pause, or a restart
     /// with new settings).
     pub cancel: CancellationToken,
+}
+
+impl CollectorContext {
+    /// A context outside any engine, for running one collector alone (tests,
+    /// benchmarks): a queue of `capacity` events whose receiving end is
+    /// returned, fresh counters shared by the queue and the collector, a
+    /// token of its own.
+    pub fn standalone(capacity: usize) -> (CollectorContext, Receiver<Event>) {
+        let counters = Counters::new();
+        let (tx, rx) = pipeline::channel(capacity, Arc::clone(&counters));
+        let ctx = CollectorContext {
+            origin: Origin::detect(),
+            tx,
+            counters,
+            coverage: Arc::new(Mutex::new(Coverage::default())),
+            cancel: CancellationToken::new(),
+        };
+        (ctx, rx)
+    }
 }
 
 /// What the collectors currently see, for `status` and the app.

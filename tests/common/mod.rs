@@ -105,21 +105,12 @@ pub struct Harness {
 }
 
 pub fn harness() -> Harness {
-    use std::sync::{Arc, Mutex};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let counters = edr_agent::pipeline::Counters::new();
-    let (tx, rx) = edr_agent::pipeline::channel(65_536, Arc::clone(&counters));
-    let ctx = edr_agent::collectors::CollectorContext {
-        origin: edr_agent::event::Origin::detect(),
-        tx,
-        counters,
-        coverage: Arc::new(Mutex::new(edr_agent::collectors::Coverage::default())),
-        cancel: tokio_util::sync::CancellationToken::new(),
-    };
+    let (ctx, rx) = edr_agent::collectors::CollectorContext::standalone(65_536);
     Harness { rt, rx, ctx }
 }
 

@@ -5,8 +5,10 @@
 //! it is an unreaped zombie. A process that lives a millisecond is read
 //! first where it will vanish first.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::hash::FileId;
 use super::source::Exec;
@@ -61,16 +63,29 @@ impl ProcReader {
     /// The part of an exec that vanishes first: when several execs wait,
     /// this is read for all of them before the rest.
     pub fn program(&mut self, pid: u32) -> Program {
-        let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
+        // One open pins the executable file (O_PATH: nothing is read or
+        // run), so its path and identity can be read after the process is
+        // gone; read separately, the identity was sometimes lost in the
+        // microseconds the command line took.
+        let exe = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(format!("/proc/{pid}/exe"))
+            .ok();
         let args = self
             .read(pid, "cmdline", CMDLINE_MAX)
             .ok()
             .map(nul_separated);
-        let executable_id = std::fs::metadata(format!("/proc/{pid}/exe"))
-            .ok()
+        let executable = exe.as_ref().and_then(|f| {
+            std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        });
+        let executable_id = exe
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
             .map(|m| FileId::of(&m));
+        drop(exe);
         let env = if self.environ {
             self.read(pid, "environ", ENVIRON_MAX)
                 .map(nul_separated)

@@ -312,14 +312,9 @@ fn start_ms(_pid: u32, p: &SysProcess) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
-    use crate::collectors::{CollectorContext, Coverage};
-    use crate::event::{Event, Origin};
-    use crate::pipeline::{self, Counters};
+    use crate::collectors::CollectorContext;
+    use crate::event::Event;
 
     struct Harness {
         scanner: Scanner,
@@ -330,15 +325,7 @@ mod tests {
 
     impl Harness {
         fn new() -> Harness {
-            let counters = Counters::new();
-            let (tx, rx) = pipeline::channel(65_536, Arc::clone(&counters));
-            let ctx = CollectorContext {
-                origin: Origin::detect(),
-                tx,
-                counters,
-                coverage: Arc::new(Mutex::new(Coverage::default())),
-                cancel: CancellationToken::new(),
-            };
+            let (ctx, rx) = CollectorContext::standalone(65_536);
             Harness {
                 scanner: Scanner::new(false),
                 live: Tracker::new(),

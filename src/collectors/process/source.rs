@@ -411,14 +411,11 @@ fn apply_image(rec: &mut LiveProcess, x: &Exec) {
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc::Receiver;
-    use std::sync::{Arc, Mutex};
-
-    use tokio_util::sync::CancellationToken;
+    use std::sync::Arc;
 
     use super::*;
-    use crate::collectors::{CollectorContext, Coverage};
-    use crate::event::{entity_id, Event, Origin};
-    use crate::pipeline::{self, Counters};
+    use crate::collectors::CollectorContext;
+    use crate::event::{entity_id, Event};
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -433,15 +430,7 @@ mod tests {
     impl Harness {
         /// With a shell (pid 100) already known, as if from the inventory.
         fn new() -> Harness {
-            let counters = Counters::new();
-            let (tx, rx) = pipeline::channel(1024, Arc::clone(&counters));
-            let ctx = CollectorContext {
-                origin: Origin::detect(),
-                tx,
-                counters,
-                coverage: Arc::new(Mutex::new(Coverage::default())),
-                cancel: CancellationToken::new(),
-            };
+            let (ctx, rx) = CollectorContext::standalone(1024);
             let mut live = Tracker::new();
             live.insert(
                 ProcKey {
