@@ -26,7 +26,7 @@ use crate::collectors::{self, CollectorContext, Coverage};
 use crate::config::{Config, ConfigError, ConfigSource, FieldError};
 use crate::event::{EventType, Origin, Timestamp};
 use crate::metrics::{
-    Alert, AlertChange, AlertInputs, Alerts, HistoryWriter, MetricsSample, Sampler,
+    Alert, AlertChange, AlertInputs, Alerts, HistoryWriter, MemoryTrim, MetricsSample, Sampler,
 };
 use crate::pipeline::{self, Counters, QUEUE_CAPACITY};
 use crate::storage::{self, StorageError, Store};
@@ -665,6 +665,7 @@ async fn sample_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut since_flush = 0u32;
+    let mut trim = MemoryTrim::default();
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -672,6 +673,19 @@ async fn sample_loop(
         };
         let cfg = Arc::clone(&config.borrow());
         let sample = sample_once(&shared, &cfg);
+        if trim.due(sample.rss_bytes) {
+            let started = std::time::Instant::now();
+            crate::metrics::release_free_memory();
+            let took_us = started.elapsed().as_micros();
+            let (after, _) = crate::metrics::memory().unwrap_or((sample.rss_bytes, 0));
+            trim.trimmed(after);
+            tracing::debug!(
+                before = sample.rss_bytes,
+                after,
+                took_us,
+                "free memory returned to the system"
+            );
+        }
         if let Err(e) = history.push(&sample) {
             tracing::debug!(error = %e, "metrics history");
         }

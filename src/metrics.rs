@@ -121,6 +121,62 @@ impl SelfUsage {
     }
 }
 
+/// When to give memory freed after a burst back to the system.
+///
+/// glibc keeps the pages its per-thread arenas freed: after a burst that
+/// filled the queue the agent's RSS stayed at its high-water mark for good
+/// (~24 MB against ~10 MB at rest in the one-hour soak). Freeing does not
+/// lower RSS, so nothing signals the end of a burst; instead, every
+/// [`TRIM_CHECK_SECS`], if RSS is more than [`TRIM_ABOVE_REST`] above the
+/// agent's resting level, [`release_free_memory`] returns the free pages.
+/// The resting level is the lowest RSS seen right after a trim or at a
+/// check; the first check (after start-up, whose inventory is a burst of
+/// its own) always trims. At rest nothing is called.
+#[derive(Debug, Default)]
+pub struct MemoryTrim {
+    rest: Option<u64>,
+    ticks: u32,
+}
+
+/// Seconds between checks.
+pub const TRIM_CHECK_SECS: u32 = 30;
+/// RSS above the resting level that is worth a trim.
+pub const TRIM_ABOVE_REST: u64 = 2 * 1024 * 1024;
+
+impl MemoryTrim {
+    /// Called once a second with the current RSS: whether to trim now.
+    pub fn due(&mut self, rss: u64) -> bool {
+        self.ticks += 1;
+        if self.ticks < TRIM_CHECK_SECS {
+            return false;
+        }
+        self.ticks = 0;
+        match self.rest {
+            None => true,
+            Some(rest) if rss >= rest.saturating_add(TRIM_ABOVE_REST) => true,
+            Some(rest) => {
+                self.rest = Some(rest.min(rss));
+                false
+            }
+        }
+    }
+
+    /// RSS right after a trim: what is really in use.
+    pub fn trimmed(&mut self, rss: u64) {
+        self.rest = Some(self.rest.map_or(rss, |r| r.min(rss)));
+    }
+}
+
+/// Returns the allocator's free pages to the system (glibc); elsewhere the
+/// allocator already does.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// User + system CPU time of the whole process (all threads).
 pub fn cpu_time() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we pass and nothing else.
@@ -657,6 +713,33 @@ pub fn per_type<T>(f: impl Fn(EventType) -> T) -> [T; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_trimmed_while_well_above_rest() {
+        const MB: u64 = 1024 * 1024;
+        let mut trim = MemoryTrim::default();
+        // Trims in TRIM_CHECK_SECS seconds at `rss`, each leaving `after`.
+        let mut check = |rss: u64, after: u64| {
+            let mut n = 0;
+            for _ in 0..TRIM_CHECK_SECS {
+                if trim.due(rss) {
+                    trim.trimmed(after);
+                    n += 1;
+                }
+            }
+            n
+        };
+        assert_eq!(check(12 * MB, 10 * MB), 1, "after start-up: rest is 10");
+        assert_eq!(
+            check(11 * MB, 11 * MB),
+            0,
+            "less than TRIM_ABOVE_REST above"
+        );
+        assert_eq!(check(9 * MB, 9 * MB), 0, "a lower rest");
+        assert_eq!(check(14 * MB, 13 * MB), 1, "a burst's high-water mark");
+        assert_eq!(check(13 * MB, 10 * MB), 1, "still above rest: tried again");
+        assert_eq!(check(10 * MB, 10 * MB), 0, "back at rest");
+    }
 
     fn sample(ts: u64, rss_mb: u64, cpu: f32) -> MetricsSample {
         MetricsSample {
