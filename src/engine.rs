@@ -675,15 +675,16 @@ async fn sample_loop(
         let sample = sample_once(&shared, &cfg);
         if trim.due(sample.rss_bytes) {
             let started = std::time::Instant::now();
-            crate::metrics::release_free_memory();
+            let released = crate::metrics::release_free_memory();
             let took_us = started.elapsed().as_micros();
             let (after, _) = crate::metrics::memory().unwrap_or((sample.rss_bytes, 0));
             trim.trimmed(after);
             tracing::debug!(
+                released,
                 before = sample.rss_bytes,
                 after,
                 took_us,
-                "free memory returned to the system"
+                "allocator trim"
             );
         }
         if let Err(e) = history.push(&sample) {

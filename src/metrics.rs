@@ -127,11 +127,11 @@ impl SelfUsage {
 /// filled the queue the agent's RSS stayed at its high-water mark for good
 /// (~24 MB against ~10 MB at rest in the one-hour soak). Freeing does not
 /// lower RSS, so nothing signals the end of a burst; instead, every
-/// [`TRIM_CHECK_SECS`], if RSS is more than [`TRIM_ABOVE_REST`] above the
+/// [`TRIM_CHECK_SECS`], if RSS is at least [`TRIM_ABOVE_REST`] above the
 /// agent's resting level, [`release_free_memory`] returns the free pages.
 /// The resting level is the lowest RSS seen right after a trim or at a
 /// check; the first check (after start-up, whose inventory is a burst of
-/// its own) always trims. At rest nothing is called.
+/// its own) always trims. At rest nothing else is called.
 #[derive(Debug, Default)]
 pub struct MemoryTrim {
     rest: Option<u64>,
@@ -168,13 +168,16 @@ impl MemoryTrim {
 }
 
 /// Returns the allocator's free pages to the system (glibc); elsewhere the
-/// allocator already does.
-pub fn release_free_memory() {
+/// allocator already does, and this returns false.
+pub fn release_free_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) };
+        true
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
 }
 
 /// User + system CPU time of the whole process (all threads).
