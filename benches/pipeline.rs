@@ -73,6 +73,16 @@ fn codecs() -> [(&'static str, Codec); 5] {
     ]
 }
 
+/// Each event as one JSON line through `z`, serialized into `line`.
+fn write_lines(z: &mut impl Write, evs: &[Event], line: &mut Vec<u8>) {
+    for e in evs {
+        line.clear();
+        serde_json::to_writer(&mut *line, e).expect("serializes");
+        line.push(b'\n');
+        z.write_all(line).expect("compresses");
+    }
+}
+
 /// Serialize + compress into memory, per event (no file): the CPU part.
 fn encode(c: &mut Criterion) {
     let evs = events(BATCH);
@@ -92,12 +102,7 @@ fn encode(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("serialize+gzip", level), |b| {
             b.iter(|| {
                 let mut z = GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-                for e in &evs {
-                    line.clear();
-                    serde_json::to_writer(&mut line, e).expect("serializes");
-                    line.push(b'\n');
-                    z.write_all(&line).expect("compresses");
-                }
+                write_lines(&mut z, &evs, &mut line);
                 black_box(z.finish().expect("finishes").len())
             })
         });
@@ -106,12 +111,7 @@ fn encode(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("serialize+zstd", level), |b| {
             b.iter(|| {
                 let mut z = zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd");
-                for e in &evs {
-                    line.clear();
-                    serde_json::to_writer(&mut line, e).expect("serializes");
-                    line.push(b'\n');
-                    z.write_all(&line).expect("compresses");
-                }
+                write_lines(&mut z, &evs, &mut line);
                 black_box(z.finish().expect("finishes").len())
             })
         });

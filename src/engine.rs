@@ -673,20 +673,7 @@ async fn sample_loop(
         };
         let cfg = Arc::clone(&config.borrow());
         let sample = sample_once(&shared, &cfg);
-        if trim.due(sample.rss_bytes) {
-            let started = std::time::Instant::now();
-            let released = crate::metrics::release_free_memory();
-            let took_us = started.elapsed().as_micros();
-            let (after, _) = crate::metrics::memory().unwrap_or((sample.rss_bytes, 0));
-            trim.trimmed(after);
-            tracing::debug!(
-                released,
-                before = sample.rss_bytes,
-                after,
-                took_us,
-                "allocator trim"
-            );
-        }
+        trim.tick(sample.rss_bytes);
         if let Err(e) = history.push(&sample) {
             tracing::debug!(error = %e, "metrics history");
         }

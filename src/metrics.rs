@@ -144,7 +144,20 @@ pub const TRIM_CHECK_SECS: u32 = 30;
 pub const TRIM_ABOVE_REST: u64 = 2 * 1024 * 1024;
 
 impl MemoryTrim {
-    /// Called once a second with the current RSS: whether to trim now.
+    /// Called once a second with the current RSS; trims when [`Self::due`].
+    pub fn tick(&mut self, rss: u64) {
+        if !self.due(rss) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let released = release_free_memory();
+        let took_us = started.elapsed().as_micros();
+        let (after, _) = memory().unwrap_or((rss, 0));
+        self.trimmed(after);
+        tracing::debug!(released, before = rss, after, took_us, "allocator trim");
+    }
+
+    /// Whether to trim now, given the current RSS (called once a second).
     pub fn due(&mut self, rss: u64) -> bool {
         self.ticks += 1;
         if self.ticks < TRIM_CHECK_SECS {
