@@ -37,8 +37,8 @@ impl DataDirArgs {
             return Ok(d.clone());
         }
         let config = match &self.config {
-            Some(f) => edr_agent::Config::from_file(f)?,
-            None => edr_agent::Config::default(),
+            Some(f) => edr_config::Config::from_file(f)?,
+            None => edr_config::Config::default(),
         };
         Ok(config.data_dir())
     }
@@ -71,9 +71,6 @@ enum Command {
     Events(cli::events::EventsArgs),
     /// Chart the agent's metrics history (memory, CPU, events, storage) to an SVG or PNG file.
     Report(cli::report::ReportArgs),
-    /// Measure the agent: a mixed workload against it, the storage
-    /// pipeline, start-up, and costs at scale (see docs/PERFORMANCE.md).
-    Bench(cli::bench::BenchArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -105,7 +102,7 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run(_)) {
         // The library's warnings (a damaged history file, say) must reach
         // the operator of the read-only commands too.
-        if let Err(e) = edr_agent::logging::init(Some("warn")) {
+        if let Err(e) = edr_engine::logging::init(Some("warn")) {
             eprintln!("warning: no log output: {e:#}");
         }
     }
@@ -117,14 +114,13 @@ fn main() -> ExitCode {
             .and_then(|d| cli::stats::stats(&d, summary, json)),
         Command::Events(args) => cli::events::events(args),
         Command::Report(args) => cli::report::report(args),
-        Command::Bench(args) => cli::bench::bench(args),
         Command::Config(c) => config_command(c),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<edr_agent::config::ConfigError>().is_some() {
+            if e.downcast_ref::<edr_config::ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -134,7 +130,7 @@ fn main() -> ExitCode {
 }
 
 fn config_command(c: ConfigCommand) -> anyhow::Result<ExitCode> {
-    use edr_agent::config::{self, Config, Layer};
+    use edr_config::{self as config, Config, Layer};
     match c {
         ConfigCommand::Check { file, preset } => {
             let config = Config::load(&cli::run::layers(Some(&file), preset.as_deref())?)?;

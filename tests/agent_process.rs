@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{read_events, str_field, test_config, wait_for, watched};
-use edr_agent::storage::{batch_stats, list_batches};
+use edr_store::{batch_stats, list_batches};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edr-agent"))
 }
 
-fn write_config(root: &Path, edit: impl FnOnce(&mut edr_agent::Config)) -> PathBuf {
+fn write_config(root: &Path, edit: impl FnOnce(&mut edr_config::Config)) -> PathBuf {
     let mut c = test_config(root);
     edit(&mut c);
     let path = root.join("config.yaml");
@@ -44,7 +44,7 @@ fn data_dir(root: &Path) -> PathBuf {
 /// one) running with its watches set.
 fn wait_running(root: &Path, agent: &Child) {
     let ok = wait_for(Duration::from_secs(10), || {
-        let s = edr_agent::engine::read_status(&data_dir(root))?;
+        let s = edr_engine::read_status(&data_dir(root))?;
         (s.pid == agent.id() && s.running && !s.coverage.watched_paths.is_empty()).then_some(())
     });
     assert!(ok.is_some(), "agent did not come up");
@@ -67,7 +67,7 @@ fn sigterm_commits_the_open_batch_and_exits_zero() {
     }
     // The status file (1 s cadence) shows the events queued but unwritten.
     let queued = wait_for(Duration::from_secs(10), || {
-        let s = edr_agent::engine::read_status(&data_dir(dir.path()))?;
+        let s = edr_engine::read_status(&data_dir(dir.path()))?;
         (s.totals.produced[1] >= 7).then_some(())
     });
     assert!(queued.is_some());

@@ -10,12 +10,12 @@ use common::{
     batch_sizes, read_events, start_engine as start, str_field, test_config, touch_files,
     wait_for_async, wait_watching, watched,
 };
-use edr_agent::config::Compression;
-use edr_agent::engine::{EngineHandle, EngineOptions};
-use edr_agent::storage::list_batches;
+use edr_config::Compression;
+use edr_engine::{EngineHandle, EngineOptions};
+use edr_store::list_batches;
 use tokio_util::sync::CancellationToken;
 
-async fn wait_totals(engine: &EngineHandle, what: fn(&edr_agent::engine::Totals) -> u64, n: u64) {
+async fn wait_totals(engine: &EngineHandle, what: fn(&edr_engine::Totals) -> u64, n: u64) {
     let ok = wait_for_async(Duration::from_secs(15), || {
         (what(&engine.snapshot().totals) >= n).then_some(())
     })

@@ -10,8 +10,8 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::{read_events, test_config, wait_for_async, watched};
-use edr_agent::engine::{EngineHandle, EngineOptions};
-use edr_agent::event::Timestamp;
+use edr_engine::{EngineHandle, EngineOptions};
+use edr_model::event::Timestamp;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -146,7 +146,7 @@ async fn every_stored_field_is_valid_ecs() {
         }
         // Every action can be named in `filters.exclude_actions`.
         if let Some(action) = e["event"]["action"].as_str() {
-            if !edr_agent::config::EVENT_ACTIONS.contains(&action) {
+            if !edr_config::EVENT_ACTIONS.contains(&action) {
                 problems.insert(format!(
                     "action {action:?} is missing from config::EVENT_ACTIONS"
                 ));

@@ -10,7 +10,7 @@ use common::{
     batch_sizes, read_events, start_engine as start, str_field, test_config, touch_files,
     wait_for_async, wait_not_watching, wait_watching, watched,
 };
-use edr_agent::engine::{EngineError, EngineHandle, EngineOptions};
+use edr_engine::{EngineError, EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
 async fn wait_stored(engine: &EngineHandle, at_least: u64) -> bool {
@@ -207,7 +207,7 @@ async fn size_cap_holds_with_one_batch_of_slack() {
     touch_files(&watched(dir.path()), "cap", 400);
     assert!(wait_stored(&engine, 300).await);
     engine.shutdown().await;
-    let snap_deleted = edr_agent::storage::list_batches(&data).expect("list");
+    let snap_deleted = edr_store::list_batches(&data).expect("list");
     let total: u64 = snap_deleted
         .iter()
         .map(|p| std::fs::metadata(p).expect("meta").len())
@@ -261,9 +261,9 @@ async fn snapshot_reports_the_agent_itself() {
     assert!(!engine.history(Duration::from_secs(60)).is_empty());
     engine.shutdown().await;
     // The status file the CLI reads reflects the stop.
-    let status = edr_agent::engine::read_status(engine.data_dir()).expect("status file");
+    let status = edr_engine::read_status(engine.data_dir()).expect("status file");
     assert!(!status.running);
-    assert!(edr_agent::engine::running_agent(engine.data_dir()).is_none());
+    assert!(edr_engine::running_agent(engine.data_dir()).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

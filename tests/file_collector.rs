@@ -13,10 +13,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edr_agent::collectors::{file, Coverage};
-use edr_agent::config::FileMonitorConfig;
-use edr_agent::event::Event;
-use edr_agent::pipeline::Counters;
+use edr_collect::{file, Coverage};
+use edr_config::FileMonitorConfig;
+use edr_model::event::Event;
+use edr_pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;

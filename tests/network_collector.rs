@@ -10,10 +10,10 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edr_agent::collectors::{network, Coverage};
-use edr_agent::config::NetworkMonitorConfig;
-use edr_agent::event::Event;
-use edr_agent::pipeline::Counters;
+use edr_collect::{network, Coverage};
+use edr_config::NetworkMonitorConfig;
+use edr_model::event::Event;
+use edr_pipeline::Counters;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

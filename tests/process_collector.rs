@@ -9,10 +9,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edr_agent::collectors::{process, Coverage, ProcessCapture};
-use edr_agent::config::{ProcessMonitorConfig, ProcessSource};
-use edr_agent::event::{Event, Timestamp};
-use edr_agent::pipeline::Counters;
+use edr_collect::{process, Coverage, ProcessCapture};
+use edr_config::{ProcessMonitorConfig, ProcessSource};
+use edr_model::event::{Event, Timestamp};
+use edr_pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -361,7 +361,7 @@ fn first_scan_is_an_inventory_including_this_process() {
         let start_ms = process::process_start_ms(std::process::id()).expect("own start");
         assert_eq!(
             v["process"]["entity_id"],
-            edr_agent::event::entity_id(&me.host.name, std::process::id(), start_ms)
+            edr_model::event::entity_id(&me.host.name, std::process::id(), start_ms)
         );
     }
     {

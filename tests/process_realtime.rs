@@ -16,11 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{read_events, str_field, test_config, wait_for, wait_for_async};
-use edr_agent::collectors::{Coverage, ProcessCapture};
-use edr_agent::config::ProcessSource;
-use edr_agent::engine::{read_status, EngineHandle, EngineOptions, Totals};
-use edr_agent::event::Timestamp;
-use edr_agent::metrics::{read_history, HistoryRow};
+use edr_collect::{Coverage, ProcessCapture};
+use edr_config::ProcessSource;
+use edr_engine::{read_status, EngineHandle, EngineOptions, Totals};
+use edr_metrics::{read_history, HistoryRow};
+use edr_model::event::Timestamp;
 use serde_json::Value;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;

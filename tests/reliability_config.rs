@@ -4,12 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use edr_agent::config::{
+use edr_config::Config;
+use edr_config::{
     AdaptiveBatchingConfig, AgentConfig, AlertsConfig, CollectorsConfig, Compression,
     FileMonitorConfig, FiltersConfig, LocalStorageConfig, NetworkMonitorConfig,
     ProcessMonitorConfig, ProcessSource, StorageConfig, EVENT_ACTIONS,
 };
-use edr_agent::Config;
 use proptest::prelude::*;
 
 /// Paths with the characters YAML treats specially: quotes, `#`, `:`,

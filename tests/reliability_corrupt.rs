@@ -7,9 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::agent::{cli, stderr, stdout};
-use edr_agent::event::Timestamp;
-use edr_agent::metrics::{HistoryWriter, MetricsSample};
-use edr_agent::storage::{Codec, Store};
+use edr_metrics::{HistoryWriter, MetricsSample};
+use edr_model::event::Timestamp;
+use edr_store::{Codec, Store};
 use flate2::write::GzEncoder;
 
 /// A stored event line as the agent writes it.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::agent::{cli, stderr, stdout, temporaries, walk, write_config, Agent};
 use common::{wait_for, watched};
-use edr_agent::storage::{batch_stats, list_batches, open_batch_reader};
+use edr_store::{batch_stats, list_batches, open_batch_reader};
 
 /// Kill rounds on one data dir.
 const ROUNDS: u64 = 20;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{cli, stdout, write_config, Agent, Launch};
 use common::{read_events, str_field, wait_for, watched};
-use edr_agent::engine::Snapshot;
+use edr_engine::Snapshot;
 
 /// Resident memory the agent stays under during the floods (debug build;
 /// it idles at about 9 MB).

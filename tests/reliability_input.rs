@@ -203,7 +203,7 @@ fn hostile_files_give_correct_events_or_counted_skips() {
     let (status, err) = agent.stop();
     assert_eq!(status.code(), Some(0), "{err}");
     // The status written as the agent stopped has the final totals.
-    let snapshot = edr_agent::engine::read_status(&data).expect("final status");
+    let snapshot = edr_engine::read_status(&data).expect("final status");
 
     let events = read_events(&data);
     assert_skipped(&events, &fifo, "not_regular", &[]);

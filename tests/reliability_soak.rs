@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{proc_cpu_ticks, proc_rss_bytes, write_config};
 use common::{wait_for, watched};
-use edr_agent::engine::read_status;
+use edr_engine::read_status;
 
 /// Largest upward RSS trend allowed after warm-up (the first third) in a
 /// long run, in KiB per minute: the one-hour metrics ring fills at about

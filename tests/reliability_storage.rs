@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use common::agent::{cli, stdout, temporaries, walk, walk_dirs, write_config, Agent, Launch};
 use common::root::{fill_disk, require_root, Mount};
 use common::{read_events, wait_for, watched};
-use edr_agent::engine::Snapshot;
-use edr_agent::metrics::{read_history, AlertKind};
-use edr_agent::storage::{batch_stats, list_batches};
+use edr_engine::Snapshot;
+use edr_metrics::{read_history, AlertKind};
+use edr_store::{batch_stats, list_batches};
 
 /// Writes files into `dir` until stopped: a steady stream of file events.
 struct Writer {
@@ -406,10 +406,10 @@ fn config_files_are_written_private() {
     let tmp = dir.path().join(".config.yaml.tmp");
     std::fs::write(&tmp, b"stale").expect("stale temporary");
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    edr_agent::Config::default().save(&path).expect("save");
+    edr_config::Config::default().save(&path).expect("save");
     assert_eq!(mode(&path), 0o600);
     // Over an existing, world-readable config.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    edr_agent::Config::default().save(&path).expect("save");
+    edr_config::Config::default().save(&path).expect("save");
     assert_eq!(mode(&path), 0o600);
 }

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use edr_agent::charts::dashboard_from_history;
-use edr_agent::config::AlertsConfig;
-use edr_agent::event::Timestamp;
-use edr_agent::metrics::{read_history, HistoryWriter, MetricsSample};
+use edr_charts::dashboard_from_history;
+use edr_config::AlertsConfig;
+use edr_metrics::{read_history, HistoryWriter, MetricsSample};
+use edr_model::event::Timestamp;
 
 const MIB: u64 = 1024 * 1024;
 

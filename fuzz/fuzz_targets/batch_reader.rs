@@ -6,9 +6,9 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use edr_agent::event::Timestamp;
-use edr_agent::metrics::read_history;
-use edr_agent::storage::{batch_stats, list_batches, open_batch_reader, started_from_name, Store};
+use edr_model::event::Timestamp;
+use edr_metrics::read_history;
+use edr_store::{batch_stats, list_batches, open_batch_reader, started_from_name, Store};
 use libfuzzer_sys::fuzz_target;
 
 /// One data dir per fuzzing process, in memory when /dev/shm exists.

@@ -3,7 +3,7 @@
 //! the input into two layers (as preset + file).
 #![no_main]
 
-use edr_agent::config::{Config, Layer};
+use edr_config::{Config, Layer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

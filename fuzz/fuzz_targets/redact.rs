@@ -3,7 +3,7 @@
 //! authorization credential in clear.
 #![no_main]
 
-use edr_agent::redact::{redact_args, redact_env_entry, redact_value, REDACTED};
+use edr_model::redact::{redact_args, redact_env_entry, redact_value, REDACTED};
 use libfuzzer_sys::fuzz_target;
 
 /// `scheme://user:password@host` with a password other than the marker.

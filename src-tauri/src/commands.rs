@@ -4,7 +4,7 @@
 //! the runtime's threads, never on the UI thread (drawing charts, saving
 //! the config file).
 
-use edr_agent::config;
+use edr_config as config;
 use tauri::{AppHandle, State};
 
 use crate::error::CommandError;
@@ -13,7 +13,7 @@ use crate::state::AppState;
 use crate::view::{self, DashboardRequest, DashboardView, EngineView};
 use crate::{tray, window};
 
-fn engine(state: &AppState) -> Result<&edr_agent::engine::EngineHandle, CommandError> {
+fn engine(state: &AppState) -> Result<&edr_engine::EngineHandle, CommandError> {
     state
         .handle()
         .ok_or_else(|| CommandError::NoEngine(view::engine_view(state).status))

@@ -20,10 +20,10 @@ use crate::state::AppState;
 use crate::window::View;
 
 fn main() -> ExitCode {
-    if let Err(e) = edr_agent::logging::init(None) {
+    if let Err(e) = edr_engine::logging::init(None) {
         // A bad RUST_LOG must not keep the app from starting.
         eprintln!("{e}; logging at info");
-        let _ = edr_agent::logging::init(Some("info"));
+        let _ = edr_engine::logging::init(Some("info"));
     }
     let minimized = std::env::args().skip(1).any(|a| a == "--minimized");
     let built = tauri::Builder::default()

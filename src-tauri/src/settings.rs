@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use edr_agent::config::{Config, ConfigError, FieldError, Layer};
+use edr_config::{Config, ConfigError, FieldError, Layer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use edr_agent::config::{self, ConfigSource, DEFAULT_YAML};
-use edr_agent::engine::{EngineHandle, EngineOptions};
+use edr_config::{self as config, ConfigSource, DEFAULT_YAML};
+use edr_engine::{EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
 /// Latest stored events kept for the dashboard's table.
@@ -125,9 +125,9 @@ mod tests {
         ensure_config_file(&path).expect("created");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text, app_default_yaml());
-        let c = edr_agent::Config::from_yaml("app", &text).expect("valid");
+        let c = edr_config::Config::from_yaml("app", &text).expect("valid");
         assert_eq!(c.alerts.max_memory_mb, 400);
-        let mut expected = edr_agent::Config::default();
+        let mut expected = edr_config::Config::default();
         expected.alerts.max_memory_mb = 400;
         assert_eq!(c, expected, "only the memory alert differs");
         assert!(text.contains("# "), "comments kept");

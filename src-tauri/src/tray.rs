@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edr_agent::metrics::AlertKind;
+use edr_metrics::AlertKind;
 use tauri::image::Image;
 use tauri::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
@@ -211,7 +211,7 @@ fn apply(
 /// One desktop notification per raised alert, not one per second.
 fn notify_new_alerts(
     app: &AppHandle,
-    active: &[edr_agent::metrics::Alert],
+    active: &[edr_metrics::Alert],
     notified: &mut Vec<AlertKind>,
 ) {
     notified.retain(|k| active.iter().any(|a| a.kind == *k));

@@ -1,13 +1,13 @@
 //! What the window shows, as serializable view types built from the
 //! engine's snapshot, history and recent events. Only translation: every
-//! number comes from the engine, every chart from `edr_agent::charts`.
+//! number comes from the engine, every chart from `edr_charts`.
 
 use std::time::Duration;
 
-use edr_agent::charts::{self, Unit};
-use edr_agent::collectors::Coverage;
-use edr_agent::engine::{EngineHandle, Snapshot};
-use edr_agent::metrics::{Alert, AlertKind};
+use edr_charts::{self as charts, Unit};
+use edr_collect::Coverage;
+use edr_engine::{EngineHandle, Snapshot};
+use edr_metrics::{Alert, AlertKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandError;

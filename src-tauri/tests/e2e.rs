@@ -16,9 +16,9 @@ use common::{
     assert_file_events_stay, descendants_named, one_app_at_a_time, wait_for, FileActivity, Fixture,
     APP,
 };
-use edr_agent::config::Config;
-use edr_agent::event::Timestamp;
-use edr_agent::storage::{batch_stats, list_batches, started_from_name};
+use edr_config::Config;
+use edr_model::event::Timestamp;
+use edr_store::{batch_stats, list_batches, started_from_name};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 

@@ -13,7 +13,7 @@ use common::{
     assert_file_events_stay, descendants_named, no_app_on_the_bus, one_app_at_a_time, wait_for,
     FileActivity, Fixture, APP,
 };
-use edr_agent::storage::{list_batches, open_batch_reader};
+use edr_store::{list_batches, open_batch_reader};
 use zbus::blocking::fdo::DBusProxy;
 use zbus::blocking::{Connection, Proxy};
 use zbus::names::BusName;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
-use edr_agent::event::{EventType, Timestamp};
-use edr_agent::storage::{list_batches, open_batch_reader};
+use edr_model::event::{EventType, Timestamp};
+use edr_store::{list_batches, open_batch_reader};
 
 use crate::DataDirArgs;
 

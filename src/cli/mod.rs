@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-pub mod bench;
 pub mod events;
 pub mod report;
 pub mod run;

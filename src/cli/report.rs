@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
-use edr_agent::charts::{dashboard_from_history, render_png, render_svg_page};
-use edr_agent::config::{AlertsConfig, Config};
-use edr_agent::engine::read_status;
-use edr_agent::metrics::read_history;
+use edr_charts::{dashboard_from_history, render_png, render_svg_page};
+use edr_config::{AlertsConfig, Config};
+use edr_engine::read_status;
+use edr_metrics::read_history;
 
 use super::events::parse_when;
 use super::out;

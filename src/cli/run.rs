@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use edr_agent::config::{ConfigError, ConfigSource, Layer};
-use edr_agent::engine::{EngineHandle, EngineOptions};
+use edr_config::{ConfigError, ConfigSource, Layer};
+use edr_engine::{EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
@@ -45,7 +45,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Validate everything before any file is created or touched.
     let config = source.load()?;
-    edr_agent::logging::init(args.log.as_deref())?;
+    edr_engine::logging::init(args.log.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use edr_agent::storage::{batch_stats, list_batches, BatchStats};
+use edr_store::{batch_stats, list_batches, BatchStats};
 
 use super::{human_bytes, out};
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use edr_agent::engine::{read_status, running_agent, Snapshot};
+use edr_engine::{read_status, running_agent, Snapshot};
 
 use super::{human_bytes, human_duration, out};
 

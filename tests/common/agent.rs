@@ -8,8 +8,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edr_agent::engine::{read_status, Snapshot};
-use edr_agent::Config;
+use edr_config::Config;
+use edr_engine::{read_status, Snapshot};
 
 use super::{test_config, wait_for};
 

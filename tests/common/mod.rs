@@ -7,8 +7,8 @@ pub mod root;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use edr_agent::config::Config;
-use edr_agent::storage::{batch_stats, list_batches, open_batch_reader};
+use edr_config::Config;
+use edr_store::{batch_stats, list_batches, open_batch_reader};
 
 /// A config for tests: everything under `root`, file monitor watching
 /// `root/watched` only (created), process and network collectors off,
@@ -100,8 +100,8 @@ pub fn str_field<'a>(event: &'a serde_json::Value, path: &str) -> Option<&'a str
 /// context to hand the collector.
 pub struct Harness {
     pub rt: tokio::runtime::Runtime,
-    pub rx: std::sync::mpsc::Receiver<edr_agent::event::Event>,
-    pub ctx: edr_agent::collectors::CollectorContext,
+    pub rx: std::sync::mpsc::Receiver<edr_model::event::Event>,
+    pub ctx: edr_collect::CollectorContext,
 }
 
 pub fn harness() -> Harness {
@@ -110,22 +110,22 @@ pub fn harness() -> Harness {
         .enable_all()
         .build()
         .expect("runtime");
-    let (ctx, rx) = edr_agent::collectors::CollectorContext::standalone(65_536);
+    let (ctx, rx) = edr_collect::CollectorContext::standalone(65_536);
     Harness { rt, rx, ctx }
 }
 
 /// Starts an engine with default options.
-pub fn start_engine(config: Config) -> edr_agent::EngineHandle {
-    edr_agent::EngineHandle::start(
+pub fn start_engine(config: Config) -> edr_engine::EngineHandle {
+    edr_engine::EngineHandle::start(
         config,
-        edr_agent::EngineOptions::default(),
+        edr_engine::EngineOptions::default(),
         tokio_util::sync::CancellationToken::new(),
     )
     .expect("engine starts")
 }
 
 /// Waits until the file collector's watch is in place.
-pub async fn wait_watching(engine: &edr_agent::EngineHandle) {
+pub async fn wait_watching(engine: &edr_engine::EngineHandle) {
     let ok = wait_for_async(Duration::from_secs(10), || {
         (!engine.snapshot().coverage.watched_paths.is_empty()).then_some(())
     })
@@ -134,7 +134,7 @@ pub async fn wait_watching(engine: &edr_agent::EngineHandle) {
 }
 
 /// Waits until the file collector has stopped (its coverage is cleared).
-pub async fn wait_not_watching(engine: &edr_agent::EngineHandle) {
+pub async fn wait_not_watching(engine: &edr_engine::EngineHandle) {
     let ok = wait_for_async(Duration::from_secs(10), || {
         engine
             .snapshot()

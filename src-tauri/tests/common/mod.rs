@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use edr_agent::engine::{read_status, Snapshot};
+use edr_engine::{read_status, Snapshot};
 
 pub const APP: &str = env!("CARGO_BIN_EXE_edr-agent-app");
 

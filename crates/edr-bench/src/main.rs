@@ -1,0 +1,843 @@
+//! `edr-bench`: reproducible measurements of the agent, from outside
+//! (`/proc/PID/stat`, `/proc/PID/status`, `ps`, `/usr/bin/time -v`) where
+//! an agent runs, and of the storage pipeline in-process. Each subcommand
+//! prints a table; `docs/PERFORMANCE.md` lists the commands behind every
+//! published number.
+
+mod agent;
+mod load;
+mod pipeline;
+mod probe;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edr_config::{Compression, Config, ConfigSource};
+use edr_engine::read_status;
+use edr_model::event::Timestamp;
+use edr_store::{batch_stats, list_batches, open_batch_reader};
+
+use agent::{Agent, TimeReport};
+use load::{Generated, Level, Load};
+use pipeline::{PipelineReport, PipelineRun};
+use probe::Series;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edr-bench",
+    version,
+    about = "Measure edr-agent: a mixed workload against it, the storage pipeline, start-up, and costs at scale (see docs/PERFORMANCE.md)"
+)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    match bench(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout. A closed pipe (`edr-bench ... | head`) ends the
+/// program quietly, as for any Unix filter.
+fn out(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `edr-agent` binary the benches measure: `$EDR_AGENT_BIN`, or the one
+/// built beside this program (`cargo build --release --workspace` puts both
+/// in `target/release`).
+fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("EDR_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let agent = exe.with_file_name("edr-agent");
+    anyhow::ensure!(
+        agent.exists(),
+        "no edr-agent binary at {} (build it with `cargo build --release`, or set EDR_AGENT_BIN)",
+        agent.display()
+    );
+    Ok(agent)
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Drive the mixed workload (processes, file churn, TCP on 127.0.0.1)
+    /// against an agent and measure it from outside.
+    Workload(WorkloadArgs),
+    /// Synthetic mixed events through the real batcher into files, at set
+    /// rates or as fast as one core stores them.
+    Pipeline(PipelineArgs),
+    /// Time from starting the agent to its first stored batch.
+    Startup(StartupArgs),
+    /// What the agent costs with many processes, connections or watched files.
+    Scale(ScaleArgs),
+    /// Used by `scale connections`: holds the client ends of N connections
+    /// in a second process (one process may not open enough descriptors
+    /// for both ends) until its stdin closes.
+    #[command(hide = true)]
+    HoldClients { port: u16, count: usize },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Directory for the run's files (kept); default: a temporary one,
+    /// removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Do not wrap a started agent in /usr/bin/time -v.
+    #[arg(long)]
+    no_time: bool,
+}
+
+#[derive(Args, Debug)]
+struct WorkloadArgs {
+    /// Activity: idle (nothing), light (1 process, 5 files, 1 connection a
+    /// second), heavy (20, 200, 50).
+    #[arg(long, value_enum, default_value = "light")]
+    level: Level,
+    /// Measured time.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time after the agent is up and before measuring (its inventory).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Measure this running agent instead of starting one.
+    #[arg(long, value_name = "PID", requires = "dir")]
+    pid: Option<u32>,
+    /// With --pid: a directory that agent watches (files churn there).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// With --pid: its data dir, to count what it stored (committed
+    /// batches only).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Config file for the started agent (its data dir and one watched
+    /// directory are set by the bench).
+    #[arg(long, value_name = "FILE", conflicts_with = "pid")]
+    config: Option<PathBuf>,
+    /// Preset for the started agent.
+    #[arg(long, value_name = "NAME", conflicts_with = "pid")]
+    preset: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Codec {
+    Gzip,
+    Zstd,
+    None,
+}
+
+#[derive(Args, Debug)]
+struct PipelineArgs {
+    /// Offered events per second, one run each (0: as fast as it goes).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    rates: Vec<f64>,
+    /// Time per run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: Codec,
+    /// Compression level (default: gzip 6, zstd 3).
+    #[arg(long)]
+    level: Option<u32>,
+    /// max_events_per_batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: u32,
+    /// Adaptive batching on, or off (the default config).
+    #[arg(long, default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
+    adaptive: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct StartupArgs {
+    /// Number of starts (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Unit {
+    Processes,
+    Connections,
+    Files,
+}
+
+#[derive(Args, Debug)]
+struct ScaleArgs {
+    /// What to multiply.
+    #[arg(value_enum)]
+    unit: Unit,
+    /// How many: extra sleeping processes, TCP connections (both ends
+    /// here, so twice the sockets), or files (100 a directory).
+    count: usize,
+    /// Measured time.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("expected on or off, not {s:?}")),
+    }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchCommand::Workload(a) => workload(a),
+        BenchCommand::Pipeline(a) => pipeline_runs(a),
+        BenchCommand::Startup(a) => startup(a),
+        BenchCommand::Scale(a) => scale(a),
+        BenchCommand::HoldClients { port, count } => hold_clients(port, count),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run's directory: given (kept) or temporary (removed on drop).
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new(given: Option<&Path>) -> anyhow::Result<WorkDir> {
+        let (path, remove) = match given {
+            Some(p) => (p.to_path_buf(), false),
+            None => {
+                let nanos = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let name = format!("edr-bench-{}-{nanos}", std::process::id());
+                (std::env::temp_dir().join(name), true)
+            }
+        };
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(WorkDir { path, remove })
+    }
+
+    fn sub(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let p = self.path.join(name);
+        std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A config for a measured agent: data in the work dir, `watched` among
+/// the watch paths.
+fn agent_config(
+    source: ConfigSource,
+    work: &WorkDir,
+    watched: Option<&Path>,
+) -> anyhow::Result<Config> {
+    let mut c = ConfigSource {
+        data_dir: Some(work.path.join("data")),
+        ..source
+    }
+    .load()?;
+    if let Some(w) = watched {
+        c.collectors
+            .file_monitor
+            .watch_paths
+            .push(w.display().to_string());
+    }
+    Ok(c)
+}
+
+/// Waits until the agent's status shows a watch on `dir`.
+fn wait_watching(agent: &mut Agent, dir: &Path) -> anyhow::Result<()> {
+    let want = dir.display().to_string();
+    agent.wait_until(Duration::from_secs(60), Duration::from_millis(20), |a| {
+        read_status(&a.data_dir)
+            .filter(|s| s.coverage.watched_paths.contains(&want))
+            .map(|_| ())
+    })
+}
+
+/// One reading a second for `duration`.
+fn sample(pid: u32, duration: Duration) -> anyhow::Result<Series> {
+    let mut series = Series::default();
+    let start = Instant::now();
+    let mut i = 0u32;
+    loop {
+        series.push(probe::read(pid)?);
+        if start.elapsed() >= duration {
+            return Ok(series);
+        }
+        i += 1;
+        let next = start + Duration::from_secs(u64::from(i)).min(duration);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// What the agent stored, and how much of the workload.
+#[derive(Debug, Default)]
+struct Captured {
+    events: u64,
+    batches: u64,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    procs_started: u64,
+    procs_ended: u64,
+    files_created: u64,
+    files_deleted: u64,
+    files_modified: u64,
+    connections: u64,
+}
+
+fn captured(data_dir: &Path, watched: &Path, port: u16) -> anyhow::Result<Captured> {
+    let mut c = Captured::default();
+    let prefix = watched.display().to_string();
+    for path in list_batches(data_dir)? {
+        let s = batch_stats(&path)?;
+        c.batches += 1;
+        c.events += s.events;
+        c.raw_bytes += s.raw_bytes;
+        c.stored_bytes += s.stored_bytes;
+        for line in std::io::BufRead::lines(open_batch_reader(&path)?) {
+            let v: serde_json::Value = serde_json::from_str(&line?)?;
+            let action = v["event"]["action"].as_str().unwrap_or_default();
+            let ours_proc = v["process"]["name"] == load::PROC_NAME;
+            let ours_file = v["file"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&prefix));
+            match action {
+                "process-started" if ours_proc => c.procs_started += 1,
+                "process-ended" if ours_proc => c.procs_ended += 1,
+                "file-created" if ours_file => c.files_created += 1,
+                "file-deleted" if ours_file => c.files_deleted += 1,
+                "file-modified" if ours_file => c.files_modified += 1,
+                "connection-opened"
+                    if v["network"]["direction"] == "outbound"
+                        && v["destination"]["port"] == port =>
+                {
+                    c.connections += 1
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(c)
+}
+
+fn pct(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", part as f64 / whole as f64 * 100.0)
+    }
+}
+
+fn workload(a: WorkloadArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let proc_exe = load::install_proc(&work.path)?;
+    let rates = a.level.rates();
+    let (mut agent, pid, watched, data_dir) = match a.pid {
+        Some(pid) => {
+            let dir = a.dir.clone().context("--pid needs --dir")?;
+            (None, pid, dir, a.data_dir.clone())
+        }
+        None => {
+            let watched = work.sub("watched")?;
+            let source = ConfigSource {
+                preset: a.preset.clone(),
+                file: a.config.clone(),
+                data_dir: None,
+            };
+            let config = agent_config(source, &work, Some(&watched))?;
+            let mut agent = Agent::spawn(&config, &work.path, !a.common.no_time, "warn")?;
+            wait_watching(&mut agent, &watched)?;
+            let (pid, data) = (agent.pid, agent.data_dir.clone());
+            (Some(agent), pid, watched, Some(data))
+        }
+    };
+    std::thread::sleep(a.warmup);
+    let load = Load::start(rates, &watched, &proc_exe)?;
+    let series = sample(pid, a.duration)?;
+    let ps = probe::ps(pid).ok();
+    let port = load.port;
+    let generated = load.stop();
+    // Let the last ends be seen: a process scan (1 s) and a network scan
+    // backing off (up to max_scan_interval_ms, 4 s by default).
+    std::thread::sleep(Duration::from_secs(5));
+    let time = match agent.take() {
+        Some(agent) => agent.stop()?,
+        None => TimeReport::default(),
+    };
+    let stored = match &data_dir {
+        Some(d) => Some(captured(d, &watched, port)?),
+        None => None,
+    };
+    print_workload(
+        &a,
+        pid,
+        &rates,
+        &series,
+        ps,
+        &time,
+        &generated,
+        stored.as_ref(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_workload(
+    a: &WorkloadArgs,
+    pid: u32,
+    rates: &load::Rates,
+    s: &Series,
+    ps: Option<(u64, f64)>,
+    time: &TimeReport,
+    g: &Generated,
+    c: Option<&Captured>,
+) -> anyhow::Result<()> {
+    let (mean, median, max) = s.rss_mib();
+    out(format_args!(
+        "workload {:?}: {} processes/s, {} files/s, {} connections/s for {} (after {} warm-up), agent pid {pid}\n",
+        a.level,
+        rates.processes,
+        rates.files,
+        rates.connections,
+        humantime::format_duration(a.duration),
+        humantime::format_duration(a.warmup),
+    ))?;
+    out(format_args!(
+        "  RSS (MiB, /proc/PID/status VmRSS, 1 Hz)  mean {mean:.1}  median {median:.1}  max {max:.1}  peak (VmHWM) {:.1}\n",
+        s.peak_mib()
+    ))?;
+    out(format_args!(
+        "  CPU (% of one core, /proc/PID/stat)      {:.2} over the run ({:.2} s CPU in {:.1} s), median 1 s step {:.1}\n",
+        s.cpu_percent(),
+        s.cpu_seconds(),
+        s.wall().as_secs_f64(),
+        s.cpu_median()
+    ))?;
+    if let Some((rss, cpu)) = ps {
+        out(format_args!(
+            "  ps -o rss,pcpu (lifetime)                rss {:.1} MiB, pcpu {cpu:.1}\n",
+            rss as f64 / 1024.0
+        ))?;
+    }
+    if let (Some(rss), Some(cpu)) = (time.max_rss_kb, time.cpu_percent) {
+        out(format_args!(
+            "  /usr/bin/time -v (lifetime)              max RSS {:.1} MiB, CPU {cpu:.0}%, user {:.2} s, sys {:.2} s\n",
+            rss as f64 / 1024.0,
+            time.user_s.unwrap_or(0.0),
+            time.sys_s.unwrap_or(0.0)
+        ))?;
+    }
+    let Some(c) = c else {
+        out(format_args!(
+            "  generated: {} processes, {} files, {} connections (no --data-dir: nothing counted)\n",
+            g.processes, g.files_created, g.connections
+        ))?;
+        return Ok(());
+    };
+    out(format_args!(
+        "  {:<22} {:>9} {:>9} {:>8}\n",
+        "", "generated", "captured", "share"
+    ))?;
+    for (what, gen, cap) in [
+        ("processes started", g.processes, c.procs_started),
+        ("processes ended", g.processes, c.procs_ended),
+        ("files created", g.files_created, c.files_created),
+        ("files deleted", g.files_deleted, c.files_deleted),
+        ("connections opened", g.connections, c.connections),
+    ] {
+        out(format_args!(
+            "  {what:<22} {gen:>9} {cap:>9} {:>8}\n",
+            pct(cap, gen)
+        ))?;
+    }
+    out(format_args!(
+        "  (and {} file-modified events for the {} files written)\n",
+        c.files_modified, g.files_created
+    ))?;
+    out(format_args!(
+        "  stored: {} events in {} batches ({:.0} a batch), raw {} B, stored {} B: {:.1} B/event, {:.1}% reduction\n",
+        c.events,
+        c.batches,
+        c.events as f64 / c.batches.max(1) as f64,
+        c.raw_bytes,
+        c.stored_bytes,
+        c.stored_bytes as f64 / c.events.max(1) as f64,
+        (1.0 - c.stored_bytes as f64 / c.raw_bytes.max(1) as f64) * 100.0
+    ))?;
+    Ok(())
+}
+
+fn pipeline_runs(a: PipelineArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let compression = match a.compression {
+        Codec::Gzip => Some(Compression::Gzip),
+        Codec::Zstd => Some(Compression::Zstd),
+        Codec::None => None,
+    };
+    out(format_args!(
+        "pipeline: {:?}{}, max_events_per_batch {}, adaptive batching {}, {} a run\n",
+        a.compression,
+        a.level.map(|l| format!(" level {l}")).unwrap_or_default(),
+        a.batch,
+        if a.adaptive { "on" } else { "off" },
+        humantime::format_duration(a.duration)
+    ))?;
+    out(format_args!(
+        "{:>10} {:>10} {:>10} {:>8} {:>11} {:>13} {:>9} {:>10} {:>8} {:>9}\n",
+        "offered/s",
+        "offered",
+        "stored",
+        "batches",
+        "stored/s",
+        "per CPU-s",
+        "CPU %",
+        "us/event",
+        "B/event",
+        "reduction"
+    ))?;
+    for rate in &a.rates {
+        let run = PipelineRun {
+            rate: *rate,
+            duration: a.duration,
+            compression,
+            level: a.level,
+            batch: a.batch,
+            adaptive: a.adaptive,
+        };
+        let r: PipelineReport = pipeline::run(&run, &work.path)?;
+        out(format_args!(
+            "{:>10} {:>10} {:>10} {:>8} {:>11.0} {:>13.0} {:>9.2} {:>10.2} {:>8.1} {:>8.1}%\n",
+            if *rate > 0.0 {
+                format!("{rate}")
+            } else {
+                "max".into()
+            },
+            r.offered,
+            r.stored,
+            r.batches,
+            r.per_sec_wall(),
+            r.per_cpu_sec(),
+            r.batcher_cpu_percent(),
+            r.batcher_cpu.as_secs_f64() * 1e6 / r.stored.max(1) as f64,
+            r.bytes_per_event(),
+            r.reduction() * 100.0
+        ))?;
+    }
+    Ok(())
+}
+
+/// Milliseconds from `spawned` to the first line of `log` containing
+/// `needle` (by the log's own timestamps).
+fn log_ms(log: &str, needle: &str, spawned: SystemTime) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let stamp = line.split_whitespace().next()?;
+    let t = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')).ok()?;
+    Some(t.duration_since(spawned).ok()?.as_secs_f64() * 1000.0)
+}
+
+fn startup(a: StartupArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for run in 0..a.runs {
+        let work = WorkDir::new(
+            a.common
+                .work_dir
+                .as_deref()
+                .map(|d| d.join(format!("run{run}")))
+                .as_deref(),
+        )?;
+        let watched = work.sub("watched")?;
+        let mut c = agent_config(ConfigSource::default(), &work, Some(&watched))?;
+        // The first event is written, and made durable, at once.
+        c.agent.max_events_per_batch = 1;
+        c.agent.adaptive_batching.enabled = false;
+        let mut agent = Agent::spawn(&c, &work.path, false, "info")?;
+        let spawned_wall = agent.spawned_wall;
+        let first = agent.wait_until(Duration::from_secs(30), Duration::from_millis(1), |a| {
+            list_batches(&a.data_dir)
+                .ok()
+                .and_then(|v| v.into_iter().next())
+        })?;
+        let batch_ms = agent.spawned.elapsed().as_secs_f64() * 1000.0;
+        let engine_ms = log_ms(&agent.log(), "engine started", spawned_wall);
+        let first_event_ms = open_batch_reader(&first)
+            .ok()
+            .and_then(|r| std::io::BufRead::lines(r).next()?.ok())
+            .and_then(|l| {
+                let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+                let ts = Timestamp::parse(v["@timestamp"].as_str()?)?;
+                let since = SystemTime::from(ts).duration_since(spawned_wall).ok()?;
+                Some(since.as_secs_f64() * 1000.0)
+            });
+        agent.stop()?;
+        rows.push((engine_ms, first_event_ms, batch_ms));
+    }
+    out(format_args!(
+        "startup (default config, max_events_per_batch 1), {} runs, ms after spawn:\n{:>4} {:>16} {:>18} {:>20}\n",
+        a.runs, "run", "engine started", "first event (ts)", "first batch on disk"
+    ))?;
+    let show = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+    for (i, (e, f, b)) in rows.iter().enumerate() {
+        out(format_args!(
+            "{:>4} {:>16} {:>18} {:>20.1}\n",
+            i + 1,
+            show(*e),
+            show(*f),
+            b
+        ))?;
+    }
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    out(format_args!(
+        "{:>4} {:>16} {:>18} {:>20}\n",
+        "med",
+        show(median(rows.iter().filter_map(|r| r.0).collect())),
+        show(median(rows.iter().filter_map(|r| r.1).collect())),
+        show(median(rows.iter().map(|r| r.2).collect()))
+    ))?;
+    Ok(())
+}
+
+/// What `scale` holds open while it measures; sleepers are killed on drop.
+#[derive(Default)]
+struct Held {
+    children: Vec<Child>,
+    _sockets: Vec<TcpStream>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut() {
+            let _ = c.kill();
+        }
+        for c in self.children.iter_mut() {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn machine_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Raises the open-file limit to at least `want` (connections need two
+/// descriptors each); above the hard limit only as root.
+fn raise_nofile(want: u64) {
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want.max(l.rlim_cur),
+            rlim_max: want.max(l.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn hold_clients(port: u16, count: usize) -> anyhow::Result<()> {
+    raise_nofile(count as u64 + 1024);
+    let held = (0..count)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot connect")?;
+    // Until the parent closes our stdin (or dies).
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(held);
+    Ok(())
+}
+
+fn scale(a: ScaleArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let mut c = agent_config(ConfigSource::default(), &work, None)?;
+    let cols = &mut c.collectors;
+    cols.process_monitor.enabled = a.unit == Unit::Processes;
+    cols.network_monitor.enabled = a.unit == Unit::Connections;
+    cols.file_monitor.enabled = a.unit == Unit::Files;
+    // Per-scan costs: a fixed interval.
+    cols.network_monitor.max_scan_interval_ms = cols.network_monitor.scan_interval_ms;
+    cols.process_monitor.max_scan_interval_ms = cols.process_monitor.scan_interval_ms;
+    let setup = Instant::now();
+    let (held, tree) = match a.unit {
+        Unit::Processes => {
+            let exe = load::install_proc(&work.path)?;
+            let mut v = Vec::with_capacity(a.count);
+            for _ in 0..a.count {
+                v.push(
+                    Command::new(&exe)
+                        .arg("3600")
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .context("cannot start a sleeping process")?,
+                );
+            }
+            (
+                Held {
+                    children: v,
+                    _sockets: Vec::new(),
+                },
+                None,
+            )
+        }
+        Unit::Connections => {
+            raise_nofile(a.count as u64 + 1024);
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let exe = std::env::current_exe().context("cannot find this program")?;
+            let clients = Command::new(exe)
+                .arg("hold-clients")
+                .arg(listener.local_addr()?.port().to_string())
+                .arg(a.count.to_string())
+                .stdin(Stdio::piped())
+                .spawn()
+                .context("cannot start the client process")?;
+            let mut v = Vec::with_capacity(a.count);
+            for _ in 0..a.count {
+                v.push(listener.accept()?.0);
+            }
+            (
+                Held {
+                    children: vec![clients],
+                    _sockets: v,
+                },
+                None,
+            )
+        }
+        Unit::Files => {
+            let tree = work.sub("tree")?;
+            for i in 0..a.count {
+                let dir = tree.join(format!("d{}", i / 100));
+                if i % 100 == 0 {
+                    std::fs::create_dir_all(&dir)?;
+                }
+                std::fs::write(dir.join(format!("f{i}.txt")), b"x")?;
+            }
+            c.collectors.file_monitor.watch_paths = vec![tree.display().to_string()];
+            (Held::default(), Some(tree))
+        }
+    };
+    let setup_s = setup.elapsed().as_secs_f64();
+    let log = "info,edr_collect::file::watch=debug";
+    let mut agent = Agent::spawn(&c, &work.path, !a.common.no_time, log)?;
+    let spawned_wall = agent.spawned_wall;
+    let ready_ms = match &tree {
+        Some(t) => {
+            wait_watching(&mut agent, t)?;
+            log_ms(
+                &agent.log(),
+                &format!("watching {}", t.display()),
+                spawned_wall,
+            )
+        }
+        None => {
+            let want = match a.unit {
+                Unit::Processes => a.count as u64,
+                _ => 2 * a.count as u64,
+            };
+            agent.wait_until(Duration::from_secs(120), Duration::from_millis(50), |ag| {
+                read_status(&ag.data_dir)
+                    .map(|s| s.totals)
+                    .filter(|t| t.produced.iter().sum::<u64>() + t.dropped_total() >= want)
+                    .map(|_| ())
+            })?;
+            None
+        }
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let series = sample(agent.pid, a.duration)?;
+    let procs = machine_processes();
+    let totals = read_status(&agent.data_dir).map(|s| s.totals);
+    let time = agent.stop()?;
+    drop(held);
+    let scans = series.wall().as_secs_f64(); // one scan a second
+    let cpu_ms_per_scan = series.cpu_seconds() * 1000.0 / scans.max(1e-9);
+    let (mean, _, max) = series.rss_mib();
+    out(format_args!(
+        "scale {:?} x {} (set up in {setup_s:.1} s; {procs} processes on the machine)\n",
+        a.unit, a.count
+    ))?;
+    out(format_args!(
+        "  agent CPU {:.2}% of one core over {:.0} s: {cpu_ms_per_scan:.2} ms per second{}\n",
+        series.cpu_percent(),
+        series.wall().as_secs_f64(),
+        match a.unit {
+            Unit::Processes => format!(
+                " = per scan; {:.1} us per process",
+                cpu_ms_per_scan * 1000.0 / procs.max(1) as f64
+            ),
+            Unit::Connections => format!(
+                " = per scan; {:.2} us per socket ({} sockets of ours)",
+                cpu_ms_per_scan * 1000.0 / (2 * a.count).max(1) as f64,
+                2 * a.count
+            ),
+            Unit::Files => " (idle watch)".to_string(),
+        }
+    ))?;
+    out(format_args!(
+        "  agent RSS mean {mean:.1} MiB, max {max:.1} MiB, peak (VmHWM) {:.1} MiB{}\n",
+        series.peak_mib(),
+        time.max_rss_kb
+            .map(|k| format!(", /usr/bin/time -v max {:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_default()
+    ))?;
+    if let Some(t) = totals {
+        out(format_args!(
+            "  events: {} queued, {} dropped (queue full)\n",
+            t.produced.iter().sum::<u64>(),
+            t.dropped_total()
+        ))?;
+    }
+    if let Some(ms) = ready_ms {
+        out(format_args!(
+            "  watch of {} directories set up {ms:.0} ms after spawn\n",
+            a.count.div_ceil(100)
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `edr-bench` as a user runs it: each subcommand completes, prints
+//! its table and leaves no agent behind. Numbers are not judged here
+//! (benchmarks are benchmarks); only that they are measured.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The `edr-agent` binary the benches start, built beside `edr-bench`
+/// (`cargo test --workspace` has built it already; `cargo test -p
+/// edr-bench` alone builds it here).
+fn agent_binary() -> &'static PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let agent = PathBuf::from(env!("CARGO_BIN_EXE_edr-bench")).with_file_name("edr-agent");
+        if !agent.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--bin", "edr-agent", "-p", "edr-agent"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "cannot build edr-agent");
+        }
+        agent
+    })
+}
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_edr-bench"))
+        .env("EDR_AGENT_BIN", agent_binary())
+        .args(args)
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The numbers of the first line after the header row.
+fn first_row(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .nth(2)
+        .expect("a row")
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn pipeline_stores_every_offered_event() {
+    let out = bench(&["pipeline", "--rates", "2000", "--duration", "1s"]);
+    let row = first_row(&out);
+    assert_eq!(row[0], "2000", "{out}");
+    let (offered, stored): (u64, u64) = (row[1].parse().expect("n"), row[2].parse().expect("n"));
+    assert!(offered > 0 && stored == offered, "{out}");
+}
+
+#[test]
+fn startup_reports_a_first_batch() {
+    let out = bench(&["startup", "--runs", "1"]);
+    assert!(out.contains("first batch on disk"), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("med")),
+        "{out}"
+    );
+}
+
+#[test]
+fn workload_counts_what_the_agent_captured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench(&[
+        "workload",
+        "--level",
+        "light",
+        "--duration",
+        "3s",
+        "--warmup",
+        "0s",
+        "--no-time",
+        "--work-dir",
+        &dir.path().display().to_string(),
+    ]);
+    for needle in ["RSS (MiB", "CPU (% of one core", "files created", "B/event"] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    let files_created: Vec<u64> = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("files created"))
+        .expect("row")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // Generated and captured: inotify misses none of our files.
+    assert!(files_created[0] > 0, "{out}");
+    assert_eq!(files_created[0], files_created[1], "{out}");
+    // The agent was stopped: its lock is free.
+    let data = dir.path().join("data");
+    assert!(edr_engine::running_agent(&data).is_none());
+}
