@@ -77,7 +77,12 @@ async fn a_burst_of_writes_to_one_file_is_stored_once_and_counted() {
         engine
             .recent_events(500)
             .iter()
-            .any(|l| l.contains("other-2.txt") && l.contains("file-modified"))
+            .any(|r| {
+                r.action == "file-modified"
+                    && r.file_path
+                        .as_deref()
+                        .is_some_and(|p| p.ends_with("other-2.txt"))
+            })
             .then_some(())
     })
     .await;

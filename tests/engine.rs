@@ -11,6 +11,7 @@ use common::{
     wait_for_async, wait_not_watching, wait_watching, watched,
 };
 use edr_engine::{EngineError, EngineHandle, EngineOptions};
+use edr_model::event::EventType;
 use tokio_util::sync::CancellationToken;
 
 async fn wait_stored(engine: &EngineHandle, at_least: u64) -> bool {
@@ -257,7 +258,7 @@ async fn snapshot_reports_the_agent_itself() {
     assert!(ok.is_some(), "{:?}", engine.snapshot());
     let recent = engine.recent_events(10);
     assert_eq!(recent.len(), 10);
-    assert!(recent.iter().all(|l| l.contains("\"category\":[\"file\"]")));
+    assert!(recent.iter().all(|r| r.kind == EventType::File));
     assert!(!engine.history(Duration::from_secs(60)).is_empty());
     engine.shutdown().await;
     // The status file the CLI reads reflects the stop.

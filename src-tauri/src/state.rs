@@ -72,6 +72,7 @@ fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
     let opts = EngineOptions {
         recent_events: RECENT_EVENTS,
         config_source: source,
+        ..EngineOptions::default()
     };
     EngineHandle::start(config, opts, CancellationToken::new()).map_err(|e| e.to_string())
 }

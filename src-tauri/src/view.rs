@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use edr_charts::{self as charts, Unit};
 use edr_collect::Coverage;
+use edr_engine::recent::RecentEvent;
 use edr_engine::{EngineHandle, Snapshot};
 use edr_metrics::{Alert, AlertKind};
+use edr_model::event::EventType;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandError;
@@ -66,7 +68,10 @@ impl DashboardRequest {
                 "events.limit must be at most {RECENT_EVENTS}"
             )));
         }
-        if q.kind.as_deref().is_some_and(|k| kind_of(k).is_none()) {
+        if q.kind
+            .as_deref()
+            .is_some_and(|k| EventType::parse(k).is_none())
+        {
             return Err(CommandError::invalid(
                 "events.kind must be process, file or network",
             ));
@@ -323,18 +328,14 @@ fn totals_view(s: &Snapshot) -> TotalsView {
     }
 }
 
-fn kind_of(s: &str) -> Option<&'static str> {
-    ["process", "file", "network"].into_iter().find(|k| *k == s)
-}
-
-/// Parses the recent events (newest last) into rows (newest first) that
-/// match the query.
-pub fn filter_events(lines: &[String], q: &EventQuery) -> Vec<EventRow> {
+/// The recent events (newest last) as rows (newest first) that match the
+/// query.
+pub fn filter_events(events: &[RecentEvent], q: &EventQuery) -> Vec<EventRow> {
     let needle = q.text.trim().to_lowercase();
-    lines
+    events
         .iter()
         .rev()
-        .filter_map(|l| event_row(l))
+        .map(event_row)
         .filter(|r| q.kind.as_deref().is_none_or(|k| r.kind == k))
         .filter(|r| {
             needle.is_empty()
@@ -345,72 +346,54 @@ pub fn filter_events(lines: &[String], q: &EventQuery) -> Vec<EventRow> {
         .collect()
 }
 
-/// The few fields a person scans a table for. Unparsable lines are skipped.
-pub fn event_row(line: &str) -> Option<EventRow> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str());
-    let kind = v
-        .pointer("/event/category")?
-        .as_array()?
-        .iter()
-        .filter_map(|c| c.as_str())
-        .find_map(kind_of)?;
-    let summary = match kind {
-        "process" => process_summary(&v),
-        "file" => match s("/edr/original_path") {
-            Some(from) => format!("{from} → {}", s("/file/path").unwrap_or("?")),
-            None => s("/file/path").unwrap_or("?").to_string(),
-        },
-        _ => network_summary(&v),
+/// The few fields a person scans a table for.
+pub fn event_row(e: &RecentEvent) -> EventRow {
+    let summary = match e.kind {
+        EventType::Process => process_summary(e),
+        EventType::File => {
+            let path = e.file_path.as_deref().unwrap_or("?");
+            match &e.original_path {
+                Some(from) => format!("{from} → {path}"),
+                None => path.to_string(),
+            }
+        }
+        EventType::Network => network_summary(e),
     };
-    Some(EventRow {
-        time: s("/@timestamp")?.to_string(),
-        kind: kind.to_string(),
-        action: s("/event/action").unwrap_or("").to_string(),
+    EventRow {
+        time: e.timestamp.to_string(),
+        kind: e.kind.as_str().to_string(),
+        action: e.action.to_string(),
         summary: truncate(summary, MAX_SUMMARY_CHARS),
-    })
+    }
 }
 
-fn process_summary(v: &serde_json::Value) -> String {
-    let name = v.pointer("/process/name").and_then(|x| x.as_str());
-    let pid = v.pointer("/process/pid").and_then(|x| x.as_u64());
-    let cmd = v.pointer("/process/command_line").and_then(|x| x.as_str());
-    let who = match (name, pid) {
-        (Some(n), Some(p)) => format!("{n} ({p})"),
-        (Some(n), None) => n.to_string(),
-        (None, Some(p)) => format!("pid {p}"),
-        (None, None) => "?".to_string(),
+fn process_summary(e: &RecentEvent) -> String {
+    let Some(p) = &e.process else {
+        return "?".to_string();
     };
-    match cmd {
+    let who = format!("{} ({})", p.name, p.pid);
+    match &p.command_line {
         Some(c) if !c.is_empty() => format!("{who}: {c}"),
         _ => who,
     }
 }
 
-fn network_summary(v: &serde_json::Value) -> String {
-    let end = |side: &str| {
-        let ip = v.pointer(&format!("/{side}/ip")).and_then(|x| x.as_str())?;
-        let port = v
-            .pointer(&format!("/{side}/port"))
-            .and_then(|x| x.as_u64())?;
-        Some(if ip.contains(':') {
-            format!("[{ip}]:{port}")
-        } else {
-            format!("{ip}:{port}")
+fn network_summary(e: &RecentEvent) -> String {
+    let end = |side: Option<(std::net::IpAddr, u16)>| {
+        side.map(|(ip, port)| match ip {
+            std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
+            std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
         })
     };
-    let transport = v
-        .pointer("/network/transport")
-        .and_then(|x| x.as_str())
-        .unwrap_or("");
-    let mut out = match (end("source"), end("destination")) {
+    let transport = e.transport.unwrap_or("");
+    let mut out = match (end(e.source), end(e.destination)) {
         (Some(s), Some(d)) => format!("{transport} {s} → {d}"),
         (Some(s), None) => format!("{transport} {s}"),
         (None, Some(d)) => format!("{transport} → {d}"),
         (None, None) => transport.to_string(),
     };
-    if let Some(p) = v.pointer("/process/name").and_then(|x| x.as_str()) {
-        out.push_str(&format!(" ({p})"));
+    if let Some(p) = &e.process {
+        out.push_str(&format!(" ({})", p.name));
     }
     out.trim().to_string()
 }
@@ -426,6 +409,8 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edr_engine::recent::RecentProcess;
+    use edr_model::event::Timestamp;
 
     fn query(kind: Option<&str>, text: &str) -> EventQuery {
         EventQuery {
@@ -435,43 +420,78 @@ mod tests {
         }
     }
 
-    const FILE: &str = r#"{"@timestamp":"2026-11-25T10:00:00.000Z","event":{"kind":"event","category":["file"],"type":["creation"],"action":"creation"},"file":{"path":"/tmp/w/a.txt"}}"#;
-    const RENAME: &str = r#"{"@timestamp":"2026-11-25T10:00:01.000Z","event":{"kind":"event","category":["file"],"type":["change"],"action":"rename"},"file":{"path":"/tmp/w/b.txt"},"edr":{"original_path":"/tmp/w/a.txt"}}"#;
-    const PROC: &str = r#"{"@timestamp":"2026-11-25T10:00:02.000Z","event":{"kind":"event","category":["process"],"type":["start"],"action":"exec"},"process":{"pid":42,"name":"curl","command_line":"curl -s https://example.org"}}"#;
-    const NET: &str = r#"{"@timestamp":"2026-11-25T10:00:03.000Z","event":{"kind":"state","category":["network"],"type":["connection"],"action":"listening"},"source":{"ip":"::1","port":8080},"network":{"transport":"tcp"},"process":{"name":"python3"}}"#;
+    fn row(kind: EventType, action: &'static str) -> RecentEvent {
+        RecentEvent {
+            timestamp: Timestamp(1_795_600_800_000),
+            kind,
+            action,
+            process: None,
+            file_path: None,
+            original_path: None,
+            transport: None,
+            source: None,
+            destination: None,
+        }
+    }
+
+    fn samples() -> [RecentEvent; 4] {
+        let file = RecentEvent {
+            file_path: Some("/tmp/w/a.txt".into()),
+            ..row(EventType::File, "creation")
+        };
+        let rename = RecentEvent {
+            file_path: Some("/tmp/w/b.txt".into()),
+            original_path: Some("/tmp/w/a.txt".into()),
+            ..row(EventType::File, "rename")
+        };
+        let proc = RecentEvent {
+            process: Some(RecentProcess {
+                pid: 42,
+                name: "curl".into(),
+                command_line: Some("curl -s https://example.org".into()),
+            }),
+            ..row(EventType::Process, "exec")
+        };
+        let net = RecentEvent {
+            transport: Some("tcp"),
+            source: Some(("::1".parse().expect("ip"), 8080)),
+            process: Some(RecentProcess {
+                pid: 7,
+                name: "python3".into(),
+                command_line: None,
+            }),
+            ..row(EventType::Network, "listening")
+        };
+        [file, rename, proc, net]
+    }
 
     #[test]
     fn rows_summarize_each_type() {
-        assert_eq!(event_row(FILE).expect("row").summary, "/tmp/w/a.txt");
-        assert_eq!(
-            event_row(RENAME).expect("row").summary,
-            "/tmp/w/a.txt → /tmp/w/b.txt"
-        );
-        let p = event_row(PROC).expect("row");
+        let [file, rename, proc, net] = samples();
+        assert_eq!(event_row(&file).summary, "/tmp/w/a.txt");
+        assert_eq!(event_row(&file).time, "2026-11-25T08:00:00.000Z");
+        assert_eq!(event_row(&rename).summary, "/tmp/w/a.txt → /tmp/w/b.txt");
+        let p = event_row(&proc);
         assert_eq!(
             (p.kind.as_str(), p.summary.as_str()),
             ("process", "curl (42): curl -s https://example.org")
         );
-        assert_eq!(
-            event_row(NET).expect("row").summary,
-            "tcp [::1]:8080 (python3)"
-        );
-        assert!(event_row("not json").is_none());
-        assert!(event_row("{}").is_none());
+        assert_eq!(event_row(&net).summary, "tcp [::1]:8080 (python3)");
     }
 
     #[test]
     fn newest_first_filtered_by_type_and_text() {
-        let lines: Vec<String> = [FILE, PROC, RENAME, NET].map(String::from).into();
-        let all = filter_events(&lines, &query(None, ""));
+        let [file, rename, proc, net] = samples();
+        let events = vec![file, proc, rename, net];
+        let all = filter_events(&events, &query(None, ""));
         assert_eq!(all.len(), 4);
         assert_eq!(all[0].kind, "network");
-        let files = filter_events(&lines, &query(Some("file"), ""));
+        let files = filter_events(&events, &query(Some("file"), ""));
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].action, "rename");
-        let curl = filter_events(&lines, &query(None, "CURL"));
+        let curl = filter_events(&events, &query(None, "CURL"));
         assert_eq!(curl.len(), 1);
-        let renames = filter_events(&lines, &query(None, "rename"));
+        let renames = filter_events(&events, &query(None, "rename"));
         assert_eq!(renames.len(), 1);
     }
 

@@ -53,8 +53,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let opts = EngineOptions {
-            recent_events: 0,
             config_source: source,
+            ..EngineOptions::default()
         };
         let engine = EngineHandle::start(config, opts, shutdown.clone())?;
         wait_for_signal().await?;

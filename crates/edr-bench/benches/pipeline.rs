@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edr_bench::workload::SyntheticEvents;
 use edr_config::{Config, FiltersConfig};
+use edr_engine::pipeline::Pipeline;
 use edr_model::event::{Event, Origin, Timestamp};
 use edr_pipeline::filter::Filter;
 use edr_pipeline::{Counters, QUEUE_CAPACITY};
-use edr_store::writer::{Batcher, BatcherShared};
+use edr_store::writer::WriterShared;
 use edr_store::{Codec, Store};
 use flate2::write::GzEncoder;
 
@@ -279,16 +280,18 @@ fn batcher(c: &mut Criterion) {
                     cfg.filters.coalesce_file_changes_ms = 0;
                     let (_keep, rx_cfg) = tokio::sync::watch::channel(Arc::new(cfg));
                     let (tx, rx) = sync_channel(QUEUE_CAPACITY);
-                    let batcher = Batcher::new(
+                    let pipeline = Pipeline::new(
                         rx,
                         Store::open(dir.path()).expect("store"),
                         rx_cfg,
                         Counters::new(),
-                        BatcherShared::new(0),
+                        Arc::new(WriterShared::default()),
+                        Vec::new(),
+                        Vec::new(),
                     );
                     let h = std::thread::spawn(move || {
                         let before = thread_cpu();
-                        batcher.run();
+                        pipeline.run();
                         thread_cpu() - before
                     });
                     for i in 0..n {

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use edr_bench::workload::SyntheticEvents;
 use edr_config::{Compression, Config};
+use edr_engine::pipeline::Pipeline;
 use edr_model::event::{Event, Origin};
 use edr_pipeline::{Counters, QUEUE_CAPACITY};
-use edr_store::writer::{Batcher, BatcherShared};
+use edr_store::writer::WriterShared;
 use edr_store::Store;
 
 /// Distinct events cycled through by the producer.
@@ -118,16 +119,18 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
             .map(|i| pool[i % POOL].clone())
             .collect()
     };
-    let batcher = Batcher::new(
+    let pipeline = Pipeline::new(
         rx,
         store,
         config_rx,
         Arc::clone(&counters),
-        BatcherShared::new(0),
+        Arc::new(WriterShared::default()),
+        Vec::new(),
+        Vec::new(),
     );
     let started = Instant::now();
     let consumer = std::thread::spawn(move || {
-        batcher.run();
+        pipeline.run();
         thread_cpu()
     });
     let mut offered = 0u64;

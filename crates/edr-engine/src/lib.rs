@@ -1,13 +1,17 @@
-//! The engine: wires collectors, the queue, the batcher and the metrics
-//! sampler into one cancellation tree, and offers a handle to observe and
-//! steer it (snapshot, history, live config, pause, shutdown).
+//! The engine: wires collectors, the queue, the pipeline (stages and the
+//! batch writer), the sinks and the metrics sampler into one cancellation
+//! tree, and offers a handle to observe and steer it (snapshot, history,
+//! live config, pause, shutdown).
 //!
 //! Shutdown is ordered so nothing is lost that was already queued:
-//! collectors stop first (dropping their senders), the batcher drains the
-//! queue and commits the open batch, then the sampler writes a last status
-//! and the data-dir lock is released.
+//! collectors stop first (dropping their senders), the pipeline drains the
+//! queue and commits the open batch, the sinks are told the last batch and
+//! finish, then the sampler writes a last status and the data-dir lock is
+//! released.
 
 pub mod logging;
+pub mod pipeline;
+pub mod recent;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -29,9 +33,13 @@ use edr_metrics::{
     Alert, AlertChange, AlertInputs, Alerts, HistoryWriter, MemoryTrim, MetricsSample, Sampler,
 };
 use edr_model::event::{EventType, Origin, Timestamp};
-use edr_pipeline::{self as pipeline, Counters, QUEUE_CAPACITY};
-use edr_store::writer::{Batcher, BatcherShared};
+use edr_pipeline::{Counters, QUEUE_CAPACITY};
+use edr_store::sink::Sink;
+use edr_store::writer::WriterShared;
 use edr_store::{self as storage, StorageError, Store};
+
+use crate::pipeline::Pipeline;
+use crate::recent::{RecentEvent, RecentEvents, RecentTap};
 
 /// File in the data dir holding the running agent's lock (and pid).
 pub const LOCK_FILE: &str = "agent.lock";
@@ -60,7 +68,7 @@ pub enum EngineError {
 }
 
 /// How the engine is embedded.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct EngineOptions {
     /// Latest stored events kept in memory for display (0: none).
     pub recent_events: usize,
@@ -68,6 +76,21 @@ pub struct EngineOptions {
     /// are re-read (with the same preset and overrides), validated and
     /// applied live.
     pub config_source: ConfigSource,
+    /// Consumers of committed batches, each run as its own task.
+    pub sinks: Vec<Box<dyn Sink>>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("recent_events", &self.recent_events)
+            .field("config_source", &self.config_source)
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Monotonic totals since the engine started.
@@ -162,7 +185,8 @@ struct MetricsState {
 
 struct Shared {
     counters: Arc<Counters>,
-    batcher: Arc<BatcherShared>,
+    writer: Arc<WriterShared>,
+    recent: Option<Arc<RecentEvents>>,
     coverage: Arc<Mutex<Coverage>>,
     metrics: Mutex<MetricsState>,
     started: Timestamp,
@@ -209,13 +233,15 @@ impl EngineHandle {
         }
 
         let counters = Counters::new();
-        let batcher_shared = BatcherShared::new(opts.recent_events);
+        let writer_shared = Arc::new(WriterShared::default());
+        let recent = (opts.recent_events > 0).then(|| RecentEvents::new(opts.recent_events));
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let (paused_tx, paused_rx) = watch::channel(false);
-        let (tx, rx) = pipeline::channel(QUEUE_CAPACITY, Arc::clone(&counters));
+        let (tx, rx) = edr_pipeline::channel(QUEUE_CAPACITY, Arc::clone(&counters));
         let shared = Arc::new(Shared {
             counters: Arc::clone(&counters),
-            batcher: Arc::clone(&batcher_shared),
+            writer: Arc::clone(&writer_shared),
+            recent: recent.clone(),
             coverage: Arc::new(Mutex::new(Coverage::default())),
             metrics: Mutex::new(MetricsState {
                 sampler: Sampler::default(),
@@ -236,14 +262,41 @@ impl EngineHandle {
         };
         let tracker = &handle.tracker;
 
-        let batcher = Batcher::new(
+        // Sinks stop after the pipeline has committed its last batch: their
+        // channels close when the writer is dropped.
+        let sinks_stop = CancellationToken::new();
+        let mut links = Vec::with_capacity(opts.sinks.len());
+        let mut sink_tasks = Vec::with_capacity(opts.sinks.len());
+        for sink in opts.sinks {
+            let (link, ctx) = edr_store::sink::link(
+                sink.name(),
+                sink.resume_from(),
+                &data_dir,
+                sinks_stop.clone(),
+            );
+            tracing::info!(
+                sink = sink.name(),
+                resume_from = sink.resume_from(),
+                "sink starting"
+            );
+            links.push(link);
+            sink_tasks.push(tracker.spawn(sink.run(ctx)));
+        }
+        let taps: Vec<Box<dyn edr_pipeline::stage::Stage>> = match &recent {
+            Some(r) => vec![Box::new(RecentTap(Arc::clone(r)))],
+            None => Vec::new(),
+        };
+        let pipeline = Pipeline::new(
             rx,
             store,
             config_rx.clone(),
             Arc::clone(&counters),
-            batcher_shared,
+            writer_shared,
+            taps,
+            links,
         );
-        let batcher_task = tracker.spawn_blocking(move || batcher.run());
+        tracing::debug!(stages = ?pipeline.stages(), "pipeline");
+        let pipeline_task = tracker.spawn_blocking(move || pipeline.run());
 
         let metrics_stop = CancellationToken::new();
         let metrics_task = tracker.spawn(sample_loop(
@@ -280,7 +333,9 @@ impl EngineHandle {
         tracker.spawn(stop_in_order(
             shutdown,
             supervisor,
-            batcher_task,
+            pipeline_task,
+            sinks_stop,
+            sink_tasks,
             metrics_stop,
             metrics_task,
         ));
@@ -299,10 +354,14 @@ impl EngineHandle {
         lock(&self.shared.metrics).sampler.history(window)
     }
 
-    /// The latest stored events as JSON lines (as in the batch files),
-    /// newest last. Empty unless `EngineOptions::recent_events` > 0.
-    pub fn recent_events(&self, limit: usize) -> Vec<String> {
-        self.shared.batcher.recent_events(limit)
+    /// The latest stored events as rows, newest last. Empty unless
+    /// `EngineOptions::recent_events` > 0.
+    pub fn recent_events(&self, limit: usize) -> Vec<RecentEvent> {
+        self.shared
+            .recent
+            .as_ref()
+            .map(|r| r.latest(limit))
+            .unwrap_or_default()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -345,7 +404,7 @@ impl EngineHandle {
     /// Stops the collectors and commits the open batch; the engine keeps
     /// its state and resumes with [`EngineHandle::resume`].
     pub fn pause(&self) {
-        self.shared.batcher.flush_requested.store(true, Relaxed);
+        self.shared.writer.flush_requested.store(true, Relaxed);
         self.paused_tx.send_replace(true);
     }
 
@@ -395,10 +454,10 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
         storage: StorageStatus {
             used_bytes: shared.counters.storage_used_bytes.load(Relaxed),
             cap_bytes: config.max_storage_bytes(),
-            files: shared.batcher.storage_files.load(Relaxed),
+            files: shared.writer.storage_files.load(Relaxed),
             retention_days: config.storage.retention_days,
             compress: config.storage.local_storage.compress_events,
-            error: shared.batcher.storage_error(),
+            error: shared.writer.storage_error(),
         },
         alerts,
         coverage: lock(&shared.coverage).clone(),
@@ -513,7 +572,9 @@ pub fn read_status(data_dir: &Path) -> Option<Snapshot> {
 async fn stop_in_order(
     shutdown: CancellationToken,
     supervisor: JoinHandle<()>,
-    batcher: JoinHandle<()>,
+    pipeline: JoinHandle<()>,
+    sinks_stop: CancellationToken,
+    sinks: Vec<JoinHandle<()>>,
     metrics_stop: CancellationToken,
     metrics: JoinHandle<DataDirLock>,
 ) {
@@ -522,8 +583,14 @@ async fn stop_in_order(
     if let Err(e) = supervisor.await {
         tracing::error!(error = %e, "collector supervisor failed");
     }
-    if let Err(e) = batcher.await {
-        tracing::error!(error = %e, "batcher failed");
+    if let Err(e) = pipeline.await {
+        tracing::error!(error = %e, "pipeline failed");
+    }
+    sinks_stop.cancel();
+    for s in sinks {
+        if let Err(e) = s.await {
+            tracing::error!(error = %e, "sink failed");
+        }
     }
     metrics_stop.cancel();
     // The sampler returns the lock; a failed sampler has dropped it.
@@ -699,7 +766,7 @@ async fn sample_loop(
 }
 
 fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
-    let storage_error = shared.batcher.storage_error();
+    let storage_error = shared.writer.storage_error();
     let mut m = lock(&shared.metrics);
     let capture = lock(&shared.coverage).process_capture;
     let sample = m.sampler.sample(&shared.counters, capture);
@@ -707,7 +774,7 @@ fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
         recent_cpu: m.sampler.recent_cpu(),
         window_secs: m.sampler.window_secs(),
         compress: cfg.storage.local_storage.compress_events,
-        storage_failing: shared.batcher.storage_failing.load(Relaxed),
+        storage_failing: shared.writer.storage_failing.load(Relaxed),
     };
     for change in m
         .alerts

@@ -4,12 +4,20 @@
 //! Layout: `<data_dir>/events/YYYY-MM-DD/<start>-<seq>.json.gz`, one JSON
 //! event per line (NDJSON), gzip-compressed by default, zstd-compressed
 //! (`.json.zst`) if configured, plain (`.json`) if `compress_events` is off.
-//! Every reader here handles all three, by file name. A batch is streamed into a hidden temporary file
+//! Every reader here handles all three, by file name.
+//!
+//! `<seq>` is the batch's sequence number: persistent and strictly
+//! increasing across restarts, clock steps and retention (the high-water
+//! mark is kept in `<data_dir>/batch.seq` before any batch is deleted), so
+//! a sink can keep its place by it ([`sink`]). The index is ordered by it.
+//!
+//! A batch is streamed into a hidden temporary file
 //! (`.<name>.tmp`) as its events arrive, so a full batch never sits
 //! uncompressed in memory; it becomes visible only through `rename` after
 //! `fsync`, so a reader never sees a partial file. Temporaries left by a
 //! crash are never counted as data and are removed at the next start.
 
+pub mod sink;
 pub mod writer;
 
 use std::collections::VecDeque;
@@ -28,6 +36,8 @@ use edr_model::event::Timestamp;
 
 /// Subdirectory of the data dir holding batch files.
 pub const EVENTS_DIR: &str = "events";
+/// File in the data dir holding the highest batch sequence ever used.
+pub const SEQ_FILE: &str = "batch.seq";
 const TMP_SUFFIX: &str = ".tmp";
 
 /// Errors of the storage layer. Each names the path involved.
@@ -137,6 +147,8 @@ pub struct StoredFile {
     pub size: u64,
     /// When the batch started (from its name), for age-based retention.
     pub started: Timestamp,
+    /// The batch's sequence number (from its name; 0 if it has none).
+    pub seq: u64,
 }
 
 enum Encoder {
@@ -226,6 +238,8 @@ pub struct OpenBatch {
     tmp_path: PathBuf,
     final_path: PathBuf,
     pub started: Timestamp,
+    /// The sequence number this batch will have once committed.
+    pub seq: u64,
     pub events: u32,
     pub raw_bytes: u64,
 }
@@ -275,6 +289,7 @@ impl OpenBatch {
             path: self.final_path,
             size,
             started: self.started,
+            seq: self.seq,
         })
     }
 
@@ -288,9 +303,13 @@ impl OpenBatch {
 #[derive(Debug)]
 pub struct Store {
     events_dir: PathBuf,
+    seq_file: PathBuf,
     files: VecDeque<StoredFile>,
     total_bytes: u64,
+    /// The last sequence number handed out.
     seq: u64,
+    /// What `batch.seq` says (or was last written with).
+    seq_persisted: u64,
     /// Temporary files removed at open (left by a crash).
     pub removed_temporaries: usize,
 }
@@ -302,15 +321,57 @@ impl Store {
         create_private_dir(data_dir)?;
         let events_dir = data_dir.join(EVENTS_DIR);
         create_private_dir(&events_dir)?;
+        let seq_file = data_dir.join(SEQ_FILE);
+        let seq_persisted = read_seq_file(&seq_file);
         let mut store = Store {
             events_dir,
+            seq_file,
             files: VecDeque::new(),
             total_bytes: 0,
-            seq: 0,
+            seq: seq_persisted,
+            seq_persisted,
             removed_temporaries: 0,
         };
         store.rescan()?;
         Ok(store)
+    }
+
+    /// The sequence number of the last batch opened (0: none yet, ever).
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The committed batches, in sequence order.
+    pub fn files(&self) -> impl Iterator<Item = &StoredFile> {
+        self.files.iter()
+    }
+
+    /// Writes the sequence high-water mark before a batch is deleted, so
+    /// the numbers never repeat even when retention empties the store.
+    fn persist_seq(&mut self) -> Result<(), StorageError> {
+        if self.seq_persisted >= self.seq {
+            return Ok(());
+        }
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Write { path, source }
+        };
+        let tmp = self
+            .seq_file
+            .with_file_name(format!(".{SEQ_FILE}{TMP_SUFFIX}"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(werr(&tmp))?;
+        writeln!(f, "{}", self.seq).map_err(werr(&tmp))?;
+        f.sync_all().map_err(werr(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &self.seq_file).map_err(werr(&self.seq_file))?;
+        self.seq_persisted = self.seq;
+        Ok(())
     }
 
     /// Rebuilds the index from disk (also removes temporaries).
@@ -342,12 +403,18 @@ impl Store {
                     started: started_from_name(&name).unwrap_or_else(|| {
                         meta.modified().map(Timestamp::from).unwrap_or_default()
                     }),
+                    seq: seq_from_name(&name).unwrap_or(0),
                     path,
                     size: meta.len(),
                 });
             }
         }
-        files.sort_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
+        // Sequence order is commit order, whatever the clock did; names
+        // break ties (files of older versions, whose numbers restarted).
+        files.sort_by(|a, b| (a.seq, a.path.file_name()).cmp(&(b.seq, b.path.file_name())));
+        if let Some(max) = files.iter().map(|f| f.seq).max() {
+            self.seq = self.seq.max(max);
+        }
         self.total_bytes = files.iter().map(|f| f.size).sum();
         self.files = files.into();
         self.removed_temporaries += removed;
@@ -377,7 +444,8 @@ impl Store {
             create_private_dir(&day_dir)?;
         }
         self.seq += 1;
-        let name = format!("{}-{:06}{}", started.compact(), self.seq, codec.extension());
+        let seq = self.seq;
+        let name = format!("{}-{:06}{}", started.compact(), seq, codec.extension());
         let final_path = day_dir.join(&name);
         let tmp_path = day_dir.join(format!(".{name}{TMP_SUFFIX}"));
         let werr = |source| StorageError::Write {
@@ -399,6 +467,7 @@ impl Store {
             tmp_path,
             final_path,
             started,
+            seq,
             events: 0,
             raw_bytes: 0,
         })
@@ -411,13 +480,16 @@ impl Store {
     }
 
     /// Deletes batches older than `retention`, then the oldest until the
-    /// total is within `max_bytes`. Returns how many files were deleted.
-    /// A file that cannot be deleted stays indexed and is retried later.
+    /// total is within `max_bytes`, but none from sequence `keep_from` on
+    /// (what a sink still needs; `u64::MAX`: nothing is held). Returns how
+    /// many files were deleted. A file that cannot be deleted stays indexed
+    /// and is retried later.
     pub fn enforce_retention(
         &mut self,
         now: Timestamp,
         retention: Duration,
         max_bytes: u64,
+        keep_from: u64,
     ) -> usize {
         let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now.as_millis().saturating_sub(retention_ms);
@@ -425,7 +497,13 @@ impl Store {
         while let Some(oldest) = self.files.front() {
             let too_old = oldest.started.as_millis() < cutoff;
             let over_cap = self.total_bytes > max_bytes;
-            if !too_old && !over_cap {
+            if (!too_old && !over_cap) || oldest.seq >= keep_from {
+                break;
+            }
+            if let Err(e) = self.persist_seq() {
+                // Deleting now could let a restart hand out a number a
+                // sink has already seen; keep the data instead.
+                tracing::warn!(error = %e, "cannot record the batch sequence; retention waits");
                 break;
             }
             let Some(f) = self.files.pop_front() else {
@@ -480,6 +558,34 @@ pub fn started_from_name(name: &str) -> Option<Timestamp> {
     let days = days_from_civil(y as i64, mo as u32, d as u32)?;
     let secs = days.checked_mul(86_400)? + h * 3600 + mi * 60 + s;
     Some(Timestamp(secs * 1000 + ms))
+}
+
+/// Parses the sequence number from `YYYYMMDDTHHMMSSmmmZ-<seq>.json[.gz]`.
+pub fn seq_from_name(name: &str) -> Option<u64> {
+    let rest = name.get(19..)?.strip_prefix('-')?;
+    let digits = rest.split('.').next()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The sequence high-water mark of a data dir (0 if never written). A
+/// damaged or unreadable file is reported and ignored: the batch names
+/// still give the highest number in use, and refusing to start would lose
+/// every event from now on.
+fn read_seq_file(path: &Path) -> u64 {
+    match fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "batch sequence file is damaged; continuing from the batch names");
+            0
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the batch sequence file; continuing from the batch names");
+            0
+        }
+    }
 }
 
 /// Inverse of the civil-from-days conversion in `event.rs`.
@@ -650,12 +756,12 @@ mod tests {
         assert_eq!(store.total_bytes(), 400);
         // 7 days: the 10-day-old file goes.
         assert_eq!(
-            store.enforce_retention(now, Duration::from_secs(7 * 86_400), u64::MAX),
+            store.enforce_retention(now, Duration::from_secs(7 * 86_400), u64::MAX, u64::MAX),
             1
         );
         // Cap of 150 bytes: the two oldest remaining go.
         assert_eq!(
-            store.enforce_retention(now, Duration::from_secs(7 * 86_400), 150),
+            store.enforce_retention(now, Duration::from_secs(7 * 86_400), 150, u64::MAX),
             2
         );
         assert_eq!(store.total_bytes(), 100);
@@ -716,5 +822,86 @@ mod tests {
             fs::write(&f.path, &bytes[..bytes.len() / 2]).expect("truncate");
             assert!(batch_stats(&f.path).is_err(), "{codec:?}");
         }
+    }
+
+    fn commit_one(store: &mut Store, started: Timestamp) -> StoredFile {
+        let mut b = store.open_batch(started, Codec::None).expect("batch");
+        b.append(&[b'x'; 99]).expect("append");
+        let f = b.commit().expect("commit");
+        store.add(f.clone());
+        f
+    }
+
+    #[test]
+    fn sequence_numbers_survive_restarts_clock_steps_and_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = Timestamp::now();
+        let mut store = Store::open(dir.path()).expect("open");
+        let first = commit_one(&mut store, now);
+        assert_eq!(first.seq, 1);
+        drop(store);
+        // A restart continues the numbering; a clock stepped back a day
+        // still gets the next number and sorts after, by sequence.
+        let mut store = Store::open(dir.path()).expect("reopen");
+        let stepped = commit_one(&mut store, Timestamp(now.0 - 86_400_000));
+        assert_eq!(stepped.seq, 2);
+        let order: Vec<u64> = store.files().map(|f| f.seq).collect();
+        assert_eq!(order, [1, 2]);
+        // Retention empties the store; the numbers still never repeat.
+        assert_eq!(store.enforce_retention(now, Duration::ZERO, 0, u64::MAX), 2);
+        assert_eq!(store.file_count(), 0);
+        drop(store);
+        let mut store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.last_seq(), 2);
+        assert_eq!(commit_one(&mut store, now).seq, 3);
+        let mode = fs::metadata(dir.path().join(SEQ_FILE))
+            .expect("seq file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_damaged_sequence_file_falls_back_to_the_batch_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        for _ in 0..3 {
+            commit_one(&mut store, Timestamp::now());
+        }
+        drop(store);
+        fs::write(dir.path().join(SEQ_FILE), b"\xff garbage").expect("damage");
+        let mut store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(commit_one(&mut store, Timestamp::now()).seq, 4);
+    }
+
+    #[test]
+    fn retention_keeps_what_a_sink_still_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let now = Timestamp::now();
+        for _ in 0..4 {
+            commit_one(&mut store, now);
+        }
+        // Over the cap, but a sink needs batch 2 on: only batch 1 may go.
+        assert_eq!(store.enforce_retention(now, Duration::MAX, 0, 2), 1);
+        let left: Vec<u64> = store.files().map(|f| f.seq).collect();
+        assert_eq!(left, [2, 3, 4]);
+        // Released: the cap applies again.
+        assert_eq!(store.enforce_retention(now, Duration::MAX, 0, u64::MAX), 3);
+    }
+
+    #[test]
+    fn sequence_numbers_parse_from_names() {
+        assert_eq!(
+            seq_from_name("20261125T194715123Z-000042.json.gz"),
+            Some(42)
+        );
+        assert_eq!(
+            seq_from_name("20261125T194715123Z-1234567.json"),
+            Some(1_234_567)
+        );
+        assert_eq!(seq_from_name("20261125T194715123Z.json"), None);
+        assert_eq!(seq_from_name("20261125T194715123Z-x1.json"), None);
+        assert_eq!(seq_from_name("short"), None);
     }
 }

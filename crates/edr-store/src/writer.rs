@@ -1,39 +1,32 @@
-//! The batcher: drains the event queue into batch files.
+//! The batch writer: the last stage of the pipeline, turning serialized
+//! events into durable batch files and telling the sinks about each one.
 //!
-//! Runs on its own blocking thread because every step (serialize,
-//! compress, write, fsync) is synchronous CPU or disk work. Each event
-//! passes the [`Filter`], is serialized into one reused buffer and streamed
-//! through the encoder into the open batch's temporary file, so no batch is
-//! ever held whole in memory.
+//! It runs on the pipeline's own thread (every step is synchronous CPU or
+//! disk work) and streams each line through the encoder into the open
+//! batch's temporary file, so no batch is ever held whole in memory.
 //!
 //! A batch is committed when it reaches its size target, when it is due by
 //! age, when the settings change, when a flush is requested (pause), and
-//! when the queue closes at shutdown. Without adaptive batching the size
-//! target is `max_events_per_batch` and a batch is due after
+//! at shutdown. Without adaptive batching the size target is
+//! `max_events_per_batch` and a batch is due after
 //! `collection_interval_ms`. With it, the size target follows the event
 //! rate (about [`BUSY_BATCH_SPAN`] of events, within
 //! [`max_events_per_batch`, `adaptive_batching.max_events`]) and a batch
 //! smaller than `adaptive_batching.min_events` stays open up to
 //! `adaptive_batching.max_interval_ms`. Retention runs after every commit
-//! (size cap) and every minute (age).
+//! (size cap) and every minute (age), and keeps what a sink still needs.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
-use crate::{Codec, OpenBatch, StorageError, Store};
-use edr_config::{Compression, Config, FiltersConfig};
-use edr_model::event::{Event, EventType, Timestamp};
-use edr_pipeline::filter::Filter;
+use edr_config::{Compression, Config};
+use edr_model::event::{EventType, Timestamp};
 use edr_pipeline::Counters;
 
-/// Longest the batcher sleeps with nothing to do, so it notices settings
-/// changes and flush requests promptly.
-const IDLE_TICK: Duration = Duration::from_secs(1);
+use crate::sink::{self, CommittedBatch, SinkLink};
+use crate::{Codec, OpenBatch, StorageError, Store};
+
 const AGE_RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// A busy agent's batches hold about this much time of events: a few
 /// large files a second instead of hundreds of small ones, each of which
@@ -46,39 +39,22 @@ const RATE_WEIGHT: f64 = 0.5;
 /// or full disk burns a core.
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
-/// State the batcher shares with the rest of the engine.
+/// What the writer shares with the rest of the engine.
 #[derive(Debug, Default)]
-pub struct BatcherShared {
+pub struct WriterShared {
     /// Set by pause: commit the open batch at the next wake.
     pub flush_requested: AtomicBool,
     /// The last batch write failed and none has succeeded since.
     pub storage_failing: AtomicBool,
     /// The last storage error, for alerts and status.
-    pub storage_error: Mutex<Option<String>>,
+    storage_error: Mutex<Option<String>>,
     /// Number of batch files on disk.
-    pub storage_files: std::sync::atomic::AtomicU64,
-    recent: Mutex<VecDeque<Box<str>>>,
-    recent_capacity: usize,
+    pub storage_files: AtomicU64,
+    /// Sequence number of the last committed batch (0: none yet).
+    pub last_committed_seq: AtomicU64,
 }
 
-impl BatcherShared {
-    /// `recent_capacity`: how many of the latest stored events to keep in
-    /// memory for the app's event table (0 for the headless agent).
-    pub fn new(recent_capacity: usize) -> Arc<BatcherShared> {
-        Arc::new(BatcherShared {
-            recent_capacity,
-            recent: Mutex::new(VecDeque::with_capacity(recent_capacity)),
-            ..BatcherShared::default()
-        })
-    }
-
-    /// The latest stored events as JSON lines, newest last.
-    pub fn recent_events(&self, limit: usize) -> Vec<String> {
-        let q = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let skip = q.len().saturating_sub(limit);
-        q.iter().skip(skip).map(|s| s.to_string()).collect()
-    }
-
+impl WriterShared {
     pub fn storage_error(&self) -> Option<String> {
         self.storage_error
             .lock()
@@ -89,17 +65,6 @@ impl BatcherShared {
     fn set_error(&self, e: Option<String>) {
         self.storage_failing.store(e.is_some(), Relaxed);
         *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
-    }
-
-    fn remember(&self, line: &[u8]) {
-        if self.recent_capacity == 0 {
-            return;
-        }
-        let mut q = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == self.recent_capacity {
-            q.pop_front();
-        }
-        q.push_back(String::from_utf8_lossy(line).into());
     }
 }
 
@@ -174,104 +139,85 @@ struct Open {
     opened: Instant,
 }
 
-/// Owns the store and the receiving end of the queue.
-pub struct Batcher {
-    rx: Receiver<Event>,
+/// Owns the store: opens, fills and commits batch files, runs retention.
+pub struct BatchWriter {
     store: Store,
-    config: watch::Receiver<Arc<Config>>,
-    counters: Arc<Counters>,
-    shared: Arc<BatcherShared>,
+    counters: std::sync::Arc<Counters>,
+    shared: std::sync::Arc<WriterShared>,
+    sinks: Vec<SinkLink>,
     settings: Settings,
-    filters: FiltersConfig,
-    filter: Filter,
     open: Option<Open>,
     /// Events per second, from recent batches (adaptive batching).
     rate: f64,
     size_target: u32,
-    /// Reused serialization buffer.
-    buf: Vec<u8>,
     last_age_check: Instant,
     /// No new batch before this, after a storage failure.
     retry_at: Option<Instant>,
 }
 
-impl Batcher {
+impl BatchWriter {
     pub fn new(
-        rx: Receiver<Event>,
         store: Store,
-        mut config: watch::Receiver<Arc<Config>>,
-        counters: Arc<Counters>,
-        shared: Arc<BatcherShared>,
-    ) -> Batcher {
-        let (settings, filters) = {
-            let c = config.borrow_and_update();
-            (Settings::from(&c), c.filters.clone())
-        };
-        Batcher {
-            rx,
+        config: &Config,
+        counters: std::sync::Arc<Counters>,
+        shared: std::sync::Arc<WriterShared>,
+        sinks: Vec<SinkLink>,
+    ) -> BatchWriter {
+        let settings = Settings::from(config);
+        shared
+            .last_committed_seq
+            .store(store.files().last().map_or(0, |f| f.seq), Relaxed);
+        let mut w = BatchWriter {
             store,
-            config,
             counters,
             shared,
+            sinks,
             settings,
-            filter: Filter::new(&filters),
-            filters,
             open: None,
             rate: 0.0,
             size_target: settings.size_target(0.0),
-            buf: Vec::with_capacity(4096),
             last_age_check: Instant::now(),
             retry_at: None,
+        };
+        w.retention(true);
+        w
+    }
+
+    /// How long until the open batch is due (at most `idle`).
+    pub fn due_in(&self, idle: Duration) -> Duration {
+        match &self.open {
+            Some(o) => self
+                .settings
+                .due_in(o.opened.elapsed(), o.batch.events)
+                .min(idle),
+            None => idle,
         }
     }
 
-    /// Runs until every sender is dropped, then commits the open batch.
-    pub fn run(mut self) {
-        self.retention(true);
-        loop {
-            let timeout = match &self.open {
-                Some(o) => self
-                    .settings
-                    .due_in(o.opened.elapsed(), o.batch.events)
-                    .min(IDLE_TICK),
-                None => IDLE_TICK,
-            };
-            match self.rx.recv_timeout(timeout) {
-                Ok(event) => self.append(&event),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            self.housekeeping();
+    /// Applies new settings: a changed codec, or a size target the open
+    /// batch already reaches, commits it; retention runs with the new
+    /// limits.
+    pub fn reconfigure(&mut self, config: &Config) {
+        let new = Settings::from(config);
+        if new == self.settings {
+            return;
         }
-        self.commit();
+        let codec_changed = new.codec != self.settings.codec;
+        self.settings = new;
+        self.size_target = new.size_target(self.rate);
+        let over = self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.batch.events >= self.size_target);
+        if codec_changed || over {
+            self.commit();
+        }
         self.retention(true);
-        tracing::debug!("batcher stopped");
     }
 
-    fn housekeeping(&mut self) {
-        if self.config.has_changed().unwrap_or(false) {
-            let (new, filters) = {
-                let c = self.config.borrow_and_update();
-                (Settings::from(&c), c.filters.clone())
-            };
-            if filters != self.filters {
-                self.filter = Filter::new(&filters);
-                self.filters = filters;
-            }
-            if new != self.settings {
-                let codec_changed = new.codec != self.settings.codec;
-                self.settings = new;
-                self.size_target = new.size_target(self.rate);
-                let over = self
-                    .open
-                    .as_ref()
-                    .is_some_and(|o| o.batch.events >= self.size_target);
-                if codec_changed || over {
-                    self.commit();
-                }
-                self.retention(true);
-            }
-        }
+    /// Commits what is due (age, a requested flush) and runs age retention
+    /// once a minute.
+    pub fn tick(&mut self) {
         if let Some(o) = &self.open {
             if self
                 .settings
@@ -289,24 +235,8 @@ impl Batcher {
         }
     }
 
-    fn append(&mut self, event: &Event) {
-        let t = event.event_type();
-        let now = Instant::now();
-        if !self.filter.admit(event, now) {
-            self.counters.filtered.add(t, 1);
-            return;
-        }
-        self.buf.clear();
-        if let Err(e) = serde_json::to_writer(&mut self.buf, event) {
-            tracing::warn!(error = %e, "event could not be serialized");
-            self.counters.store_failed.add(t, 1);
-            return;
-        }
-        if self.filter.is_repeat(&self.buf, now) {
-            self.counters.filtered.add(t, 1);
-            return;
-        }
-        self.shared.remember(&self.buf);
+    /// Appends one serialized event of type `t` (without its newline).
+    pub fn append(&mut self, t: EventType, line: &[u8]) {
         if self.open.is_none() {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
                 self.counters.store_failed.add(t, 1);
@@ -330,7 +260,7 @@ impl Batcher {
         let Some(open) = self.open.as_mut() else {
             return;
         };
-        if let Err(e) = open.batch.append(&self.buf) {
+        if let Err(e) = open.batch.append(line) {
             self.counters.store_failed.add(t, 1);
             self.abandon(e);
             return;
@@ -341,6 +271,14 @@ impl Batcher {
         }
     }
 
+    /// Commits the open batch and runs retention one last time. Dropping
+    /// the writer then closes every sink's channel: they have been told
+    /// everything.
+    pub fn finish(mut self) {
+        self.commit();
+        self.retention(true);
+    }
+
     /// Folds a finished batch into the event-rate estimate and sets the
     /// size of the next batches from it.
     fn learn_rate(&mut self, events: u32, age: Duration) {
@@ -349,11 +287,12 @@ impl Batcher {
         self.size_target = self.settings.size_target(self.rate);
     }
 
-    /// Makes the open batch durable and visible.
-    fn commit(&mut self) {
+    /// Makes the open batch durable and visible, and tells the sinks.
+    pub fn commit(&mut self) {
         let Some(open) = self.open.take() else { return };
         let raw = open.batch.raw_bytes;
-        self.learn_rate(open.batch.events, open.opened.elapsed());
+        let events = open.batch.events;
+        self.learn_rate(events, open.opened.elapsed());
         match open.batch.commit() {
             Ok(file) => {
                 for t in EventType::ALL {
@@ -369,7 +308,18 @@ impl Batcher {
                     tracing::info!("batch files are being written again");
                 }
                 self.shared.set_error(None);
+                self.shared.last_committed_seq.store(file.seq, Relaxed);
+                let committed = CommittedBatch {
+                    seq: file.seq,
+                    path: file.path.clone(),
+                    events: Some(events),
+                    bytes: file.size,
+                    started: file.started,
+                };
                 self.store.add(file);
+                for s in &self.sinks {
+                    s.notify(&committed);
+                }
                 self.retention(false);
             }
             Err(e) => {
@@ -405,7 +355,8 @@ impl Batcher {
         }
     }
 
-    /// Size cap always; age too when `with_age`.
+    /// Size cap always; age too when `with_age`. Never deletes what a sink
+    /// still needs.
     fn retention(&mut self, with_age: bool) {
         let retention = if with_age {
             self.last_age_check = Instant::now();
@@ -413,9 +364,12 @@ impl Batcher {
         } else {
             Duration::MAX
         };
-        let deleted =
-            self.store
-                .enforce_retention(Timestamp::now(), retention, self.settings.max_bytes);
+        let deleted = self.store.enforce_retention(
+            Timestamp::now(),
+            retention,
+            self.settings.max_bytes,
+            sink::keep_from(&self.sinks),
+        );
         if deleted > 0 {
             self.counters
                 .retention_deleted_files
