@@ -4,9 +4,9 @@ set -u
 # filters.coalesce_file_changes_ms and filters.repeat_window_ms; prints what
 # the agent queued, filtered and stored. Usage, from the repository root
 # after `cargo build --release`:
-#   benches/filter_burst.sh 0 0          # no filtering
-#   benches/filter_burst.sh 0 10000      # exact repeats only
-#   benches/filter_burst.sh 1000 10000   # the defaults
+#   crates/edr-bench/benches/filter_burst.sh 0 0          # no filtering
+#   crates/edr-bench/benches/filter_burst.sh 0 10000      # exact repeats only
+#   crates/edr-bench/benches/filter_burst.sh 1000 10000   # the defaults
 B=${EDR_AGENT:-target/release/edr-agent}
 root=$(mktemp -d); mkdir -p $root/w
 cat > $root/c.yaml <<YAML

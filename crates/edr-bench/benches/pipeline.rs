@@ -5,8 +5,8 @@
 //! batching.
 //!
 //! ```text
-//! cargo bench --bench pipeline            # all, about a minute
-//! cargo bench --bench pipeline -- encode  # one group
+//! cargo bench -p edr-bench --bench pipeline            # all, about a minute
+//! cargo bench -p edr-bench --bench pipeline -- encode  # one group
 //! ```
 //!
 //! Events come from `edr_bench::workload::SyntheticEvents` (seeded, the

@@ -10,7 +10,7 @@
 //!   collector): the difference is the collector's cost.
 //!
 //! ```text
-//! cargo bench --bench scan
+//! cargo bench -p edr-bench --bench scan
 //! ```
 //!
 //! Scans are timed by the collectors' own `process scan` / `network scan`

@@ -6,7 +6,7 @@
 //! /proc again (processes that already own sockets first).
 //!
 //! ```text
-//! cargo run --release --example network_scan_cost -- [connections]
+//! cargo run --release -p edr-bench --example network_scan_cost -- [connections]
 //! ```
 //!
 //! Numbers come from the collector's own debug events (`network scan`,

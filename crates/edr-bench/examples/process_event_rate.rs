@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release
-//! cargo run --release --example process_event_rate -- [--seconds 3] \
+//! cargo run --release -p edr-bench --example process_event_rate -- [--seconds 3] \
 //!     [--rates 250,500,1000,2000,max] [--source auto|scan]
 //! ```
 //!

@@ -1,7 +1,7 @@
 //! A reproducible stream of realistic events, for benchmarks: the same
 //! seed gives the same events on every machine.
 //!
-//! The mix follows what the agent stores under the `edr-agent bench`
+//! The mix follows what the agent stores under the `edr-bench`
 //! mixed workload: process starts and ends of a few dozen programs with
 //! their arguments and executable hashes, file changes under a handful of
 //! project directories (each new content with its own SHA-256), and
