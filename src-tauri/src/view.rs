@@ -93,12 +93,24 @@ pub struct DashboardView {
     pub events_held: usize,
 }
 
+/// The engine as the window and the tray show it; `ui/app.js` reads the
+/// lowercase names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineState {
+    Running,
+    Paused,
+    /// Not started (`EDR_APP_ENGINE=off`), or stopped.
+    Off,
+    /// Did not start.
+    Failed,
+}
+
 /// The engine's state in one line, as the tray shows it too.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EngineView {
-    /// `running`, `paused`, `off` or `failed`.
-    pub state: &'static str,
+    pub state: EngineState,
     pub status: String,
     /// Why the engine is off or failed, or why a hand edit of the config
     /// file was refused.
@@ -166,7 +178,7 @@ pub fn engine_view(state: &AppState) -> EngineView {
     match &state.engine {
         Engine::Running(h) => engine_view_of(&h.snapshot(), config_file),
         Engine::Off => EngineView {
-            state: "off",
+            state: EngineState::Off,
             status: "Engine off".into(),
             message: Some("The engine is off (started with EDR_APP_ENGINE=off).".into()),
             config_file,
@@ -174,7 +186,7 @@ pub fn engine_view(state: &AppState) -> EngineView {
             alerting: false,
         },
         Engine::Failed(e) => EngineView {
-            state: "failed",
+            state: EngineState::Failed,
             status: "Engine failed to start".into(),
             message: Some(e.clone()),
             config_file,
@@ -185,17 +197,20 @@ pub fn engine_view(state: &AppState) -> EngineView {
 }
 
 fn engine_view_of(s: &Snapshot, config_file: String) -> EngineView {
-    let status = if s.paused {
-        "Paused".to_string()
-    } else {
-        format!(
-            "Running · {} ev/s · {}",
-            rate(s.latest.events_per_sec_total()),
-            Unit::Bytes.format(s.latest.rss_bytes as f64)
-        )
+    let (state, status) = match s.state() {
+        edr_engine::EngineState::Running => (
+            EngineState::Running,
+            format!(
+                "Running · {} ev/s · {}",
+                rate(s.latest.events_per_sec_total()),
+                Unit::Bytes.format(s.latest.rss_bytes as f64)
+            ),
+        ),
+        edr_engine::EngineState::Paused => (EngineState::Paused, "Paused".to_string()),
+        edr_engine::EngineState::Stopped => (EngineState::Off, "Engine stopped".to_string()),
     };
     EngineView {
-        state: if s.paused { "paused" } else { "running" },
+        state,
         status,
         message: s.config_error.clone(),
         config_file,
