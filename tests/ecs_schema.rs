@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{read_events, test_config, wait_for_async, watched};
 use edr_engine::{EngineHandle, EngineOptions};
-use edr_model::event::Timestamp;
+use edr_model::event::{Action, Timestamp};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -144,12 +144,22 @@ async fn every_stored_field_is_valid_ecs() {
                 }
             }
         }
-        // Every action can be named in `filters.exclude_actions`.
+        // Every action can be named in `filters.exclude_actions`, and
+        // belongs to the event type it is stored under.
         if let Some(action) = e["event"]["action"].as_str() {
-            if !edr_config::EVENT_ACTIONS.contains(&action) {
-                problems.insert(format!(
-                    "action {action:?} is missing from config::EVENT_ACTIONS"
-                ));
+            match Action::parse(action) {
+                None => {
+                    problems.insert(format!(
+                        "action {action:?} is missing from edr_model::event::Action"
+                    ));
+                }
+                Some(a) if e["event"]["category"][0] != a.event_type().as_str() => {
+                    problems.insert(format!(
+                        "action {action:?} stored under category {}",
+                        e["event"]["category"]
+                    ));
+                }
+                Some(_) => {}
             }
         }
         for required in ["@timestamp", "event", "host", "agent", "ecs"] {

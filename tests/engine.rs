@@ -10,7 +10,7 @@ use common::{
     batch_sizes, read_events, start_engine as start, str_field, test_config, touch_files,
     wait_for_async, wait_not_watching, wait_watching, watched,
 };
-use edr_engine::{EngineError, EngineHandle, EngineOptions};
+use edr_engine::{EngineError, EngineHandle, EngineOptions, EngineState};
 use edr_model::event::EventType;
 use tokio_util::sync::CancellationToken;
 
@@ -155,8 +155,10 @@ async fn pause_stops_events_and_resume_restarts_them() {
     c.agent.collection_interval_ms = 200;
     let engine = start(c);
     wait_watching(&engine).await;
+    assert_eq!(engine.snapshot().state(), EngineState::Running);
     engine.pause();
     assert!(engine.snapshot().paused);
+    assert_eq!(engine.snapshot().state(), EngineState::Paused);
     wait_not_watching(&engine).await;
     let before = engine.snapshot().totals.produced[1];
     touch_files(&watched(dir.path()), "paused", 10);
@@ -167,6 +169,7 @@ async fn pause_stops_events_and_resume_restarts_them() {
         "events while paused"
     );
     engine.resume();
+    assert_eq!(engine.snapshot().state(), EngineState::Running);
     wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "resumed", 10);
     assert!(
@@ -264,6 +267,7 @@ async fn snapshot_reports_the_agent_itself() {
     // The status file the CLI reads reflects the stop.
     let status = edr_engine::read_status(engine.data_dir()).expect("status file");
     assert!(!status.running);
+    assert_eq!(status.state(), EngineState::Stopped);
     assert!(edr_engine::running_agent(engine.data_dir()).is_none());
 }
 

@@ -14,7 +14,7 @@ use tauri_plugin_notification::NotificationExt;
 use tokio::sync::Notify;
 
 use crate::state::AppState;
-use crate::view::{self, EngineView};
+use crate::view::{self, EngineState, EngineView};
 use crate::window::{self, View};
 
 const ICON_RUNNING: Image<'static> = include_image!("../icons/tray-running.png");
@@ -160,14 +160,17 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
 }
 
 fn wanted(engine: &EngineView) -> Shown {
-    let paused = engine.state == "paused";
     Shown {
         status: engine.status.clone(),
-        pause_label: if paused { LABEL_RESUME } else { LABEL_PAUSE },
-        pause_enabled: matches!(engine.state, "running" | "paused"),
+        pause_label: if engine.state == EngineState::Paused {
+            LABEL_RESUME
+        } else {
+            LABEL_PAUSE
+        },
+        pause_enabled: matches!(engine.state, EngineState::Running | EngineState::Paused),
         icon: if engine.alerting {
             IconKind::Alert
-        } else if engine.state == "running" {
+        } else if engine.state == EngineState::Running {
             IconKind::Running
         } else {
             IconKind::Paused
@@ -234,5 +237,66 @@ fn notify_new_alerts(
         if let Err(e) = shown {
             tracing::warn!(error = %e, "cannot show a notification");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(state: EngineState, alerting: bool) -> EngineView {
+        EngineView {
+            state,
+            status: format!("{state:?}"),
+            message: None,
+            config_file: "/etc/edr-agent/config.yaml".into(),
+            data_dir: None,
+            alerting,
+        }
+    }
+
+    #[test]
+    fn engine_states_reach_the_window_as_lowercase_names() {
+        let names: Vec<String> = [
+            EngineState::Running,
+            EngineState::Paused,
+            EngineState::Off,
+            EngineState::Failed,
+        ]
+        .iter()
+        .map(|s| serde_json::to_string(s).expect("serialize"))
+        .collect();
+        assert_eq!(
+            names,
+            ["\"running\"", "\"paused\"", "\"off\"", "\"failed\""]
+        );
+        let view = serde_json::to_value(engine(EngineState::Paused, false)).expect("serialize");
+        assert_eq!(view["state"], "paused");
+    }
+
+    #[test]
+    fn pause_item_and_icon_follow_the_engine_state() {
+        let running = wanted(&engine(EngineState::Running, false));
+        assert_eq!(
+            (running.pause_label, running.pause_enabled, running.icon),
+            (LABEL_PAUSE, true, IconKind::Running)
+        );
+        let paused = wanted(&engine(EngineState::Paused, false));
+        assert_eq!(
+            (paused.pause_label, paused.pause_enabled, paused.icon),
+            (LABEL_RESUME, true, IconKind::Paused)
+        );
+        for state in [EngineState::Off, EngineState::Failed] {
+            let w = wanted(&engine(state, false));
+            assert_eq!(
+                (w.pause_label, w.pause_enabled, w.icon),
+                (LABEL_PAUSE, false, IconKind::Paused),
+                "{state:?}"
+            );
+        }
+        assert_eq!(
+            wanted(&engine(EngineState::Running, true)).icon,
+            IconKind::Alert
+        );
     }
 }

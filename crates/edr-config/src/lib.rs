@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use edr_model::event::Action;
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
@@ -268,7 +269,9 @@ pub struct FiltersConfig {
     /// Drop an event identical to one stored within this many milliseconds
     /// (every field but `@timestamp`). 0 (off)..=3600000.
     pub repeat_window_ms: u64,
-    /// `event.action` values never stored, e.g. `connection-closed`.
+    /// `event.action` values never stored, e.g. `connection-closed`
+    /// (any of `edr_model::event::Action::ALL`). Kept as strings so the
+    /// YAML reads and round-trips as written; checked by `validate`.
     pub exclude_actions: Vec<String>,
     /// Glob patterns on `process.name` or `process.executable`: process
     /// events of matching processes, and network events they own, are not
@@ -286,25 +289,6 @@ impl Default for FiltersConfig {
         }
     }
 }
-
-/// Every `event.action` the collectors emit, for validating
-/// `filters.exclude_actions`.
-pub const EVENT_ACTIONS: &[&str] = &[
-    "process-started",
-    "process-ended",
-    "process-exec",
-    "process-inventory",
-    "file-created",
-    "file-modified",
-    "file-deleted",
-    "file-renamed",
-    "listening",
-    "connected",
-    "listen-started",
-    "listen-stopped",
-    "connection-opened",
-    "connection-closed",
-];
 
 /// `storage.*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -772,11 +756,11 @@ impl Config {
             }
         }
         for (i, a) in self.filters.exclude_actions.iter().enumerate() {
-            if !EVENT_ACTIONS.contains(&a.as_str()) {
+            if Action::parse(a).is_none() {
                 errors.push(FieldError {
                     key: format!("filters.exclude_actions[{i}]"),
                     value: format!("{a:?}"),
-                    allowed: format!("one of {}", EVENT_ACTIONS.join(", ")),
+                    allowed: format!("one of {}", Action::ALL.map(Action::as_str).join(", ")),
                 });
             }
         }

@@ -177,6 +177,30 @@ pub struct Snapshot {
     pub coverage: Coverage,
 }
 
+/// What an engine is doing, from a [`Snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineState {
+    /// Collecting.
+    Running,
+    /// Up, its collectors stopped until resumed.
+    Paused,
+    /// The status an engine wrote as it stopped.
+    Stopped,
+}
+
+impl Snapshot {
+    /// `running` and `paused` read together: an engine that stopped while
+    /// paused is stopped.
+    pub fn state(&self) -> EngineState {
+        match (self.running, self.paused) {
+            (false, _) => EngineState::Stopped,
+            (true, true) => EngineState::Paused,
+            (true, false) => EngineState::Running,
+        }
+    }
+}
+
 struct MetricsState {
     sampler: Sampler,
     alerts: Alerts,

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::adaptive::AdaptiveInterval;
 use crate::CollectorContext;
 use edr_config::NetworkMonitorConfig;
-use edr_model::event::{EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp};
+use edr_model::event::{
+    Action, EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp,
+};
 use edr_pipeline::{Counters, EventTx};
 
 #[cfg(target_os = "linux")]
@@ -249,17 +251,31 @@ fn meta(direction: Direction, phase: Phase) -> EventMeta {
         Phase::Inventory => (
             "state",
             &["info"],
-            if listener { "listening" } else { "connected" },
+            if listener {
+                Action::Listening
+            } else {
+                Action::Connected
+            },
             None,
         ),
-        Phase::Opened if listener => ("event", &["start"], "listen-started", None),
-        Phase::Opened => ("event", &["start", "connection"], "connection-opened", None),
+        Phase::Opened if listener => ("event", &["start"], Action::ListenStarted, None),
+        Phase::Opened => (
+            "event",
+            &["start", "connection"],
+            Action::ConnectionOpened,
+            None,
+        ),
         Phase::Closed(d) => {
             let nanos = Some(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
             if listener {
-                ("event", &["end"], "listen-stopped", nanos)
+                ("event", &["end"], Action::ListenStopped, nanos)
             } else {
-                ("event", &["end", "connection"], "connection-closed", nanos)
+                (
+                    "event",
+                    &["end", "connection"],
+                    Action::ConnectionClosed,
+                    nanos,
+                )
             }
         }
     };

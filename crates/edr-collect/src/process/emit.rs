@@ -9,7 +9,7 @@ use super::hash::{self, FileId, HashCache, Skip, CACHE_ENTRIES};
 use super::users::UserNames;
 use crate::CollectorContext;
 use edr_model::event::{
-    self, EdrExt, Event, EventMeta, Hash, ParentProcess, Process, Timestamp, User,
+    self, Action, EdrExt, Event, EventMeta, Hash, ParentProcess, Process, Timestamp, User,
 };
 
 const CATEGORY: &[&str] = &["process"];
@@ -157,7 +157,7 @@ impl Emitter {
                 kind: "event",
                 category: CATEGORY,
                 types: &["end"],
-                action: "process-ended",
+                action: Action::ProcessEnded,
                 duration: Some(lifetime_ms.saturating_mul(1_000_000)),
             },
         );
@@ -226,14 +226,14 @@ impl Emitter {
 /// which the kernel records to the clock tick; an exec when it happened.
 fn start_meta(why: Start, start_ms: u64) -> (Timestamp, EventMeta) {
     let (timestamp, kind, types, action): (_, _, &'static [&'static str], _) = match why {
-        Start::Inventory(now) => (now, "state", &["info"], "process-inventory"),
+        Start::Inventory(now) => (now, "state", &["info"], Action::ProcessInventory),
         Start::New => (
             Timestamp(super::wall_start_ms(start_ms)),
             "event",
             &["start"],
-            "process-started",
+            Action::ProcessStarted,
         ),
-        Start::Exec(at) => (at, "event", &["start"], "process-exec"),
+        Start::Exec(at) => (at, "event", &["start"], Action::ProcessExec),
     };
     let meta = EventMeta {
         kind,

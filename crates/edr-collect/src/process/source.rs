@@ -415,7 +415,7 @@ mod tests {
 
     use super::*;
     use crate::CollectorContext;
-    use edr_model::event::{entity_id, Event};
+    use edr_model::event::{entity_id, Action, Event};
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -522,7 +522,7 @@ mod tests {
         let events = h.events();
         assert_eq!(events.len(), 1, "{events:?}");
         let e = &events[0];
-        assert_eq!(e.event.action, "process-started");
+        assert_eq!(e.event.action, Action::ProcessStarted);
         assert_eq!(e.event.types, ["start"]);
         // Dated from the start the kernel recorded; identified by it too.
         assert_eq!(
@@ -593,7 +593,7 @@ mod tests {
         h.exec(exec_of(201, T0 + 6_000, "/usr/bin/ls", &["ls"]));
         let events = h.events();
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].event.action, "process-exec");
+        assert_eq!(events[0].event.action, Action::ProcessExec);
         assert_eq!(events[0].event.types, ["start"]);
         assert_eq!(events[0].timestamp, Timestamp(T0 + 6_001));
         assert_eq!(process(&events[0]).entity_id, p.entity_id);
@@ -605,8 +605,8 @@ mod tests {
         h.fork(100, 202, T0 + 7_000);
         h.exit(202, 0, T0 + 7_010);
         let events = h.events();
-        let actions: Vec<&str> = events.iter().map(|e| e.event.action).collect();
-        assert_eq!(actions, ["process-started", "process-ended"]);
+        let actions: Vec<Action> = events.iter().map(|e| e.event.action).collect();
+        assert_eq!(actions, [Action::ProcessStarted, Action::ProcessEnded]);
         h.later(FORK_GRACE * 2);
         assert!(h.events().is_empty());
     }
