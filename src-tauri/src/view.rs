@@ -484,7 +484,7 @@ mod tests {
     fn rows_summarize_each_type() {
         let [file, rename, proc, net] = samples();
         assert_eq!(event_row(&file).summary, "/tmp/w/a.txt");
-        assert_eq!(event_row(&file).time, "2026-11-25T08:00:00.000Z");
+        assert_eq!(event_row(&file).time, "2026-11-25T10:00:00.000Z");
         assert_eq!(event_row(&rename).summary, "/tmp/w/a.txt → /tmp/w/b.txt");
         let p = event_row(&proc);
         assert_eq!(
