@@ -477,7 +477,7 @@ async fn stop_in_order(
     supervisor: JoinHandle<()>,
     batcher: JoinHandle<()>,
     metrics_stop: SyncSender<()>,
-    metrics: JoinHandle<Result<DataDirLock, oneshot::error::RecvError>>,
+    metrics: SamplerDone,
 ) {
     shutdown.cancelled().await;
     tracing::info!("stopping: collectors first, then the open batch");
@@ -619,6 +619,10 @@ async fn stop_collector(t: EventType, r: Running) {
     tracing::info!(collector = %t, "collector stopped");
 }
 
+/// Ends with the data-dir lock once the sampler thread has stopped; with
+/// an error if the thread panicked (it dropped the lock then).
+type SamplerDone = JoinHandle<Result<DataDirLock, oneshot::error::RecvError>>;
+
 /// Starts [`sample_loop`] on its own thread: its work is all blocking
 /// (reading /proc, writing the status file and the gzip history,
 /// `malloc_trim`, checking the lock file), so a slow disk never stalls the
@@ -630,13 +634,7 @@ fn spawn_sampler(
     paused: watch::Receiver<bool>,
     lock: DataDirLock,
     tracker: &TaskTracker,
-) -> Result<
-    (
-        SyncSender<()>,
-        JoinHandle<Result<DataDirLock, oneshot::error::RecvError>>,
-    ),
-    EngineError,
-> {
+) -> Result<(SyncSender<()>, SamplerDone), EngineError> {
     let (stop_tx, stop_rx) = mpsc::sync_channel(1);
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -769,12 +767,6 @@ fn write_status(data_dir: &Path, s: &Snapshot) -> std::io::Result<()> {
     }
 }
 
-/// What one look at the config file found.
-enum ConfigPoll {
-    Unchanged,
-    Changed(Result<Config, ConfigError>),
-}
-
 /// File modification time and size: a cheap sign of an edit.
 type Stamp = Option<(SystemTime, u64)>;
 
@@ -813,17 +805,17 @@ async fn watch_config_file(handle: EngineHandle, source: ConfigSource, stop: Can
             handle.tracker.spawn_blocking(move || {
                 let now = config_stamp(&path);
                 if now == last || now.is_none() {
-                    return (last, ConfigPoll::Unchanged);
+                    return (last, None);
                 }
-                (now, ConfigPoll::Changed(source.load()))
+                (now, Some(source.load()))
             })
         };
         let loaded = match poll.await {
-            Ok((stamp, poll)) => {
+            Ok((stamp, changed)) => {
                 last = stamp;
-                match poll {
-                    ConfigPoll::Unchanged => continue,
-                    ConfigPoll::Changed(loaded) => loaded,
+                match changed {
+                    Some(loaded) => loaded,
+                    None => continue,
                 }
             }
             Err(e) => {

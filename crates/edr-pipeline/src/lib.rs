@@ -338,7 +338,10 @@ mod tests {
         assert_eq!(t.produced, [1, 2, 3]);
         assert_eq!(t.batches_written, 4);
         assert_eq!(t.scan_errors, 0);
-        assert_eq!(serde_json::from_str::<Totals>("{}").expect("empty"), Totals::default());
+        assert_eq!(
+            serde_json::from_str::<Totals>("{}").expect("empty"),
+            Totals::default()
+        );
     }
 
     #[test]
@@ -348,7 +351,9 @@ mod tests {
         c.storage_used_bytes.store(99, Relaxed);
         let all = c.describe();
         assert_eq!(all.len(), STATUS_KEYS.len() + 4, "16 totals and 4 gauges");
-        assert!(all.iter().all(|f| !f.doc().is_empty() && !f.doc().contains("  ")));
+        assert!(all
+            .iter()
+            .all(|f| !f.doc().is_empty() && !f.doc().contains("  ")));
         let used = all
             .iter()
             .find(|f| f.name == "storage_used_bytes")
