@@ -295,3 +295,46 @@ async fn a_data_dir_inside_a_watched_dir_does_not_watch_itself() {
         .collect();
     assert!(own.is_empty(), "the agent recorded its own writes: {own:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_of_the_config_file_apply_live_and_a_bad_one_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.max_events_per_batch = 7;
+    let data = c.data_dir();
+    let path = dir.path().join("config.yaml");
+    c.save(&path).expect("save");
+    let source = edr_config::ConfigSource {
+        file: Some(path.clone()),
+        ..Default::default()
+    };
+    let opts = EngineOptions {
+        config_source: source.clone(),
+        ..EngineOptions::default()
+    };
+    let engine = EngineHandle::start(
+        source.load().expect("loads"),
+        opts,
+        CancellationToken::new(),
+    )
+    .expect("starts");
+    c.agent.max_events_per_batch = 1234;
+    c.save(&path).expect("save");
+    let applied = wait_for_async(Duration::from_secs(10), || {
+        (engine.config().agent.max_events_per_batch == 1234).then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "edit not applied");
+    assert_eq!(engine.snapshot().config_error, None);
+
+    std::fs::write(&path, "agent:\n  max_events_per_batch: 0\n").expect("write");
+    let refused = wait_for_async(Duration::from_secs(10), || engine.snapshot().config_error).await;
+    let refused = refused.expect("refusal reported");
+    assert!(refused.contains("max_events_per_batch"), "{refused}");
+    assert_eq!(engine.config().agent.max_events_per_batch, 1234, "kept");
+
+    engine.shutdown().await;
+    let last = edr_engine::read_status(&data).expect("final status");
+    assert!(!last.running);
+    assert_eq!(edr_engine::running_agent(&data), None, "lock released");
+}

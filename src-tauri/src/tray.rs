@@ -1,6 +1,8 @@
 //! The menu-bar (tray) icon and its menu. One background task owns every
 //! update of the menu and icon, once a second or when woken, so the UI
-//! thread never waits for the engine and no two updates race.
+//! thread never waits for the engine and no two updates race. The task
+//! only decides; the change itself is handed to the UI thread, where the
+//! menu and icon live, without waiting for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,7 @@ struct Shown {
 /// Wakes the update task before its next tick (after a click or a command).
 struct Wake(Arc<Notify>);
 
+#[derive(Clone)]
 struct Items {
     tray: TrayIcon,
     status: MenuItem<Wry>,
@@ -148,7 +151,13 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
         let engine = view::engine_view(&state);
         let want = wanted(&engine);
         if shown.as_ref() != Some(&want) {
-            if let Err(e) = apply(&items, &want, shown.as_ref(), &engine) {
+            let (items, was, now) = (items.clone(), shown.clone(), want.clone());
+            let sent = app.run_on_main_thread(move || {
+                if let Err(e) = apply(&items, &now, was.as_ref(), &engine) {
+                    tracing::warn!(error = %e, "cannot update the tray");
+                }
+            });
+            if let Err(e) = sent {
                 tracing::warn!(error = %e, "cannot update the tray");
             }
             shown = Some(want);
