@@ -757,6 +757,12 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_default()
     }
 
+    /// The commented default document ([`DEFAULT_YAML`]) with this config's
+    /// values set in it: every key and its comment, as a new file should be.
+    pub fn to_commented_yaml(&self) -> Result<String, ConfigError> {
+        edit::edit_document(DEFAULT_YAML, self)
+    }
+
     /// Writes the config to `path` atomically (temporary file, fsync,
     /// rename), readable only by its owner: a crash or a full disk leaves
     /// the previous file intact.

@@ -41,7 +41,8 @@ pub struct Range {
 pub struct FormField {
     /// Short label next to the input.
     pub label: &'static str,
-    /// Shown under the input after the range, if any; empty for none.
+    /// Shown under the input after the range, if any (so it starts in
+    /// lower case when the key has a range); empty for none.
     pub hint: &'static str,
 }
 
@@ -243,11 +244,11 @@ pub const KEYS: &[KeyMeta] = &[
         key("storage.max_storage_size_gb", Kind::Number,
             Some(Range { min: 0.0, max: 100_000.0, min_open: true }), "GiB",
             "Above this total the oldest batch files are deleted."),
-        "Storage cap (GB)", "Above it the oldest batches are deleted"),
+        "Storage cap (GB)", "above it the oldest batches are deleted"),
     on_form(
         key("alerts.max_memory_mb", Kind::Integer, int(1, 1_048_576), "MiB",
             "Alert when the agent's resident memory is above this."),
-        "Memory above (MB)", "Resident memory of this app, engine included"),
+        "Memory above (MB)", "resident memory of this app, engine included"),
     on_form(
         key("alerts.max_cpu_percent", Kind::Number,
             Some(Range { min: 0.0, max: 1000.0, min_open: true }), "%",
@@ -256,12 +257,12 @@ pub const KEYS: &[KeyMeta] = &[
     on_form(
         key("alerts.max_storage_growth_mb_per_day", Kind::Integer, int(1, 10_485_760), "MiB/day",
             "Alert when stored bytes per day, extrapolated from the last hour, are above this."),
-        "Storage growth above (MB/day)", "Extrapolated from the last hour"),
+        "Storage growth above (MB/day)", "extrapolated from the last hour"),
     on_form(
         key("alerts.min_compression_ratio", Kind::Number,
             Some(Range { min: 0.0, max: 1.0, min_open: false }), "",
             "Alert when stored batches are reduced by less than this (1 - stored/raw)."),
-        "Compression below", "Size saved (0.8 = 80%)"),
+        "Compression below", "size saved (0.8 = 80%)"),
 ];
 
 /// The table's entry for a dotted key.
