@@ -499,9 +499,13 @@ mod tests {
 
     #[test]
     fn the_settings_view_has_the_form_at_the_top_and_the_schema() {
-        let v = serde_json::to_value(settings_view(&Config::default()).expect("view")).expect("json");
+        let v =
+            serde_json::to_value(settings_view(&Config::default()).expect("view")).expect("json");
         assert_eq!(v["agent.max_events_per_batch"], serde_json::json!("1000"));
-        assert_eq!(v["schema"]["fields"][0]["key"], "agent.max_events_per_batch");
+        assert_eq!(
+            v["schema"]["fields"][0]["key"],
+            "agent.max_events_per_batch"
+        );
         assert_eq!(v["schema"]["fields"][0]["range"]["max"], 100_000.0);
         assert_eq!(v["schema"]["presets"][0]["name"], "desktop");
     }

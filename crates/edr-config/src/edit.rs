@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use serde_norway::Value;
-use yaml_edit::{Document, Mapping as DocMapping, YamlValue};
+use yaml_edit::{Document, Mapping as DocMapping, ScalarValue, YamlValue};
 
 use crate::{lookup, meta, Config, ConfigError};
 
@@ -118,9 +118,14 @@ fn to_doc_value(v: &Value) -> YamlValue {
                 YamlValue::from(n.as_f64().unwrap_or(f64::NAN))
             }
         }
+        // A line break or tab would be written as a block scalar, whose
+        // indentation rules a tab breaks; double quotes escape everything.
+        Value::String(s) if s.chars().any(char::is_control) => {
+            YamlValue::from(ScalarValue::double_quoted(s.as_str()))
+        }
         Value::String(s) => YamlValue::from(s.as_str()),
         Value::Sequence(items) => YamlValue::Sequence(items.iter().map(to_doc_value).collect()),
-        _ => YamlValue::from(yaml_edit::ScalarValue::null()),
+        _ => YamlValue::from(ScalarValue::null()),
     }
 }
 

@@ -1537,6 +1537,63 @@ filters:
     }
 
     #[test]
+    fn save_writes_awkward_strings_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let awkward: Vec<String> = [
+            "null",
+            "true",
+            "123",
+            "1e3",
+            "~",
+            "*star",
+            "&amp",
+            "!tag",
+            "# hash",
+            "a: b",
+            "a #b",
+            " lead",
+            "trail ",
+            "'single'",
+            "\"double\"",
+            "tab\there",
+            "line\nbreak",
+            "\ttab first",
+            "back\\slash",
+            "üñíçødé",
+            "-",
+            "- dash",
+            "[x]",
+            "{y}",
+            "%pct",
+            "@at",
+            "`tick`",
+            "cr\rhere",
+            "\u{7f}del",
+            "?q",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        for (i, start) in [None, Some(USER_FILE)].into_iter().enumerate() {
+            let path = dir.path().join(format!("awkward-{i}.yaml"));
+            if let Some(t) = start {
+                std::fs::write(&path, t).expect("write");
+            }
+            let mut c = Config::default();
+            c.collectors.file_monitor.watch_paths = awkward.clone();
+            c.storage.local_storage.data_dir = Some("x: \"y\"\n\tz".into());
+            c.save(&path).expect("saved");
+            assert_eq!(Config::from_file(&path).expect("loads"), c);
+            // And edited once more, item by item.
+            for (j, item) in awkward.iter().enumerate() {
+                c.collectors.file_monitor.watch_paths = vec![item.clone(), format!("{j}")];
+                c.save(&path).unwrap_or_else(|e| panic!("{item:?}: {e}"));
+                assert_eq!(Config::from_file(&path).expect("loads"), c, "{item:?}");
+            }
+        }
+    }
+
+    #[test]
     fn home_expansion() {
         let home = dirs::home_dir().expect("home");
         assert_eq!(expand_home("~/x/y"), home.join("x/y"));
