@@ -1,8 +1,8 @@
 //! The settings form: which config keys it edits (the config crate's key
 //! table, [`edr_config::meta`]), the schema the window draws it from, and
-//! the translation between a `Config` and the form's text fields. Merging and validation
-//! are the engine's (`Config::load` over the current config), so the form
-//! shows exactly the messages the YAML file would get.
+//! the translation between a `Config` and the form's text fields. Merging
+//! and validation are the engine's (`Config::load` over the current
+//! config), so the form shows exactly the messages the YAML file would get.
 
 use std::collections::BTreeMap;
 

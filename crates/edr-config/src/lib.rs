@@ -642,7 +642,8 @@ impl Config {
         Config::load(&[Layer::text(origin, yaml)])
     }
 
-    /// Checks every value against its allowed range.
+    /// Checks every value: numbers against their range in [`meta::KEYS`],
+    /// the rest by the rules listed in [`meta::CHECKED_IN_CODE`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_as("config")
     }
