@@ -57,7 +57,7 @@ pub(crate) fn edit_document(text: &str, config: &Config) -> Result<String, Confi
             .ok_or_else(|| err("the file is not a mapping of sections".into()))?;
         for (key, value) in changes {
             let path: Vec<&str> = key.split('.').collect();
-            set_path(&root, &path, value);
+            set_path(&root, key, &path, value);
         }
         doc.to_string()
     };
@@ -129,16 +129,29 @@ fn to_doc_value(v: &Value) -> YamlValue {
     }
 }
 
-/// Sets `path` under `mapping`, creating missing sections. A section the
-/// document has as something other than a mapping (`agent:` with nothing
-/// under it is null) is replaced by one holding the key.
-fn set_path(mapping: &DocMapping, path: &[&str], value: YamlValue) {
+/// Sets `path` (the rest of dotted `key`) under `mapping`, creating
+/// missing sections. A key the section lacks goes after the nearest key
+/// before it in [`meta::KEYS`] order, else at the section's end; never
+/// before a key, where it would come between that key and its comment. A section the document has as something
+/// other than a mapping (`agent:` with nothing under it is null) is
+/// replaced by one holding the key.
+fn set_path(mapping: &DocMapping, key: &str, path: &[&str], value: YamlValue) {
     match path {
         [] => {}
-        [leaf] => mapping.set(*leaf, value),
+        [leaf] => {
+            if mapping.get(*leaf).is_none() {
+                let before = earlier_siblings(key);
+                if let Some(prev) = before.iter().rev().find(|k| mapping.get(**k).is_some()) {
+                    if mapping.insert_after(*prev, *leaf, &value) {
+                        return;
+                    }
+                }
+            }
+            mapping.set(*leaf, value)
+        }
         [section, rest @ ..] => {
             if let Some(child) = mapping.get(*section).and_then(|n| n.as_mapping().cloned()) {
-                set_path(&child, rest, value);
+                set_path(&child, key, rest, value);
                 return;
             }
             let mut nested = value;
@@ -149,5 +162,48 @@ fn set_path(mapping: &DocMapping, path: &[&str], value: YamlValue) {
             }
             mapping.set(*section, nested);
         }
+    }
+}
+
+/// The last segments of the table's keys in `key`'s section that come
+/// before it.
+fn earlier_siblings(key: &str) -> Vec<&'static str> {
+    let parent = |k: &str| k.rsplit_once('.').map(|(p, _)| p.to_string());
+    let mine = parent(key);
+    meta::KEYS
+        .iter()
+        .map(|k| k.key)
+        .take_while(|k| *k != key)
+        .filter(|k| parent(k) == mine)
+        .map(|k| k.rsplit('.').next().unwrap_or(k))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_added_key_never_takes_another_keys_comment() {
+        let mut c = Config::default();
+        c.alerts.max_memory_mb = 5;
+        c.alerts.max_cpu_percent = 15.0;
+        c.alerts.max_storage_growth_mb_per_day = 7;
+        let text = "alerts:\n  # cpu comment\n  max_cpu_percent: 15\n  # ratio comment\n  min_compression_ratio: 0.8\n# next\nagent:\n  max_events_per_batch: 1000\n";
+        let out = edit_document(text, &c).expect("edited");
+        assert_eq!(
+            out,
+            "alerts:\n  # cpu comment\n  max_cpu_percent: 15\n  max_storage_growth_mb_per_day: 7\n  # ratio comment\n  min_compression_ratio: 0.8\n  max_memory_mb: 5\n# next\nagent:\n  max_events_per_batch: 1000\n"
+        );
+    }
+
+    #[test]
+    fn a_section_written_empty_gets_the_key() {
+        let mut c = Config::default();
+        c.agent.max_events_per_batch = 9;
+        let out =
+            edit_document("# mine\nagent:\nalerts:\n  max_memory_mb: 200\n", &c).expect("edited");
+        assert!(out.starts_with("# mine\n"), "{out}");
+        assert_eq!(Config::from_yaml("out", &out).expect("loads"), c);
     }
 }

@@ -652,10 +652,11 @@ impl Config {
         let mut errors = Vec::new();
         // Ranges come from the table; the serialized config is walked by
         // the table's dotted keys so no key is typed here again.
-        match serde_norway::to_value(self) {
+        let tree = serde_norway::to_value(self);
+        match &tree {
             Ok(tree) => {
                 for k in meta::KEYS {
-                    let (Some(allowed), Some(v)) = (k.allowed(), lookup(&tree, k.key)) else {
+                    let (Some(allowed), Some(v)) = (k.allowed(), lookup(tree, k.key)) else {
                         continue;
                     };
                     let Value::Number(n) = v else { continue };
@@ -707,13 +708,29 @@ impl Config {
                 });
             }
         }
-        for (i, a) in self.filters.exclude_actions.iter().enumerate() {
-            if !EVENT_ACTIONS.contains(&a.as_str()) {
-                errors.push(FieldError {
-                    key: format!("filters.exclude_actions[{i}]"),
-                    value: format!("{a:?}"),
-                    allowed: format!("one of {}", EVENT_ACTIONS.join(", ")),
-                });
+        // Lists whose items come from a fixed set (`exclude_actions`).
+        for k in meta::KEYS {
+            let (
+                meta::Kind::Strings {
+                    one_of: Some(values),
+                },
+                Ok(tree),
+            ) = (k.kind, &tree)
+            else {
+                continue;
+            };
+            let Some(Value::Sequence(items)) = lookup(tree, k.key) else {
+                continue;
+            };
+            for (i, item) in items.iter().enumerate() {
+                let a = item.as_str().unwrap_or_default();
+                if !values.contains(&a) {
+                    errors.push(FieldError {
+                        key: format!("{}[{i}]", k.key),
+                        value: format!("{a:?}"),
+                        allowed: format!("one of {}", values.join(", ")),
+                    });
+                }
             }
         }
         for (i, p) in self.filters.exclude_processes.iter().enumerate() {
@@ -1365,9 +1382,13 @@ mod tests {
             }
             let e = Config::from_yaml("enum", &yaml_setting(k.key, "nonsense")).unwrap_err();
             let text = e.to_string();
-            for v in values {
-                assert!(text.contains(&format!("`{v}`")), "{text}");
-            }
+            // serde's own list: "expected one of `auto`, `event`, `scan`"
+            // or "expected `gzip` or `zstd`".
+            let listed: BTreeSet<&str> = text
+                .split_once(", expected")
+                .map(|(_, rest)| rest.split('`').skip(1).step_by(2).collect())
+                .unwrap_or_default();
+            assert_eq!(listed, values.iter().copied().collect(), "{text}");
         }
     }
 
@@ -1451,6 +1472,15 @@ filters:
         let agent = text.find("agent:").expect("agent");
         let mem = text.find("max_memory_mb: 333").expect("added");
         assert!(alerts < mem && mem < agent, "{text}");
+        // After the nearest earlier key of the table (data_dir), else at
+        // the section's end (after the CPU alert, with its comment).
+        assert!(
+            text.find("max_cpu_percent: 15   # laptop").expect("kept") < mem,
+            "{text}"
+        );
+        let compression = text.find("compression: zstd").expect("added");
+        assert!(text.find("data_dir").expect("kept") < compression, "{text}");
+        assert!(compression < alerts, "{text}");
         // A section the file lacked is added.
         assert!(text.contains("collectors:"), "{text}");
         assert!(
