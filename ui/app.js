@@ -229,6 +229,8 @@ function rangeText(r) {
 
 // Labels, hints and preset choices come from the engine's key table (the
 // `schema` part of get_settings), so no range or preset is typed in the HTML.
+// Until it has come (or when the engine is not running) the form stays
+// hidden rather than showing unlabelled inputs.
 function renderSchema(schema) {
   if (!schema) return;
   const byName = new Map(fields().map((f) => [f.name, f]));
@@ -251,6 +253,7 @@ function renderSchema(schema) {
     return o;
   }));
   if (chosen) picker.value = chosen;
+  $('settings-form').classList.add('ready');
 }
 
 function fillForm(form) {
