@@ -77,8 +77,12 @@ fn library_crates_depend_on_no_gui_cli_or_bench_crate() {
 fn the_check_sees_transitive_dependencies() {
     // edr-charts draws with plotters; the app embeds tauri: if these were
     // not found, the checks above could not fail.
-    assert!(normal_dependencies("edr-charts").iter().any(|d| d == "plotters"));
-    assert!(normal_dependencies("edr-agent-app").iter().any(|d| d == "wry"));
+    assert!(normal_dependencies("edr-charts")
+        .iter()
+        .any(|d| d == "plotters"));
+    assert!(normal_dependencies("edr-agent-app")
+        .iter()
+        .any(|d| d == "wry"));
 }
 
 #[test]

@@ -39,10 +39,13 @@ pub async fn dashboard(
     blocking(move || view::dashboard(&app.state::<AppState>(), &request)).await
 }
 
-/// The settings form filled from the running config.
+/// The settings form filled from the running config, with the schema
+/// (labels, ranges, hints, presets) the window draws it from.
 #[tauri::command]
-pub async fn get_settings(state: State<'_, AppState>) -> Result<Form, CommandError> {
-    settings::to_form(&engine(&state)?.config())
+pub async fn get_settings(
+    state: State<'_, AppState>,
+) -> Result<settings::SettingsView, CommandError> {
+    settings::settings_view(&engine(&state)?.config())
 }
 
 /// The settings form with a preset merged over the running config; nothing

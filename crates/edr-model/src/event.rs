@@ -98,6 +98,17 @@ impl Action {
         Action::ConnectionClosed,
     ];
 
+    /// The spellings of [`Action::ALL`], in the same order.
+    pub const NAMES: [&'static str; 14] = {
+        let mut out = [""; 14];
+        let mut i = 0;
+        while i < Action::ALL.len() {
+            out[i] = Action::ALL[i].as_str();
+            i += 1;
+        }
+        out
+    };
+
     /// The stored spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
