@@ -314,7 +314,10 @@ mod tests {
         let pids: Vec<u32> = chain.iter().map(|a| a.pid).collect();
         assert_eq!(pids, [109, 108, 107, 106, 105, 104, 103, 102]);
         assert_eq!(chain[0].executable.as_deref(), Some("/bin/p109"));
-        assert_eq!(chain[0].command_line.as_deref(), Some("/bin/p109 --pid 109"));
+        assert_eq!(
+            chain[0].command_line.as_deref(),
+            Some("/bin/p109 --pid 109")
+        );
         assert_eq!(chain[0].entity_id, entity_id("h", 109, 2_008));
         assert_eq!(l.ancestry(110, 3).len(), 3);
         // A short chain ends at init, which has no parent.

@@ -677,7 +677,10 @@ mod tests {
         let end = h.events();
         let p = process(&end[0]);
         assert_eq!(p.working_directory, None);
-        assert_eq!(p.parent.as_ref().and_then(|x| x.executable.as_deref()), None);
+        assert_eq!(
+            p.parent.as_ref().and_then(|x| x.executable.as_deref()),
+            None
+        );
     }
 
     #[test]
@@ -708,7 +711,9 @@ mod tests {
             parent.command_line.as_deref(),
             Some("mysql --password=[REDACTED] -e x")
         );
-        assert!(!serde_json::to_string(curl).expect("json").contains("hunter2"));
+        assert!(!serde_json::to_string(curl)
+            .expect("json")
+            .contains("hunter2"));
     }
 
     #[test]
