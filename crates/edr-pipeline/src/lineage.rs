@@ -212,14 +212,14 @@ impl Lineage {
                 break;
             }
             self.ended.pop_front();
-            self.remove_if(pid, seq);
+            self.remove_ended(pid, seq);
         }
     }
 
     /// Makes room: the process that ended first, else the oldest.
     fn evict_one(&mut self) {
         while let Some((pid, seq, _)) = self.ended.pop_front() {
-            if self.remove_if(pid, seq) {
+            if self.remove_ended(pid, seq) {
                 return;
             }
         }
@@ -228,9 +228,14 @@ impl Lineage {
         }
     }
 
-    /// Removes the entry on `pid` if it is still the one inserted as `seq`.
-    fn remove_if(&mut self, pid: u32, seq: u64) -> bool {
-        if self.by_pid.get(&pid).is_some_and(|e| e.seq == seq) {
+    /// Removes the entry on `pid` if it is still the one inserted as `seq`
+    /// and still ended (a start seen after its end revives it).
+    fn remove_ended(&mut self, pid: u32, seq: u64) -> bool {
+        if self
+            .by_pid
+            .get(&pid)
+            .is_some_and(|e| e.seq == seq && e.ended_at.is_some())
+        {
             self.remove(pid);
             true
         } else {
