@@ -124,10 +124,15 @@ async fn every_stored_field_is_valid_ecs() {
     let fields = ecs_fields();
     let mut problems = BTreeSet::new();
     let events = read_events(&data);
+    let mut stored_paths = BTreeSet::new();
     for e in &events {
         let mut flat = Vec::new();
         flatten("", e, &mut flat);
+        if e["event"]["category"][0] == "network" && e["process"].get("executable").is_some() {
+            stored_paths.insert("network: process.executable".to_string());
+        }
         for (path, value) in flat {
+            stored_paths.insert(path.clone());
             if path == "edr" || path.starts_with("edr.") {
                 continue;
             }
@@ -166,6 +171,20 @@ async fn every_stored_field_is_valid_ecs() {
             if e.get(required).is_none() {
                 problems.insert(format!("event without {required}: {e}"));
             }
+        }
+    }
+    // What detection rules match on is held to the check only if stored.
+    for path in [
+        "process.working_directory",
+        "process.parent.name",
+        "process.parent.executable",
+        "process.parent.args",
+        "process.parent.command_line",
+        "network: process.executable",
+        "process.command_line",
+    ] {
+        if !stored_paths.contains(path) {
+            problems.insert(format!("{path}: never stored, so never checked"));
         }
     }
     assert!(

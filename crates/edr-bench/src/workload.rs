@@ -208,6 +208,7 @@ impl SyntheticEvents {
             parent: Some(ParentProcess {
                 pid: ppid,
                 entity_id: Some(entity_id(&host, ppid, 1_795_630_000_000)),
+                ..ParentProcess::default()
             }),
             user: Some(User {
                 id: Some("1000".into()),
@@ -217,6 +218,7 @@ impl SyntheticEvents {
                 sha256: digest_hex(exe.len() as u64 * 7919 + exe.as_bytes()[5] as u64),
             }),
             env_vars: Vec::new(),
+            working_directory: None,
         }));
         e.edr = Some(Box::new(EdrExt {
             source: Some("scan"),

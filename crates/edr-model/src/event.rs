@@ -491,13 +491,27 @@ pub struct Process {
     pub hash: Option<Hash>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env_vars: Vec<String>,
+    /// Where the process was started from (Sigma's `CurrentDirectory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
 }
 
+/// `process.parent.*`: who started the process, as detection rules match
+/// it (Sigma's `ParentImage`, `ParentCommandLine`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ParentProcess {
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// Redacted like the process's own arguments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

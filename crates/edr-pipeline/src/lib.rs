@@ -6,6 +6,7 @@
 //! [`Counters::dropped`]. Memory is bounded by [`QUEUE_CAPACITY`] events.
 
 pub mod filter;
+pub mod lineage;
 pub mod stage;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

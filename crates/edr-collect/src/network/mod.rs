@@ -78,6 +78,10 @@ struct Owner {
     name: String,
     entity_id: String,
     start: Option<Timestamp>,
+    /// What rules match a connection's program on (Sigma's `Image`).
+    executable: Option<String>,
+    /// Already redacted.
+    args: Vec<String>,
 }
 
 /// One socket as a platform lister reports it.
@@ -337,6 +341,9 @@ fn build_event(
             name: o.name.clone(),
             entity_id: o.entity_id.clone(),
             start: o.start,
+            executable: o.executable.clone(),
+            args: o.args.clone(),
+            command_line: (!o.args.is_empty()).then(|| o.args.join(" ")),
             ..Process::default()
         })
     });
@@ -490,6 +497,8 @@ mod tests {
             name: "srv".to_string(),
             entity_id: "00000000000000aa".to_string(),
             start: Some(Timestamp(1_000)),
+            executable: Some("/usr/sbin/srv".to_string()),
+            args: vec!["srv".to_string(), "--port=1".to_string()],
         })
     }
 
@@ -559,6 +568,9 @@ mod tests {
             assert_eq!(e["event"]["type"], serde_json::json!(["end", "connection"]));
             assert_eq!(e["event"]["duration"], 1_500_000_000u64);
             assert_eq!(e["process"]["pid"], 42);
+            assert_eq!(e["process"]["executable"], "/usr/sbin/srv");
+            assert_eq!(e["process"]["args"], serde_json::json!(["srv", "--port=1"]));
+            assert_eq!(e["process"]["command_line"], "srv --port=1");
             assert_eq!(e["edr"]["socket_state"], "ESTABLISHED");
         }
 
