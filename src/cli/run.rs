@@ -25,7 +25,7 @@ pub struct RunArgs {
     /// Overrides `storage.local_storage.data_dir`.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `edr_agent=debug` (default: RUST_LOG, else info).
+    /// Log filter, e.g. `info` or `edr_collect=debug` (default: RUST_LOG, else info).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
 }
