@@ -18,8 +18,13 @@ use edr_engine::Snapshot;
 /// it idles at about 9 MB).
 const RSS_BOUND: u64 = 32 * 1024 * 1024;
 /// Longest `edr-agent status` may take, and the oldest its figures may be,
-/// while a flood runs: far above normal, it only catches a hung agent.
-const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+/// while a flood runs. Idle, status answers in tens of milliseconds with
+/// figures at most a second old (the agent rewrites them every second);
+/// 30 s is 30 missed rewrites, a margin no load of a 2-core machine eats,
+/// so it only catches a hung agent. (A hang shorter than the flood is
+/// caught anyway: each test then waits for figures dated after it.) How
+/// fast status answers under a flood is a benchmark figure.
+const STATUS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Samples the agent's RSS and runs `edr-agent status` until stopped.
 struct Watcher {
@@ -107,6 +112,7 @@ fn assert_bounded(what: &str, o: &Observed) {
 
 #[test]
 fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
+    let _heavy = common::heavy(); // a flood; status timed
     const THREADS: u64 = 4;
     const WRITES_PER_THREAD: u64 = 100_000;
     common::root::require_root("the file burst test (tmpfs)");
@@ -199,6 +205,7 @@ fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
 
 #[test]
 fn a_storm_of_5000_short_processes_is_survived() {
+    let _heavy = common::heavy(); // a flood; status timed
     const THREADS: usize = 4;
     const PER_THREAD: usize = 1250;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -269,6 +276,7 @@ fn a_storm_of_5000_short_processes_is_survived() {
 
 #[test]
 fn an_exhausted_inotify_limit_is_partial_coverage_not_a_crash() {
+    let _heavy = common::heavy(); // not beside a flood
     common::root::require_root("the inotify limit test (user namespace)");
     const LIMIT: u32 = 40;
     let dir = tempfile::tempdir().expect("tempdir");
