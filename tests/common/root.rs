@@ -13,7 +13,7 @@ pub fn require_root(what: &str) {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
-        "{what} needs root (it mounts filesystems or changes owners); run the test suite as root, as CI does"
+        "{what} needs root; run the test suite as root, as CI does"
     );
 }
 
