@@ -395,7 +395,10 @@ fn first_scan_is_an_inventory_including_this_process() {
 fn start_as(cfg: ProcessMonitorConfig) -> Running {
     let source = cfg.source;
     if source == ProcessSource::Event {
-        common::root::require_root("the process event tests (the proc connector is root's before Linux 6.6, and these tests check the events, not polling)");
+        common::root::require_root(
+            "the process event tests (the proc connector is root's before \
+             Linux 6.6, and these tests check the events, not polling)",
+        );
     }
     let running = start(cfg);
     let expected = match source {

@@ -35,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 
 const RUNS: usize = 2_000;
 
+/// Why the event tests fail without root.
+const EVENTS_NEED_ROOT: &str = "the process event tests (the proc connector is root's before \
+     Linux 6.6, and these tests check the events, not polling)";
+
 /// The tests here each load the machine (2,000 processes, or an agent's
 /// inventory); run one at a time, so none measures another's load.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -161,7 +165,7 @@ const EVENT_FLOOR: f64 = 0.5;
 
 #[test]
 fn short_processes_are_captured_with_executable_and_arguments() {
-    require_root("the process event test (the proc connector is root's before Linux 6.6, and these tests check the events, not polling)");
+    require_root(EVENTS_NEED_ROOT);
     let cap = capture_alone(ProcessSource::Event);
     assert_eq!(
         cap.coverage.process_capture,
@@ -359,7 +363,7 @@ fn captures(history: &[HistoryRow]) -> Vec<Option<ProcessCapture>> {
 
 #[test]
 fn status_and_metrics_say_how_processes_are_captured() {
-    require_root("the process event status test (the proc connector is root's before Linux 6.6, and these tests check the events, not polling)");
+    require_root(EVENTS_NEED_ROOT);
     let dir = tempfile::tempdir().expect("tempdir");
     let (text, history) = agent_status(dir.path(), Launch::Plain, ProcessSource::Auto);
     assert!(

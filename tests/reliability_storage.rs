@@ -140,12 +140,15 @@ fn disk_full_is_counted_alerted_and_recovered_from() {
         rows.iter().all(|r| r.ts >= run_start && r.ts <= run_end),
         "rows outside the run"
     );
-    assert!(rows.windows(2).all(|w| w[0].ts <= w[1].ts), "rows out of order");
+    assert!(
+        rows.windows(2).all(|w| w[0].ts <= w[1].ts),
+        "rows out of order"
+    );
     let row_of = |s: &Snapshot, what: &str| {
-        rows.iter()
+        *rows
+            .iter()
             .find(|r| r.ts == s.latest.ts)
             .unwrap_or_else(|| panic!("no history row for the status {what}"))
-            .clone()
     };
     for (snap, what) in [
         (&before, "before the disk filled"),

@@ -487,9 +487,13 @@ fn charts_appear_and_follow_the_engine() {
             .await
             .expect_err("unknown preset refused");
         assert!(message(&e).contains("unknown preset"), "{e}");
-        let e = invoke(&c, "apply_settings", json!({ "form": { "no.such.field": "1" } }))
-            .await
-            .expect_err("unknown field refused");
+        let e = invoke(
+            &c,
+            "apply_settings",
+            json!({ "form": { "no.such.field": "1" } }),
+        )
+        .await
+        .expect_err("unknown field refused");
         assert!(
             message(&e).contains("`no.such.field` is not a settings field"),
             "{e}"
@@ -498,7 +502,12 @@ fn charts_appear_and_follow_the_engine() {
             .await
             .expect_err("a paused that is not a boolean refused");
         assert!(e.to_string().contains("invalid args `paused`"), "{e}");
-        for cmd in ["dashboard", "preset_settings", "apply_settings", "set_paused"] {
+        for cmd in [
+            "dashboard",
+            "preset_settings",
+            "apply_settings",
+            "set_paused",
+        ] {
             let e = invoke(&c, cmd, json!({})).await.expect_err(cmd);
             assert!(e.to_string().contains("invalid args"), "{cmd}: {e}");
         }
@@ -512,13 +521,23 @@ fn charts_appear_and_follow_the_engine() {
         // IPC knows: every other command, core or plugin, is refused by
         // the capability.
         let (known, allowed) = known_and_allowed_commands();
-        let own: BTreeSet<String> = known.iter().filter(|c| !c.starts_with("plugin:")).cloned().collect();
-        assert_eq!(allowed, own, "the capability allows other than the app's own commands");
+        let own: BTreeSet<String> = known
+            .iter()
+            .filter(|c| !c.starts_with("plugin:"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            allowed, own,
+            "the capability allows other than the app's own commands"
+        );
         let others: BTreeSet<String> = known.difference(&allowed).cloned().collect();
         assert!(others.len() > 100, "too few known commands: {others:?}");
         for (cmd, err) in invoke_all(&c, &others).await {
             let err = err.unwrap_or_else(|| panic!("{cmd} ran: the capability does not refuse it"));
-            assert!(err.contains("not allowed"), "{cmd} failed, but not by the capability: {err}");
+            assert!(
+                err.contains("not allowed"),
+                "{cmd} failed, but not by the capability: {err}"
+            );
         }
         eprintln!(
             "capability: {} commands allowed ({allowed:?}), {} others refused",
@@ -557,9 +576,8 @@ fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
         // private, not keep the mode it found.
         std::fs::set_permissions(&fx.config, std::fs::Permissions::from_mode(0o644))
             .expect("chmod config");
-        let inode_before = std::os::unix::fs::MetadataExt::ino(
-            &std::fs::metadata(&fx.config).expect("config"),
-        );
+        let inode_before =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&fx.config).expect("config"));
         open_settings(&c, "agent.max_events_per_batch", "1000").await;
         type_into(&c, "agent.max_events_per_batch", "7").await;
         assert_eq!(apply(&c).await, "Applied and saved.");
