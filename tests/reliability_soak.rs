@@ -31,9 +31,16 @@ const LONG_RUN_SECS: u64 = 1200;
 /// A short run is mostly warm-up: RSS rises in steps as allocator arenas
 /// and buffers reach their high-water marks, which makes a one-minute
 /// slope noise. It is judged by the mean RSS of its last third against
-/// that of its middle third instead: at most 2 MiB more, which a leak of
-/// about 200 bytes per event (20 s at ~500 events/s) would exceed.
-const SHORT_RUN_MAX_GROWTH_KIB: f64 = 2048.0;
+/// that of its middle third instead. On a loaded machine the agent falls
+/// behind in bursts, and a burst late in the run can first fill the
+/// bounded queues (4,096 pipeline events, 8,192 raw file events, the hash
+/// queue: some 8 MiB at most) and the allocator's arenas for the threads
+/// that drain them: that is a high-water mark, not a leak. The bound is
+/// that plus 4 MiB, 12 MiB, which still catches a leak of every event
+/// whole (~1.2 KB each, 20 s at ~500 events/s). Finer leaks are for the
+/// long run's slope (`scripts/soak.sh`), whose figure is in
+/// docs/RELIABILITY.md.
+const SHORT_RUN_MAX_GROWTH_KIB: f64 = 12.0 * 1024.0;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

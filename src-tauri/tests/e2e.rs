@@ -6,8 +6,11 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,6 +225,78 @@ async fn invoke(c: &Client, cmd: &str, args: Value) -> Result<Value, Value> {
     }
 }
 
+/// Every command the app's IPC knows (its own, the core's, its plugins'),
+/// from the ACL manifest the app's build script generates from
+/// `build.rs` and the plugins, and the commands the window's capability
+/// (`capabilities/main.json`) allows. Read from the files, so a command
+/// added to either is tested without editing this test.
+fn known_and_allowed_commands() -> (BTreeSet<String>, BTreeSet<String>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |rel: &str| -> Value {
+        let text = std::fs::read_to_string(dir.join(rel))
+            .unwrap_or_else(|e| panic!("{rel} (written by the app's build): {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let manifests = read("gen/schemas/acl-manifests.json");
+    let capability = read("capabilities/main.json");
+    // `__app-acl__` holds the app's own commands, invoked by bare name;
+    // a plugin's (`core:window`, `notification`) are `plugin:NAME|cmd`.
+    let invoke_name = |plugin: &str, cmd: &str| {
+        if plugin == "__app-acl__" {
+            cmd.to_string()
+        } else {
+            format!("plugin:{}|{cmd}", plugin.trim_start_matches("core:"))
+        }
+    };
+    let commands_of = |plugin: &str, permission: &Value| -> Vec<String> {
+        permission["commands"]["allow"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|cmd| invoke_name(plugin, cmd))
+            .collect()
+    };
+    let mut known = BTreeSet::new();
+    for (plugin, manifest) in manifests.as_object().expect("manifests by plugin") {
+        for permission in manifest["permissions"].as_object().into_iter().flatten() {
+            known.extend(commands_of(plugin, permission.1));
+        }
+    }
+    let mut allowed = BTreeSet::new();
+    for id in capability["permissions"].as_array().expect("permissions") {
+        let id = id.as_str().expect("a permission named, without scope");
+        // `allow-x` is the app's own; `plugin:allow-x` a plugin's. A
+        // permission set or default would need resolving: refused here so
+        // that adding one makes this test say so.
+        let (plugin, name) = id.rsplit_once(':').unwrap_or(("__app-acl__", id));
+        let permission = &manifests[plugin]["permissions"][name];
+        assert!(
+            permission.is_object(),
+            "{id} is not a single permission of {plugin}: extend this test to resolve it"
+        );
+        allowed.extend(commands_of(plugin, permission));
+    }
+    (known, allowed)
+}
+
+/// Calls every command in `cmds` with no arguments at once; the error of
+/// each (None if it succeeded).
+async fn invoke_all(c: &Client, cmds: &BTreeSet<String>) -> Vec<(String, Option<String>)> {
+    let r = c
+        .execute_async(
+            "const [cmds, done] = arguments;
+             Promise.all(cmds.map(cmd => window.__TAURI__.core.invoke(cmd, {}).then(
+                 () => [cmd, null],
+                 e => [cmd, typeof e === 'string' ? e : JSON.stringify(e)])))
+               .then(done);",
+            vec![json!(cmds.iter().collect::<Vec<_>>())],
+        )
+        .await
+        .expect("invoke all");
+    serde_json::from_value(r).expect("results")
+}
+
 async fn text(c: &Client, css: &str) -> String {
     match c.find(Locator::Css(css)).await {
         Ok(e) => e.text().await.unwrap_or_default(),
@@ -403,6 +478,72 @@ fn charts_appear_and_follow_the_engine() {
                 .contains("window_secs"),
             "{e}"
         );
+        // Each command that takes input checks it (`get_settings` and
+        // `open_data_folder` take none): a wrong value is refused by the
+        // command with its message, a wrong type or a missing argument by
+        // the IPC, before the command runs.
+        let message = |e: &Value| e["message"].as_str().unwrap_or_default().to_string();
+        let e = invoke(&c, "preset_settings", json!({ "name": "no-such-preset" }))
+            .await
+            .expect_err("unknown preset refused");
+        assert!(message(&e).contains("unknown preset"), "{e}");
+        let e = invoke(
+            &c,
+            "apply_settings",
+            json!({ "form": { "no.such.field": "1" } }),
+        )
+        .await
+        .expect_err("unknown field refused");
+        assert!(
+            message(&e).contains("`no.such.field` is not a settings field"),
+            "{e}"
+        );
+        let e = invoke(&c, "set_paused", json!({ "paused": "yes" }))
+            .await
+            .expect_err("a paused that is not a boolean refused");
+        assert!(e.to_string().contains("invalid args `paused`"), "{e}");
+        for cmd in [
+            "dashboard",
+            "preset_settings",
+            "apply_settings",
+            "set_paused",
+        ] {
+            let e = invoke(&c, cmd, json!({})).await.expect_err(cmd);
+            assert!(e.to_string().contains("invalid args"), "{cmd}: {e}");
+        }
+        assert_eq!(
+            engine_state(&c).await,
+            "running",
+            "a refused set_paused paused the engine"
+        );
+
+        // The window may call the app's own commands and nothing else the
+        // IPC knows: every other command, core or plugin, is refused by
+        // the capability.
+        let (known, allowed) = known_and_allowed_commands();
+        let own: BTreeSet<String> = known
+            .iter()
+            .filter(|c| !c.starts_with("plugin:"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            allowed, own,
+            "the capability allows other than the app's own commands"
+        );
+        let others: BTreeSet<String> = known.difference(&allowed).cloned().collect();
+        assert!(others.len() > 100, "too few known commands: {others:?}");
+        for (cmd, err) in invoke_all(&c, &others).await {
+            let err = err.unwrap_or_else(|| panic!("{cmd} ran: the capability does not refuse it"));
+            assert!(
+                err.contains("not allowed"),
+                "{cmd} failed, but not by the capability: {err}"
+            );
+        }
+        eprintln!(
+            "capability: {} commands allowed ({allowed:?}), {} others refused",
+            allowed.len(),
+            others.len()
+        );
 
         // The window holds only its own commands: plugins the app embeds
         // (notifications) and the core's file-system-like APIs are not
@@ -431,6 +572,12 @@ fn charts_appear_and_follow_the_engine() {
 #[test]
 fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
     with_app(Fixture::new(1000, 60_000), |c, fx| async move {
+        // A world-readable config before: the app's save must make it
+        // private, not keep the mode it found.
+        std::fs::set_permissions(&fx.config, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod config");
+        let inode_before =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&fx.config).expect("config"));
         open_settings(&c, "agent.max_events_per_batch", "1000").await;
         type_into(&c, "agent.max_events_per_batch", "7").await;
         assert_eq!(apply(&c).await, "Applied and saved.");
@@ -439,6 +586,25 @@ fn batch_size_set_in_settings_shapes_new_batches_and_the_file() {
         let on_disk = Config::from_file(&fx.config).expect("config file loads");
         assert_eq!(on_disk.agent.max_events_per_batch, 7);
         assert!(config_text(&fx).contains("max_events_per_batch: 7"));
+        // Written private and whole: mode 0600, a new file (a temporary
+        // renamed over the old one, never rewritten in place), and no
+        // temporary left.
+        let meta = std::fs::metadata(&fx.config).expect("config");
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "config mode {mode:o}");
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&meta),
+            inode_before,
+            "the config was rewritten in place"
+        );
+        let config_dir = fx.config.parent().expect("config dir");
+        let leftovers: Vec<_> = std::fs::read_dir(config_dir)
+            .expect("config dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
 
         eventually("the watch", SOON, || async { fx.watching().then_some(()) }).await;
         create_files(&fx.watch, "a", 40);

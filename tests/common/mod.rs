@@ -58,6 +58,18 @@ pub fn batch_sizes(data_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Held by each heavy test (an event flood, a storage fault under a
+/// stream of writes, thousands of processes) for its whole run. Cargo runs
+/// the test binaries one after another, but the tests of one binary run in
+/// parallel threads: two floods at once on a 2-core machine starve each
+/// other's agent, and each then fails or measures the other's load. The
+/// lock is per binary (each compiles this module), which is all that is
+/// needed. A test that panicked poisons it; the next one runs anyway.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Polls `f` until it returns Some or the deadline passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -7,19 +7,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Fails (never skips) a test that needs root when run without it: CI runs
-/// as root, and a fault test that silently passes proves nothing.
+/// as root, and a test that silently passes proves nothing.
 pub fn require_root(what: &str) {
-    require_root_because(what, "it mounts filesystems or changes owners");
+    assert_root(&format!("{what} needs root"));
 }
 
-/// [`require_root`] for a test that needs root for another reason (`why`).
+/// [`require_root`], naming why the test needs it.
 pub fn require_root_because(what: &str, why: &str) {
+    assert_root(&format!("{what} needs root ({why})"));
+}
+
+fn assert_root(message: &str) {
     // SAFETY: geteuid has no side effects.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{what} needs root ({why}); run the test suite as root, as CI does"
-    );
+    assert_eq!(euid, 0, "{message}; run the test suite as root, as CI does");
 }
 
 fn cpath(p: &Path) -> CString {

@@ -1,6 +1,7 @@
 //! `edr-bench` as a user runs it: each subcommand completes, prints
-//! its table and leaves no agent behind. Numbers are not judged here
-//! (benchmarks are benchmarks); only that they are measured.
+//! its table and leaves no agent behind. Numbers are not judged against
+//! targets here (benchmarks are benchmarks); only that they are measured,
+//! and, where the table's columns follow each other in time, in order.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -63,10 +64,32 @@ fn pipeline_stores_every_offered_event() {
 fn startup_reports_a_first_batch() {
     let out = bench(&["startup", "--runs", "1"]);
     assert!(out.contains("first batch on disk"), "{out}");
-    assert!(
-        out.lines().any(|l| l.trim_start().starts_with("med")),
-        "{out}"
-    );
+    // Each row and the median: engine started, first event, first batch,
+    // in ms after the spawn, each measured and in the order they happen.
+    // The first event's time comes from its `@timestamp`, whole
+    // milliseconds, and the spawn is timed on two clocks taken in a row:
+    // 1 ms of slack between the columns.
+    for label in ["1", "med"] {
+        let row: Vec<&str> = out
+            .lines()
+            .map(str::split_whitespace)
+            .map(Iterator::collect::<Vec<_>>)
+            .find(|w| w.first() == Some(&label))
+            .unwrap_or_else(|| panic!("no row {label}:\n{out}"));
+        assert_eq!(row.len(), 4, "row {label}:\n{out}");
+        let ms: Vec<f64> = row[1..]
+            .iter()
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{v} is not a figure (row {label}):\n{out}"))
+            })
+            .collect();
+        assert!(ms.iter().all(|v| *v > 0.0), "row {label}:\n{out}");
+        assert!(
+            ms[0] <= ms[1] + 1.0 && ms[1] <= ms[2] + 1.0,
+            "engine started, first event, first batch out of order (row {label}):\n{out}"
+        );
+    }
 }
 
 #[test]

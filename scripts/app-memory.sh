@@ -1,0 +1,180 @@
+#!/bin/sh
+# Memory of the desktop app: RSS and PSS of every process of the app (the
+# app and the WebKit processes it spawns), in the tray only, with its
+# dashboard open, and after the dashboard was closed the way a window
+# manager's close button closes it (a WM_DELETE_WINDOW message).
+#
+# Usage: scripts/app-memory.sh [APP_BINARY] [SETTLE_SECONDS]
+#   APP_BINARY      default target/release/edr-agent-app (built by
+#                   `cargo build --release -p edr-agent-app`; this script
+#                   builds nothing)
+#   SETTLE_SECONDS  wait before each measurement, default 30
+# EDR_APP_ENGINE=off in the environment starts the app without its engine,
+# so the difference of two runs is what the engine costs.
+#
+# It runs under its own Xvfb and private D-Bus session (nothing of the
+# caller's desktop is touched), with a temporary config: its data dir and
+# one watched directory in a temporary directory, everything else default.
+# Needs xvfb-run, dbus-run-session, xdotool and python3.
+set -eu
+
+app=${1:-target/release/edr-agent-app}
+settle=${2:-30}
+
+if [ -z "${EDR_APP_MEMORY_INSIDE:-}" ]; then
+    [ -x "$app" ] || { echo "no app binary at $app (cargo build --release -p edr-agent-app)" >&2; exit 1; }
+    for tool in xvfb-run dbus-run-session xdotool python3; do
+        command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+    done
+    exec env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY NO_AT_BRIDGE=1 EDR_APP_MEMORY_INSIDE=1 \
+        dbus-run-session -- \
+        xvfb-run -a -s "-screen 0 1280x1000x24" "$0" "$app" "$settle"
+fi
+
+work=$(mktemp -d)
+app_pid=
+cleanup() {
+    if [ -n "$app_pid" ] && kill -0 "$app_pid" 2>/dev/null; then
+        kill -TERM "$app_pid"
+        wait "$app_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$work/data" "$work/watched"
+cat >"$work/config.yaml" <<EOF
+collectors:
+  file_monitor:
+    watch_paths: ["$work/watched"]
+storage:
+  local_storage:
+    data_dir: "$work/data"
+EOF
+export EDR_APP_CONFIG="$work/config.yaml"
+
+# The app and all its descendants (WebKit may start its processes through
+# helpers such as bwrap), by walking the parent links in /proc.
+descendants() {
+    awk -v root="$1" '
+        FNR == 1 {
+            line = $0; sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ")
+            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+            parent[pid] = f[2]
+        }
+        END {
+            keep[root] = 1; n = 1
+            while (n) { n = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; n = 1 } }
+            for (p in keep) print p
+        }' /proc/[0-9]*/stat 2>/dev/null | sort -n
+}
+
+# pid, name, RSS and PSS in KiB, shown in MiB.
+row() { awk -v p="$1" -v n="$2" -v r="$3" -v s="$4" 'BEGIN { printf "%8s  %-22s %10.1f %10.1f\n", p, n, r / 1024, s / 1024 }'; }
+
+kib() { awk -v k="$2" '$1 == k":" { print $2; exit }' "$1" 2>/dev/null; }
+
+measure() {
+    printf '\n%s (EDR_APP_ENGINE=%s, %s s after the step)\n' "$1" "${EDR_APP_ENGINE:-on}" "$settle"
+    printf '%8s  %-22s %10s %10s\n' pid process "RSS MiB" "PSS MiB"
+    rss_sum=0
+    pss_sum=0
+    for pid in $(descendants "$app_pid"); do
+        [ -r "/proc/$pid/status" ] || continue
+        name=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+        rss=$(kib "/proc/$pid/status" VmRSS)
+        pss=$(kib "/proc/$pid/smaps_rollup" Pss)
+        # Kernel threads and exited processes have no memory of their own.
+        [ -n "$rss" ] && [ -n "$pss" ] || continue
+        rss_sum=$((rss_sum + rss))
+        pss_sum=$((pss_sum + pss))
+        row "$pid" "$name" "$rss" "$pss"
+    done
+    row "" total "$rss_sum" "$pss_sum"
+}
+
+# X windows named like the dashboard.
+dashboard_windows() {
+    xdotool search --name '^EDR Agent$' 2>/dev/null || true
+}
+
+wait_until() {
+    what=$1
+    shift
+    i=0
+    while ! "$@"; do
+        i=$((i + 1))
+        [ "$i" -lt 600 ] || { echo "timed out waiting for $what" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+has_dashboard() { [ -n "$(dashboard_windows)" ]; }
+no_dashboard() { [ -z "$(dashboard_windows)" ]; }
+has_webprocess() { for p in $(descendants "$app_pid"); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = WebKitWebProces ] && return 0; done; return 1; }
+
+# Sends WM_DELETE_WINDOW to a window, as a window manager's close button
+# does (Xvfb runs no window manager).
+close_window() {
+    python3 - "$1" <<'EOF'
+import ctypes, ctypes.util, sys
+x = ctypes.CDLL(ctypes.util.find_library("X11"))
+x.XOpenDisplay.restype = ctypes.c_void_p
+x.XOpenDisplay.argtypes = [ctypes.c_char_p]
+x.XInternAtom.restype = ctypes.c_ulong
+x.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+x.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+x.XFlush.argtypes = [ctypes.c_void_p]
+x.XCloseDisplay.argtypes = [ctypes.c_void_p]
+
+class ClientMessage(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
+                ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
+                ("format", ctypes.c_int), ("data", ctypes.c_long * 5)]
+
+class Event(ctypes.Union):
+    _fields_ = [("xclient", ClientMessage), ("pad", ctypes.c_long * 24)]
+
+d = x.XOpenDisplay(None)
+if not d:
+    sys.exit("cannot open the display")
+ev = Event()
+ev.xclient.type = 33  # ClientMessage
+ev.xclient.window = int(sys.argv[1])
+ev.xclient.message_type = x.XInternAtom(d, b"WM_PROTOCOLS", 0)
+ev.xclient.format = 32
+ev.xclient.data[0] = x.XInternAtom(d, b"WM_DELETE_WINDOW", 0)
+ev.xclient.data[1] = 0  # CurrentTime
+if not x.XSendEvent(d, int(sys.argv[1]), 0, 0, ctypes.byref(ev)):
+    sys.exit("XSendEvent failed")
+x.XFlush(d)
+x.XCloseDisplay(d)
+EOF
+}
+
+echo "app: $app ($(stat -c %s "$app") bytes)"
+
+# In the tray only: started minimized, no window.
+"$app" --minimized >"$work/app.log" 2>&1 &
+app_pid=$!
+sleep "$settle"
+kill -0 "$app_pid" || { cat "$work/app.log" >&2; exit 1; }
+measure "tray only (started with --minimized)"
+
+# Opened: a second launch hands over to the running app, which opens its
+# dashboard, and exits.
+"$app" >>"$work/app.log" 2>&1
+wait_until "the dashboard window" has_dashboard
+wait_until "the web process" has_webprocess
+sleep "$settle"
+measure "dashboard open"
+
+# Closed: every window of that name gets WM_DELETE_WINDOW (GTK's toplevel
+# is one of them; the others ignore it).
+for w in $(dashboard_windows); do
+    close_window "$w"
+done
+wait_until "the dashboard to close" no_dashboard
+sleep "$settle"
+measure "dashboard closed (after open and close)"
+kill -0 "$app_pid" || { echo "the app exited when its window closed" >&2; cat "$work/app.log" >&2; exit 1; }
