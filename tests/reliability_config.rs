@@ -161,6 +161,7 @@ fn config() -> impl Strategy<Value = Config> {
                 storage,
                 alerts,
                 filters,
+                detection: Default::default(),
             }
         },
     )

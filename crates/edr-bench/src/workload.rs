@@ -182,6 +182,8 @@ impl SyntheticEvents {
                 types: &["end"],
                 action: "process-ended",
                 duration: Some((self.now_ms - start) * 1_000_000),
+                severity: None,
+                risk_score: None,
             }
         } else {
             EventMeta {
@@ -190,6 +192,8 @@ impl SyntheticEvents {
                 types: &["start"],
                 action: "process-started",
                 duration: None,
+                severity: None,
+                risk_score: None,
             }
         };
         let ts = Timestamp(if ended { self.now_ms } else { start });
@@ -201,6 +205,7 @@ impl SyntheticEvents {
             executable: Some(exe.to_string()),
             args: args.iter().map(|a| a.to_string()).collect(),
             command_line: Some(args.join(" ")),
+            working_directory: None,
             start: Some(Timestamp(start)),
             end: ended.then_some(Timestamp(self.now_ms)),
             exit_code: ended.then_some(0),
@@ -208,6 +213,7 @@ impl SyntheticEvents {
             parent: Some(ParentProcess {
                 pid: ppid,
                 entity_id: Some(entity_id(&host, ppid, 1_795_630_000_000)),
+                ..ParentProcess::default()
             }),
             user: Some(User {
                 id: Some("1000".into()),
@@ -237,6 +243,8 @@ impl SyntheticEvents {
             types,
             action,
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&self.origin, Timestamp(self.now_ms), meta);
         let exists = action != "file-deleted";
@@ -268,6 +276,8 @@ impl SyntheticEvents {
                 types: &["start", "connection"],
                 action: "connection-opened",
                 duration: None,
+                severity: None,
+                risk_score: None,
             }
         } else {
             EventMeta {
@@ -276,6 +286,8 @@ impl SyntheticEvents {
                 types: &["end", "connection"],
                 action: "connection-closed",
                 duration: Some(self.rand() % 60_000_000_000),
+                severity: None,
+                risk_score: None,
             }
         };
         let mut e = Event::new(&self.origin, Timestamp(self.now_ms), meta);

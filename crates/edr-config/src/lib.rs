@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
+pub mod detection;
+pub use detection::{DetectionConfig, DetectionException, RuleLevel};
+
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_YAML: &str = include_str!("../../../config/default.yaml");
 
@@ -53,6 +56,7 @@ pub struct Config {
     pub filters: FiltersConfig,
     pub storage: StorageConfig,
     pub alerts: AlertsConfig,
+    pub detection: DetectionConfig,
 }
 
 /// `agent.*`: batching.
@@ -807,6 +811,7 @@ impl Config {
                 });
             }
         }
+        self.detection.validate(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

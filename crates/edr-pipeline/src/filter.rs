@@ -183,6 +183,8 @@ mod tests {
             types: &["change"],
             action,
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&Origin::detect(), Timestamp(1000), meta);
         e.file = Some(Box::new(File {
@@ -199,6 +201,8 @@ mod tests {
             types: &["start"],
             action: "process-started",
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&Origin::detect(), Timestamp(1000), meta);
         e.process = Some(Box::new(Process {

@@ -159,6 +159,8 @@ impl Emitter {
                 types: &["end"],
                 action: "process-ended",
                 duration: Some(lifetime_ms.saturating_mul(1_000_000)),
+                severity: None,
+                risk_score: None,
             },
         );
         let mut process = self.process_fields(pid, rec);
@@ -178,6 +180,7 @@ impl Emitter {
             executable: rec.executable.as_deref().map(String::from),
             args: rec.args.to_vec(),
             command_line: (!rec.args.is_empty()).then(|| rec.args.join(" ")),
+            working_directory: None,
             start: Some(Timestamp(super::wall_start_ms(rec.start_ms))),
             end: None,
             exit_code: None,
@@ -187,6 +190,7 @@ impl Emitter {
                 entity_id: rec
                     .parent_start_ms
                     .map(|ms| event::entity_id(host, ppid, ms)),
+                ..ParentProcess::default()
             }),
             user: rec.uid.map(|uid| User {
                 id: Some(uid.to_string()),
@@ -241,6 +245,8 @@ fn start_meta(why: Start, start_ms: u64) -> (Timestamp, EventMeta) {
         types,
         action,
         duration: None,
+        severity: None,
+        risk_score: None,
     };
     (timestamp, meta)
 }
