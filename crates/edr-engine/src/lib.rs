@@ -175,6 +175,9 @@ pub struct Snapshot {
     pub storage: StorageStatus,
     pub alerts: Vec<Alert>,
     pub coverage: Coverage,
+    /// Rules and alerts of the detection stage.
+    #[serde(default)]
+    pub detection: edr_detect::DetectionStatus,
 }
 
 struct MetricsState {
@@ -193,6 +196,7 @@ struct Shared {
     data_dir: PathBuf,
     config_file: Option<PathBuf>,
     config_error: Mutex<Option<String>>,
+    detection: Mutex<Option<Arc<edr_detect::DetectionShared>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,6 +256,7 @@ impl EngineHandle {
             data_dir: data_dir.clone(),
             config_file: opts.config_source.file.clone(),
             config_error: Mutex::new(None),
+            detection: Mutex::new(None),
         });
         let handle = EngineHandle {
             shared: Arc::clone(&shared),
@@ -296,6 +301,7 @@ impl EngineHandle {
             links,
         );
         tracing::debug!(stages = ?pipeline.stages(), "pipeline");
+        *crate::lock(&shared.detection) = Some(pipeline.detection());
         let pipeline_task = tracker.spawn_blocking(move || pipeline.run());
 
         let metrics_stop = CancellationToken::new();
@@ -461,6 +467,10 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
         },
         alerts,
         coverage: lock(&shared.coverage).clone(),
+        detection: lock(&shared.detection)
+            .as_ref()
+            .map(|d| d.status())
+            .unwrap_or_default(),
     }
 }
 
