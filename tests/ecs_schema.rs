@@ -121,10 +121,22 @@ async fn every_stored_field_is_valid_ecs() {
         "not all three collectors produced events"
     );
 
+    let events = read_events(&data);
+    let problems = problems_of(&events);
+    assert!(
+        problems.is_empty(),
+        "{} events checked; problems:\n{}",
+        events.len(),
+        problems.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Every field of `events` that is not ECS (outside `edr.*`), of the wrong
+/// type or not an allowed value.
+fn problems_of(events: &[Value]) -> BTreeSet<String> {
     let fields = ecs_fields();
     let mut problems = BTreeSet::new();
-    let events = read_events(&data);
-    for e in &events {
+    for e in events {
         let mut flat = Vec::new();
         flatten("", e, &mut flat);
         for (path, value) in flat {
@@ -158,10 +170,120 @@ async fn every_stored_field_is_valid_ecs() {
             }
         }
     }
+    problems
+}
+
+/// Alerts, of each kind of event the rules see, built by the real
+/// detection stage from the built-in rules.
+#[test]
+fn alert_fields_are_valid_ecs() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use edr_detect::{DetectionShared, DetectionStage};
+    use edr_model::event::{
+        Endpoint, Event, EventMeta, File, Network, Origin, ParentProcess, Process, User,
+    };
+    use edr_pipeline::stage::{Item, Stage};
+
+    let mut origin = Origin::detect();
+    Arc::make_mut(&mut origin.host).os.kind = "linux";
+    let meta =
+        |category: &'static [&'static str], types: &'static [&'static str], action| EventMeta {
+            kind: "event",
+            category,
+            types,
+            action,
+            duration: None,
+            severity: None,
+            risk_score: None,
+        };
+    let process = |exe: &str, cmd: &str| Process {
+        pid: 77,
+        name: exe.rsplit('/').next().unwrap_or_default().to_string(),
+        executable: Some(exe.to_string()),
+        args: cmd.split(' ').map(String::from).collect(),
+        command_line: Some(cmd.to_string()),
+        working_directory: Some("/home/alice".into()),
+        start: Some(Timestamp::now()),
+        entity_id: "0123456789abcdef".into(),
+        parent: Some(ParentProcess {
+            pid: 1,
+            entity_id: Some("fedcba9876543210".into()),
+            name: Some("bash".into()),
+            executable: Some("/usr/bin/bash".into()),
+            args: vec!["bash".into()],
+            command_line: Some("bash".into()),
+        }),
+        user: Some(User {
+            id: Some("1000".into()),
+            name: Some("alice".into()),
+        }),
+        ..Process::default()
+    };
+    let mut p = Event::new(
+        &origin,
+        Timestamp::now(),
+        meta(&["process"], &["start"], "process-started"),
+    );
+    p.process = Some(Box::new(process(
+        "/usr/bin/dash",
+        "sh -c echo ZWNobyBoaQ== | base64 -d | sh",
+    )));
+    let mut f = Event::new(
+        &origin,
+        Timestamp::now(),
+        meta(&["file"], &["creation"], "file-created"),
+    );
+    f.file = Some(Box::new(File {
+        path: "/etc/cron.d/updater".into(),
+        name: Some("updater".into()),
+        directory: Some("/etc/cron.d".into()),
+        kind: Some("file"),
+        ..File::default()
+    }));
+    f.process = Some(Box::new(process("/usr/bin/tee", "tee /etc/cron.d/updater")));
+    let mut n = Event::new(
+        &origin,
+        Timestamp::now(),
+        meta(&["network"], &["start", "connection"], "connection-opened"),
+    );
+    n.process = Some(Box::new(process("/usr/bin/bash", "bash -i")));
+    n.source = Some(Endpoint {
+        ip: "192.0.2.10".parse().expect("ip"),
+        port: 40_000,
+    });
+    n.destination = Some(Endpoint {
+        ip: "203.0.113.7".parse().expect("ip"),
+        port: 4444,
+    });
+    n.network = Some(Network {
+        transport: "tcp",
+        kind: "ipv4",
+        direction: "outbound",
+    });
+
+    let mut config = edr_config::Config::default();
+    config.detection.enabled = true;
+    let mut stage = DetectionStage::new(&config, DetectionShared::new());
+    let mut alerts = Vec::new();
+    for e in [&p, &f, &n] {
+        let mut buf = Vec::new();
+        let mut item = Item::new(e, &mut buf);
+        stage.process(&mut item, Instant::now());
+        for (_, a) in item.take_emitted() {
+            alerts.push(serde_json::to_value(&a).expect("serializes"));
+        }
+    }
+    assert_eq!(alerts.len(), 3, "one alert per event: {alerts:#?}");
+    for a in &alerts {
+        assert_eq!(a["event"]["kind"], "alert");
+        assert!(a["rule"]["id"].is_string() && a["threat"]["framework"].is_string());
+    }
+    let problems = problems_of(&alerts);
     assert!(
         problems.is_empty(),
-        "{} events checked; problems:\n{}",
-        events.len(),
+        "problems:\n{}",
         problems.into_iter().collect::<Vec<_>>().join("\n")
     );
 }

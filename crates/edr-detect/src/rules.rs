@@ -476,6 +476,9 @@ const TACTICS: &[(&str, &str)] = &[
     ("persistence", "Persistence"),
     ("privilege_escalation", "Privilege Escalation"),
     ("defense_evasion", "Defense Evasion"),
+    // ATT&CK v18 split Defense Evasion into these two.
+    ("stealth", "Stealth"),
+    ("defense_impairment", "Defense Impairment"),
     ("credential_access", "Credential Access"),
     ("discovery", "Discovery"),
     ("lateral_movement", "Lateral Movement"),

@@ -1,0 +1,147 @@
+//! End to end, as root: the engine with detection on and the process
+//! collector on the kernel's process events; a real one-liner that decodes
+//! base64 into a shell raises the built-in rule and two of SigmaHQ's
+//! (loaded from the shared reference), each stored as an alert with the
+//! rule id, author and the process that did it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::root::require_root;
+use common::{read_events, test_config, wait_for_async};
+use edr_config::ProcessSource;
+use edr_engine::{EngineHandle, EngineOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+struct Expect {
+    rule_id: &'static str,
+    author: &'static str,
+    license: &'static str,
+    /// The program the alert is about.
+    executable_ends: &'static str,
+}
+
+const EXPECTED: &[Expect] = &[
+    // Built-in: the shell running the decode pipeline.
+    Expect {
+        rule_id: "0b6f3a52-7c1e-4d2a-9e61-3f4d8a1c2b01",
+        author: "edr-agent project",
+        license: edr_detect::PROJECT_LICENSE,
+        executable_ends: "sh",
+    },
+    // SigmaHQ "Linux Base64 Encoded Pipe to Shell".
+    Expect {
+        rule_id: "ba592c6d-6888-43c3-b8c6-689b8fe47337",
+        author: "pH-T (Nextron Systems)",
+        license: edr_detect::SIGMAHQ_LICENSE,
+        executable_ends: "sh",
+    },
+    // SigmaHQ "Decode Base64 Encoded Text", on the base64 process.
+    Expect {
+        rule_id: "e2072cab-8c9a-459b-b63c-40ae79e27031",
+        author: "Daniil Yugoslavskiy",
+        license: edr_detect::SIGMAHQ_LICENSE,
+        executable_ends: "/base64",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base64_decode_into_a_shell_raises_its_alerts() {
+    require_root("detection end to end (kernel process events)");
+    let sigma = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference/sigma/rules/linux/process_creation");
+    assert!(
+        sigma.is_dir(),
+        "SigmaHQ reference rules not found at {}: the shared folder must sit at ../shared \
+         relative to the repository root",
+        sigma.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.collectors.file_monitor.enabled = false;
+    c.collectors.process_monitor.enabled = true;
+    c.collectors.process_monitor.source = ProcessSource::Event;
+    c.agent.collection_interval_ms = 200;
+    c.detection.enabled = true;
+    c.detection.rule_paths = vec![sigma.display().to_string()];
+    let data = c.data_dir();
+    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
+        .expect("engine starts");
+    wait_for_async(Duration::from_secs(10), || {
+        engine
+            .snapshot()
+            .coverage
+            .process_source
+            .is_some()
+            .then_some(())
+    })
+    .await
+    .expect("the process collector reports its source");
+    let status = engine.snapshot().detection;
+    assert!(status.enabled);
+    assert!(status.rules_loaded > 100, "{status:?}");
+
+    // The sleeps keep each process alive long enough for the collector to
+    // read its executable and arguments after the exec event.
+    let run = tokio::task::spawn_blocking(|| {
+        Command::new("sh")
+            .arg("-c")
+            .arg("(sleep 0.3; echo ZWNobyBoaQ==) | base64 -d | sh ; sleep 0.3")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("sh runs")
+    })
+    .await
+    .expect("runner");
+    assert!(run.success());
+
+    let found = wait_for_async(Duration::from_secs(15), || {
+        let alerts: Vec<Value> = read_events(&data)
+            .into_iter()
+            .filter(|e| e["event"]["kind"] == "alert")
+            .collect();
+        EXPECTED
+            .iter()
+            .all(|x| alerts.iter().any(|a| a["rule"]["id"] == x.rule_id))
+            .then_some(alerts)
+    })
+    .await;
+    let snapshot = engine.snapshot().detection;
+    engine.shutdown().await;
+    let alerts = found.unwrap_or_else(|| {
+        let got: Vec<Value> = read_events(&data)
+            .into_iter()
+            .filter(|e| e["event"]["kind"] == "alert")
+            .map(|a| a["rule"]["name"].clone())
+            .collect();
+        panic!("not every expected alert was stored; got {got:?}; detection {snapshot:?}")
+    });
+    for x in EXPECTED {
+        let a = alerts
+            .iter()
+            .find(|a| a["rule"]["id"] == x.rule_id)
+            .expect("found above");
+        let authors = a["rule"]["author"].to_string();
+        assert!(
+            authors.contains(x.author),
+            "{}: author {authors}",
+            x.rule_id
+        );
+        assert_eq!(a["rule"]["license"], x.license, "{}", x.rule_id);
+        let exe = a["process"]["executable"].as_str().unwrap_or_default();
+        assert!(exe.ends_with(x.executable_ends), "{}: {exe}", x.rule_id);
+        assert!(a["process"]["pid"].as_u64().is_some_and(|p| p > 0));
+        assert!(a["process"]["command_line"]
+            .as_str()
+            .is_some_and(|c| c.contains("base64")));
+        assert!(a["event"]["severity"].as_u64().is_some());
+        assert_eq!(a["event"]["category"][0], "process");
+        assert!(a["edr"]["alert"]["matched_fields"].is_object());
+    }
+    assert!(snapshot.alerts_raised >= 3, "{snapshot:?}");
+}
