@@ -144,4 +144,48 @@ async fn a_base64_decode_into_a_shell_raises_its_alerts() {
         assert!(a["edr"]["alert"]["matched_fields"].is_object());
     }
     assert!(snapshot.alerts_raised >= 3, "{snapshot:?}");
+
+    // What an operator sees: the alerts table, NDJSON, and the status.
+    let bin = env!("CARGO_BIN_EXE_edr-agent");
+    let table = Command::new(bin)
+        .args(["alerts", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("edr-agent alerts runs");
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    for name in [
+        "Base64 Payload Decoded Into a Shell",
+        "Linux Base64 Encoded Pipe to Shell",
+        "Decode Base64 Encoded Text",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    assert!(text.contains("high") && text.contains("/base64"), "{text}");
+    let json = Command::new(bin)
+        .args(["alerts", "--json", "--since", "1h", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("edr-agent alerts --json runs");
+    assert!(json.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    assert_eq!(lines.len(), alerts.len());
+    assert!(lines.iter().all(|a| a["event"]["kind"] == "alert"));
+    let status = Command::new(bin)
+        .args(["status", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("edr-agent status runs");
+    let text = String::from_utf8_lossy(&status.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("detection:"))
+        .unwrap_or_else(|| panic!("no detection line in:\n{text}"));
+    assert!(
+        line.contains("rules loaded") && line.contains("alerts raised"),
+        "{line}"
+    );
 }
