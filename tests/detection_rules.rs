@@ -141,7 +141,7 @@ fn every_sigmahq_reference_rule_loads_or_is_reported() {
     let root = sigma_reference();
     let files = edr_detect::rules::rule_files(&root).expect("list");
     assert_eq!(files.len(), 208, "the reference holds 208 rules");
-    let set = RuleSet::check(&[root.clone()]).expect("loads");
+    let set = RuleSet::check(std::slice::from_ref(&root)).expect("loads");
     println!(
         "loaded {}, skipped {}",
         set.rules().len(),
@@ -231,15 +231,12 @@ fn broken_rule_files_are_reported_and_the_rest_load() {
 
 #[test]
 fn hostile_events_neither_crash_nor_stall() {
-    let mut set_paths = vec![];
-    set_paths.push(sigma_reference());
-    let mut opts = LoadOptions {
+    let opts = LoadOptions {
         builtin: true,
-        paths: set_paths.iter().map(|p| p.display().to_string()).collect(),
+        paths: vec![sigma_reference().display().to_string()],
         min_level: RuleLevel::Informational,
     };
     let set = RuleSet::load(&opts).expect("loads");
-    opts.paths.clear();
     let huge = "A".repeat(1 << 20) + " base64 -d | sh";
     let lossy = String::from_utf8_lossy(b"sh -c \xff\xfe\xfd base64 -d | sh").into_owned();
     let mut nested = serde_json::json!("leaf");

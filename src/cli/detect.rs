@@ -2,7 +2,7 @@
 //! sets (list, check files, test over events offline).
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -200,7 +200,7 @@ fn print_skipped(set: &RuleSet) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(events: &PathBuf, rules: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn test(events: &Path, rules: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let set = if rules.is_empty() {
         RuleSet::load(&LoadOptions {
             builtin: true,
