@@ -1,6 +1,7 @@
 //! The detection stage on typed events: alert contents, suppression,
 //! exceptions, min_level, live reconfiguration and hot reload of rule
-//! files.
+//! files. The rules are the tests' own, written to a temporary directory,
+//! so the built-in set can change without touching these tests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use edr_detect::{DetectionShared, DetectionStage};
 use edr_model::event::{Event, EventMeta, Origin, ParentProcess, Process, Timestamp, User};
 use edr_pipeline::stage::{Item, Stage};
 
-const BASE64_RULE: &str = "0b6f3a52-7c1e-4d2a-9e61-3f4d8a1c2b01";
+const BASE64_RULE: &str = "5e1d7c0a-1b2c-4d3e-8f4a-5b6c7d8e9f00";
 const BASE64_CMD: &str = "sh -c echo ZWNobyBoaQ== | base64 -d | sh";
 
 fn origin() -> Origin {
@@ -64,9 +65,65 @@ fn run(stage: &mut DetectionStage, e: &Event, now: Instant) -> Vec<Event> {
     item.take_emitted().into_iter().map(|(_, e)| e).collect()
 }
 
-fn config() -> Config {
+/// A rule in the shape of SigmaHQ's, with all the metadata an alert
+/// carries.
+fn base64_rule(level: &str) -> String {
+    format!(
+        "title: Test Base64 Into Shell
+id: {BASE64_RULE}
+status: test
+description: A shell decodes base64 into another shell.
+references:
+    - https://attack.mitre.org/techniques/T1140/
+    - https://example.org/second
+author: Test Author, Second Author
+date: 2026-11-01
+modified: 2026-11-20
+tags:
+    - attack.stealth
+    - attack.execution
+    - attack.t1140
+    - attack.t1059.004
+logsource:
+    product: linux
+    category: process_creation
+detection:
+    selection:
+        Image|endswith: /dash
+        CommandLine|contains|all:
+            - 'base64 -d'
+            - '| sh'
+    condition: selection
+falsepositives:
+    - Installers
+level: {level}
+"
+    )
+}
+
+/// A directory laid out like a SigmaHQ checkout (its rule license file
+/// at the top) holding `rules`.
+fn rule_dir(rules: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("LICENSE.Detection.Rules.md"), "DRL 1.1").expect("write");
+    let sub = dir.path().join("rules/linux");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    for (name, text) in rules {
+        std::fs::write(sub.join(name), text).expect("write rule");
+    }
+    dir
+}
+
+fn base64_dir() -> tempfile::TempDir {
+    rule_dir(&[("b64.yml", base64_rule("high"))])
+}
+
+/// Detection on with only the rules in `dir`.
+fn config(dir: &tempfile::TempDir) -> Config {
     let mut c = Config::default();
     c.detection.enabled = true;
+    c.detection.builtin_rules = false;
+    c.detection.rule_paths = vec![dir.path().display().to_string()];
     c
 }
 
@@ -74,7 +131,8 @@ fn config() -> Config {
 fn an_alert_carries_the_rule_the_threat_and_the_process() {
     let o = origin();
     let shared = DetectionShared::new();
-    let mut stage = DetectionStage::new(&config(), Arc::clone(&shared));
+    let dir = base64_dir();
+    let mut stage = DetectionStage::new(&config(&dir), Arc::clone(&shared));
     let e = proc_event(&o, 1_000, "/usr/bin/dash", BASE64_CMD, "/usr/bin/bash");
     let alerts = run(&mut stage, &e, Instant::now());
     assert_eq!(alerts.len(), 1);
@@ -85,19 +143,27 @@ fn an_alert_carries_the_rule_the_threat_and_the_process() {
     assert_eq!(v["event"]["severity"], 73);
     assert_eq!(v["event"]["risk_score"], 73.0);
     assert_eq!(v["rule"]["id"], BASE64_RULE);
-    assert_eq!(v["rule"]["name"], "Base64 Payload Decoded Into a Shell");
-    assert_eq!(v["rule"]["author"][0], "edr-agent project");
-    assert_eq!(v["rule"]["license"], edr_detect::PROJECT_LICENSE);
-    assert_eq!(v["rule"]["ruleset"], "builtin");
-    assert_eq!(v["rule"]["version"], "2026-12-01");
-    assert!(v["rule"]["description"]
-        .as_str()
-        .is_some_and(|d| !d.is_empty()));
-    assert!(v["rule"]["reference"].as_str().is_some());
+    assert_eq!(v["rule"]["name"], "Test Base64 Into Shell");
+    assert_eq!(
+        v["rule"]["author"],
+        serde_json::json!(["Test Author", "Second Author"])
+    );
+    // The rule lies in a SigmaHQ-style checkout.
+    assert_eq!(v["rule"]["license"], edr_detect::SIGMAHQ_LICENSE);
+    assert_eq!(v["rule"]["ruleset"], dir.path().display().to_string());
+    assert_eq!(v["rule"]["version"], "2026-11-20");
+    assert_eq!(
+        v["rule"]["description"],
+        "A shell decodes base64 into another shell."
+    );
+    assert_eq!(
+        v["rule"]["reference"],
+        "https://attack.mitre.org/techniques/T1140/"
+    );
     assert_eq!(v["threat"]["framework"], "MITRE ATT&CK");
     assert_eq!(
         v["threat"]["tactic"]["name"],
-        serde_json::json!(["Defense Evasion", "Execution"])
+        serde_json::json!(["Stealth", "Execution"])
     );
     assert_eq!(
         v["threat"]["technique"]["id"],
@@ -112,12 +178,13 @@ fn an_alert_carries_the_rule_the_threat_and_the_process() {
     assert_eq!(a["count"], 1);
     assert_eq!(a["matched_fields"]["process.command_line"], BASE64_CMD);
     assert_eq!(a["matched_fields"]["process.executable"], "/usr/bin/dash");
-    assert!(a["falsepositives"][0].as_str().is_some());
+    assert_eq!(a["falsepositives"], serde_json::json!(["Installers"]));
+    assert_eq!(a["references"][1], "https://example.org/second");
     let s = shared.status();
     assert!(s.enabled);
     assert_eq!(s.events_evaluated, 1);
     assert_eq!(s.alerts_raised, 1);
-    assert!(s.rules_loaded >= 3);
+    assert_eq!(s.rules_loaded, 1);
     // The event itself is not an alert: its stored bytes carry none of it.
     let plain = serde_json::to_value(&e).expect("serializes");
     for key in ["rule", "threat", "user"] {
@@ -132,7 +199,8 @@ fn an_alert_carries_the_rule_the_threat_and_the_process() {
 fn repeats_within_the_window_are_one_alert_with_a_count() {
     let o = origin();
     let shared = DetectionShared::new();
-    let mut c = config();
+    let dir = base64_dir();
+    let mut c = config(&dir);
     c.detection.suppress_window_ms = 60_000;
     let mut stage = DetectionStage::new(&c, Arc::clone(&shared));
     let t0 = Instant::now();
@@ -167,7 +235,8 @@ fn repeats_within_the_window_are_one_alert_with_a_count() {
 #[test]
 fn a_zero_window_raises_every_match() {
     let o = origin();
-    let mut c = config();
+    let dir = base64_dir();
+    let mut c = config(&dir);
     c.detection.suppress_window_ms = 0;
     let mut stage = DetectionStage::new(&c, DetectionShared::new());
     let e = proc_event(&o, 1_000, "/usr/bin/dash", BASE64_CMD, "/usr/bin/bash");
@@ -220,7 +289,8 @@ fn exceptions_silence_what_they_name_and_nothing_else() {
         ),
     ];
     for (x, expected) in cases {
-        let mut c = config();
+        let dir = base64_dir();
+        let mut c = config(&dir);
         c.detection.exceptions = vec![x.clone()];
         c.validate().expect("valid");
         let shared = DetectionShared::new();
@@ -239,23 +309,44 @@ fn exceptions_silence_what_they_name_and_nothing_else() {
 fn rules_below_min_level_are_not_loaded() {
     let o = origin();
     let e = proc_event(&o, 1_000, "/usr/bin/dash", BASE64_CMD, "/usr/bin/bash");
-    let mut c = config();
+    let critical = base64_rule("critical")
+        .replace(BASE64_RULE, "c0000000-0000-4000-8000-000000000001")
+        .replace(
+            "Image|endswith: /dash",
+            "Image|endswith: /nothing-runs-this",
+        );
+    let low = base64_rule("low").replace(BASE64_RULE, "c0000000-0000-4000-8000-000000000002");
+    let dir = rule_dir(&[
+        ("high.yml", base64_rule("high")),
+        ("critical.yml", critical),
+        ("low.yml", low),
+    ]);
+    let mut c = config(&dir);
     c.detection.min_level = RuleLevel::Critical;
     let shared = DetectionShared::new();
     let mut stage = DetectionStage::new(&c, Arc::clone(&shared));
     assert!(run(&mut stage, &e, Instant::now()).is_empty());
     let s = shared.status();
-    assert!(s.rules_below_level >= 3, "{s:?}");
+    assert_eq!((s.rules_loaded, s.rules_below_level), (1, 2), "{s:?}");
     assert!(stage
         .rules()
         .expect("loaded")
         .rules()
         .iter()
         .all(|r| r.level == RuleLevel::Critical));
-    // The high rule loads at min_level high.
+    // The high rule loads at min_level high, the low one does not.
     c.detection.min_level = RuleLevel::High;
     let mut stage = DetectionStage::new(&c, DetectionShared::new());
-    assert_eq!(run(&mut stage, &e, Instant::now()).len(), 1);
+    let alerts = run(&mut stage, &e, Instant::now());
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        alerts[0].rule.as_ref().map(|r| r.id.as_str()),
+        Some(BASE64_RULE)
+    );
+    // Both at the default, low.
+    c.detection.min_level = RuleLevel::Low;
+    let mut stage = DetectionStage::new(&c, DetectionShared::new());
+    assert_eq!(run(&mut stage, &e, Instant::now()).len(), 2);
 }
 
 /// Feeds `e` every 50 ms until `want` holds for the alerts, for at most
@@ -286,10 +377,8 @@ fn rule_yaml(id: &str, needle: &str) -> String {
 fn rule_files_are_reloaded_when_added_and_edited() {
     let o = origin();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = config();
-    c.detection.builtin_rules = false;
+    let mut c = config(&dir);
     c.detection.suppress_window_ms = 0;
-    c.detection.rule_paths = vec![dir.path().display().to_string()];
     let shared = DetectionShared::new();
     let mut stage = DetectionStage::with_poll(&c, Arc::clone(&shared), Duration::from_millis(100));
     assert_eq!(shared.status().rules_loaded, 0);
@@ -331,7 +420,8 @@ fn rule_files_are_reloaded_when_added_and_edited() {
 fn detection_is_switched_and_reconfigured_live() {
     let o = origin();
     let e = proc_event(&o, 1_000, "/usr/bin/dash", BASE64_CMD, "/usr/bin/bash");
-    let mut c = config();
+    let dir = base64_dir();
+    let mut c = config(&dir);
     c.detection.suppress_window_ms = 0;
     let shared = DetectionShared::new();
     let mut stage = DetectionStage::with_poll(&c, Arc::clone(&shared), Duration::from_millis(100));
@@ -350,9 +440,9 @@ fn detection_is_switched_and_reconfigured_live() {
     }];
     stage.reconfigure(&c);
     assert!(run(&mut stage, &e, Instant::now()).is_empty());
-    // Turning the built-in rules off reloads without them.
+    // Removing the rule path reloads without its rules.
     c.detection.exceptions.clear();
-    c.detection.builtin_rules = false;
+    c.detection.rule_paths.clear();
     stage.reconfigure(&c);
     assert!(until(&mut stage, &e, Duration::from_secs(10), |a| a
         .is_empty()
@@ -362,19 +452,20 @@ fn detection_is_switched_and_reconfigured_live() {
 #[test]
 fn hostile_typed_events_neither_crash_nor_stall() {
     let o = origin();
-    let mut stage = DetectionStage::new(&config(), DetectionShared::new());
+    let dir = base64_dir();
+    let mut stage = DetectionStage::new(&config(&dir), DetectionShared::new());
     let huge = format!("{} {BASE64_CMD}", "x".repeat(1 << 20));
     let lossy = String::from_utf8_lossy(b"sh -c \xff\xfe | base64 -d | sh").into_owned();
     let t0 = Instant::now();
     let a = run(
         &mut stage,
-        &proc_event(&o, 1, "/bin/sh", &huge, "/bin/bash"),
+        &proc_event(&o, 1, "/bin/dash", &huge, "/bin/bash"),
         Instant::now(),
     );
     assert_eq!(a.len(), 1);
     let b = run(
         &mut stage,
-        &proc_event(&o, 2, "/bin/bash", &lossy, "/bin/bash"),
+        &proc_event(&o, 2, "/usr/bin/dash", &lossy, "/bin/bash"),
         Instant::now(),
     );
     assert_eq!(b.len(), 1);

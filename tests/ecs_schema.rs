@@ -271,11 +271,12 @@ fn alert_fields_are_valid_ecs() {
         let mut buf = Vec::new();
         let mut item = Item::new(e, &mut buf);
         stage.process(&mut item, Instant::now());
-        for (_, a) in item.take_emitted() {
+        let emitted = item.take_emitted();
+        assert!(!emitted.is_empty(), "no built-in rule matched {e:?}");
+        for (_, a) in emitted {
             alerts.push(serde_json::to_value(&a).expect("serializes"));
         }
     }
-    assert_eq!(alerts.len(), 3, "one alert per event: {alerts:#?}");
     for a in &alerts {
         assert_eq!(a["event"]["kind"], "alert");
         assert!(a["rule"]["id"].is_string() && a["threat"]["framework"].is_string());
