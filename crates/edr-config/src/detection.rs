@@ -175,6 +175,35 @@ mod tests {
     }
 
     #[test]
+    fn the_loader_names_the_detection_key_that_is_wrong() {
+        let e = crate::Config::from_yaml("f.yaml", "detection:\n  min_level: severe\n")
+            .expect_err("unknown level");
+        assert!(e.to_string().contains("detection.min_level"), "{e}");
+        let e = crate::Config::from_yaml(
+            "f.yaml",
+            "detection:\n  exceptions:\n    - {}\n    - {executable: \"a[\"}\n",
+        )
+        .expect_err("bad exceptions");
+        let keys: Vec<String> = e.field_errors().into_iter().map(|f| f.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "detection.exceptions[0]",
+                "detection.exceptions[1].executable"
+            ]
+        );
+        let e = crate::Config::from_yaml("f.yaml", "detection:\n  exceptions:\n    - {rule: x}\n")
+            .expect_err("unknown exception key");
+        assert!(e.to_string().contains("rule"), "{e}");
+        let ok = crate::Config::from_yaml(
+            "f.yaml",
+            "detection:\n  min_level: high\n  exceptions:\n    - {rule_id: x, command_line_contains: --dry-run}\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.detection.min_level, RuleLevel::High);
+    }
+
+    #[test]
     fn levels_order_and_parse() {
         assert!(RuleLevel::Low < RuleLevel::Critical);
         for l in RuleLevel::ALL {

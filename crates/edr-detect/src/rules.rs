@@ -345,20 +345,14 @@ impl RuleSet {
     /// (product from `host.os.type`, category from the event).
     pub fn evaluate(&self, e: &Event) -> Vec<Match<'_>> {
         let view = EcsEvent(e);
-        self.collect(
-            logsources(e)
-                .iter()
-                .flat_map(|ls| self.engine.evaluate_with_logsource(&view, ls)),
-        )
+        self.collect(logsources(e).flat_map(|ls| self.engine.evaluate_with_logsource(&view, &ls)))
     }
 
     /// As [`RuleSet::evaluate`], for an ECS-shaped JSON event.
     pub fn evaluate_json(&self, v: &Value) -> Vec<Match<'_>> {
         let view = JsonEcsEvent::new(v);
         self.collect(
-            json_logsources(v)
-                .iter()
-                .flat_map(|ls| self.engine.evaluate_with_logsource(&view, ls)),
+            json_logsources(v).flat_map(|ls| self.engine.evaluate_with_logsource(&view, &ls)),
         )
     }
 

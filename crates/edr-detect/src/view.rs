@@ -3,6 +3,7 @@
 //! names over ECS-shaped JSON (stored or exported events, rule tests).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use edr_model::event::Event;
 use rsigma_eval::event::{Event as SigmaEvent, EventValue, JsonEvent};
@@ -227,57 +228,83 @@ pub fn categories<'c>(
     category: &str,
     types: impl Iterator<Item = &'c str> + Clone,
     renamed: bool,
-) -> Vec<&'static str> {
+) -> &'static [&'static str] {
     let has = |t: &str| types.clone().any(|x| x == t);
     match category {
-        "process" if has("start") => vec!["process_creation"],
-        "file" if renamed => vec!["file_event", "file_rename"],
-        "file" if has("creation") => vec!["file_event"],
-        "file" if has("change") => vec!["file_event", "file_change"],
-        "file" if has("deletion") => vec!["file_delete"],
-        "network" if has("connection") && has("start") => vec!["network_connection"],
-        _ => Vec::new(),
+        "process" if has("start") => &["process_creation"],
+        "file" if renamed => &["file_event", "file_rename"],
+        "file" if has("creation") => &["file_event"],
+        "file" if has("change") => &["file_event", "file_change"],
+        "file" if has("deletion") => &["file_delete"],
+        "network" if has("connection") && has("start") => &["network_connection"],
+        _ => &[],
+    }
+}
+
+/// Every (product, category) our events have, built once: looking one up
+/// costs no allocation on the hot path.
+fn table() -> &'static [LogSource] {
+    static TABLE: OnceLock<Vec<LogSource>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Vec::new();
+        for product in [Some("linux"), Some("macos"), None] {
+            for c in crate::rules::SUPPORTED_CATEGORIES {
+                t.push(LogSource {
+                    category: Some((*c).to_string()),
+                    product: product.map(String::from),
+                    ..LogSource::default()
+                });
+            }
+        }
+        t
+    })
+}
+
+fn logsource(product: &str, category: &'static str) -> Cow<'static, LogSource> {
+    let product = (!product.is_empty()).then_some(product);
+    match table()
+        .iter()
+        .find(|l| l.category.as_deref() == Some(category) && l.product.as_deref() == product)
+    {
+        Some(l) => Cow::Borrowed(l),
+        // An exported event from another OS: still routed exactly.
+        None => Cow::Owned(LogSource {
+            category: Some(category.to_string()),
+            product: product.map(String::from),
+            ..LogSource::default()
+        }),
     }
 }
 
 /// The logsources of a typed event.
-pub fn logsources(e: &Event) -> Vec<LogSource> {
-    if e.event.kind != "event" {
-        return Vec::new();
-    }
-    let renamed = e.edr.as_ref().is_some_and(|x| x.original_path.is_some());
-    let cat = e.event.category.first().copied().unwrap_or_default();
-    to_logsources(
-        e.host.os.kind,
-        categories(cat, e.event.types.iter().copied(), renamed),
-    )
+pub fn logsources(e: &Event) -> impl Iterator<Item = Cow<'static, LogSource>> + '_ {
+    let cats: &[&str] = if e.event.kind == "event" {
+        let renamed = e.edr.as_ref().is_some_and(|x| x.original_path.is_some());
+        let cat = e.event.category.first().copied().unwrap_or_default();
+        categories(cat, e.event.types.iter().copied(), renamed)
+    } else {
+        &[]
+    };
+    cats.iter().map(|c| logsource(e.host.os.kind, c))
 }
 
 /// The logsources of an ECS-shaped JSON event.
-pub fn json_logsources(v: &Value) -> Vec<LogSource> {
-    if v["event"]["kind"].as_str().is_some_and(|k| k != "event") {
-        return Vec::new();
-    }
-    let cat = v["event"]["category"][0]
-        .as_str()
-        .or_else(|| v["event"]["category"].as_str())
-        .unwrap_or_default();
-    let types: Vec<&str> = match &v["event"]["type"] {
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-        Value::String(t) => vec![t.as_str()],
-        _ => Vec::new(),
+pub fn json_logsources(v: &Value) -> impl Iterator<Item = Cow<'static, LogSource>> + '_ {
+    let cats: &[&str] = if v["event"]["kind"].as_str().is_some_and(|k| k != "event") {
+        &[]
+    } else {
+        let cat = v["event"]["category"][0]
+            .as_str()
+            .or_else(|| v["event"]["category"].as_str())
+            .unwrap_or_default();
+        let types: Vec<&str> = match &v["event"]["type"] {
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            Value::String(t) => vec![t.as_str()],
+            _ => Vec::new(),
+        };
+        let renamed = v["edr"]["original_path"].is_string();
+        categories(cat, types.iter().copied(), renamed)
     };
-    let renamed = v["edr"]["original_path"].is_string();
     let product = v["host"]["os"]["type"].as_str().unwrap_or_default();
-    to_logsources(product, categories(cat, types.iter().copied(), renamed))
-}
-
-fn to_logsources(product: &str, cats: Vec<&'static str>) -> Vec<LogSource> {
-    cats.into_iter()
-        .map(|c| LogSource {
-            category: Some(c.to_string()),
-            product: (!product.is_empty()).then(|| product.to_string()),
-            ..LogSource::default()
-        })
-        .collect()
+    cats.iter().map(move |c| logsource(product, c))
 }
