@@ -175,6 +175,13 @@ impl RuleSet {
             }
         }
         set.add_sources(sources, opts.min_level);
+        if !set.skipped.is_empty() {
+            tracing::warn!(
+                skipped = set.skipped.len(),
+                loaded = set.rules.len(),
+                "some detection rules were skipped; `edr-agent rules list` says why"
+            );
+        }
         Ok(set)
     }
 
@@ -316,7 +323,9 @@ impl RuleSet {
     }
 
     fn skip(&mut self, file: &str, title: Option<String>, reason: String) {
-        tracing::warn!(file, title = title.as_deref().unwrap_or(""), %reason, "rule skipped");
+        // Per rule at debug: a SigmaHQ checkout holds thousands of rules for
+        // other products; the summary below is the warning.
+        tracing::debug!(file, title = title.as_deref().unwrap_or(""), %reason, "rule skipped");
         self.skipped.push(SkippedRule {
             file: file.to_string(),
             title,

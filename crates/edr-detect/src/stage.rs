@@ -20,6 +20,10 @@ use crate::rules::{rule_files, LoadOptions, Match, RuleSet, SkippedRule};
 /// How often the loader looks at the rule files' modification times.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 
+/// Skipped rules named in the status (written every second); the count
+/// is always exact, `edr-agent rules list` names them all.
+pub const STATUS_SKIPPED_MAX: usize = 100;
+
 /// Suppression entries kept before expired ones are dropped.
 const SUPPRESS_PRUNE_AT: usize = 4096;
 /// Hard cap: past it the table is cleared (a flood of distinct programs
@@ -92,7 +96,12 @@ impl DetectionShared {
             rules_loaded: s.rules_loaded.load(Relaxed),
             rules_skipped: s.rules_skipped.load(Relaxed),
             rules_below_level: s.rules_below_level.load(Relaxed),
-            skipped: state.skipped.clone(),
+            skipped: state
+                .skipped
+                .iter()
+                .take(STATUS_SKIPPED_MAX)
+                .cloned()
+                .collect(),
             events_evaluated: evaluated,
             eval_ns_mean: s
                 .eval_ns_total

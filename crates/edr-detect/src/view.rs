@@ -308,3 +308,171 @@ pub fn json_logsources(v: &Value) -> impl Iterator<Item = Cow<'static, LogSource
     let product = v["host"]["os"]["type"].as_str().unwrap_or_default();
     cats.iter().map(move |c| logsource(product, c))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use edr_model::event::{
+        EdrExt, Endpoint, EventMeta, File, Network, Origin, ParentProcess, Process, Timestamp, User,
+    };
+
+    use super::*;
+
+    fn origin() -> Origin {
+        let mut o = Origin::detect();
+        Arc::make_mut(&mut o.host).os.kind = "linux";
+        o
+    }
+
+    fn event(category: &'static [&'static str], types: &'static [&'static str]) -> Event {
+        let mut e = Event::new(
+            &origin(),
+            Timestamp(1),
+            EventMeta {
+                kind: "event",
+                category,
+                types,
+                action: "process-started",
+                duration: None,
+                severity: None,
+                risk_score: None,
+            },
+        );
+        e.process = Some(Box::new(Process {
+            pid: 10,
+            name: "curl".into(),
+            executable: Some("/usr/bin/curl".into()),
+            args: vec!["curl".into(), "-s".into()],
+            command_line: Some("curl -s".into()),
+            working_directory: Some("/tmp".into()),
+            entity_id: "abc".into(),
+            parent: Some(ParentProcess {
+                pid: 9,
+                entity_id: Some("def".into()),
+                name: Some("bash".into()),
+                executable: Some("/usr/bin/bash".into()),
+                args: vec!["bash".into()],
+                command_line: Some("bash".into()),
+            }),
+            user: Some(User {
+                id: Some("0".into()),
+                name: Some("root".into()),
+            }),
+            ..Process::default()
+        }));
+        e.file = Some(Box::new(File {
+            path: "/etc/passwd".into(),
+            name: Some("passwd".into()),
+            directory: Some("/etc".into()),
+            ..File::default()
+        }));
+        e.destination = Some(Endpoint {
+            ip: "2001:db8::1".parse().expect("ip"),
+            port: 443,
+        });
+        e.source = Some(Endpoint {
+            ip: "10.0.0.1".parse().expect("ip"),
+            port: 5555,
+        });
+        e.network = Some(Network {
+            transport: "tcp",
+            kind: "ipv6",
+            direction: "outbound",
+        });
+        e.edr = Some(Box::new(EdrExt {
+            original_path: Some("/etc/passwd.old".into()),
+            ..EdrExt::default()
+        }));
+        e
+    }
+
+    /// The typed view answers every mapped name exactly as the JSON view
+    /// answers it on the same event serialized, so rules behave the same
+    /// live and in `rules test`.
+    #[test]
+    fn typed_and_json_views_agree_on_every_mapped_field() {
+        let e = event(&["process"], &["start"]);
+        let v = serde_json::to_value(&e).expect("serializes");
+        let typed = EcsEvent(&e);
+        let json = JsonEcsEvent::new(&v);
+        let mut names: Vec<&str> = crate::mapping::FIELD_MAP
+            .iter()
+            .map(|(_, ecs)| *ecs)
+            .collect();
+        names.extend([
+            "process.name",
+            "process.args",
+            "process.parent.name",
+            "process.parent.args",
+            "process.parent.pid",
+            "process.user.name",
+            "event.category",
+            "event.type",
+            "host.os.type",
+            "network.type",
+            "file.name",
+            "file.directory",
+            "no.such.field",
+        ]);
+        for name in names {
+            assert_eq!(
+                typed.get_field(name),
+                json.get_field(name),
+                "{name} differs between the typed and the JSON view"
+            );
+        }
+        assert_eq!(
+            typed.get_field("user.name"),
+            Some(EventValue::Str(Cow::Borrowed("root")))
+        );
+        assert_eq!(
+            typed.get_field("destination.port"),
+            Some(EventValue::Int(443))
+        );
+        let mut strings = Vec::new();
+        typed.visit_string_values(&mut |s| strings.push(s.to_string()));
+        for s in ["curl -s", "/usr/bin/bash", "/etc/passwd", "/tmp", "root"] {
+            assert!(strings.iter().any(|x| x == s), "{s} not visited");
+        }
+    }
+
+    #[test]
+    fn events_are_routed_by_category_type_and_product() {
+        let cats = |e: &Event| {
+            logsources(e)
+                .map(|l| (l.product.clone(), l.category.clone()))
+                .collect::<Vec<_>>()
+        };
+        let linux = Some("linux".to_string());
+        let start = event(&["process"], &["start"]);
+        assert_eq!(
+            cats(&start),
+            [(linux.clone(), Some("process_creation".into()))]
+        );
+        assert!(cats(&event(&["process"], &["end"])).is_empty());
+        let mut created = event(&["file"], &["creation"]);
+        created.edr = None;
+        assert_eq!(cats(&created), [(linux.clone(), Some("file_event".into()))]);
+        // The fixture carries an original path: a rename.
+        assert_eq!(
+            cats(&event(&["file"], &["change"])),
+            [
+                (linux.clone(), Some("file_event".into())),
+                (linux.clone(), Some("file_rename".into()))
+            ]
+        );
+        assert_eq!(
+            cats(&event(&["network"], &["start", "connection"])),
+            [(linux, Some("network_connection".into()))]
+        );
+        let mut alert = event(&["process"], &["start"]);
+        alert.event.kind = "alert";
+        assert!(cats(&alert).is_empty());
+        // Exported events from elsewhere keep their product.
+        let v = serde_json::json!({"event": {"category": ["process"], "type": ["start"]},
+            "host": {"os": {"type": "windows"}}});
+        let ls: Vec<_> = json_logsources(&v).collect();
+        assert_eq!(ls[0].product.as_deref(), Some("windows"));
+    }
+}
