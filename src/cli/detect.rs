@@ -200,6 +200,45 @@ fn print_skipped(set: &RuleSet) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest event line `rules test` reads; a longer one is skipped, so a
+/// hostile file cannot take all memory.
+const MAX_LINE: usize = 64 << 20;
+
+/// Reads one line (without its newline) into `buf`, keeping at most `max`
+/// bytes. `None` at the end of input; `Some(false)` if the line was longer
+/// (the rest of it is consumed and dropped).
+fn read_line_bounded(
+    r: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let mut read_any = false;
+    let mut whole = true;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(read_any.then_some(whole));
+        }
+        read_any = true;
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(n) => (&chunk[..n], Some(n + 1)),
+            None => (chunk, None),
+        };
+        if whole && buf.len() + part.len() <= max {
+            buf.extend_from_slice(part);
+        } else {
+            whole = false;
+            buf.clear();
+        }
+        let used = done.unwrap_or(chunk.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(Some(whole));
+        }
+    }
+}
+
 fn test(events: &Path, rules: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let set = if rules.is_empty() {
         RuleSet::load(&LoadOptions {
@@ -211,12 +250,14 @@ fn test(events: &Path, rules: &[PathBuf]) -> anyhow::Result<ExitCode> {
         RuleSet::check(rules)?
     };
     print_skipped(&set)?;
-    let reader = open_batch_reader(events)
+    let mut reader = open_batch_reader(events)
         .with_context(|| format!("cannot read events from {}", events.display()))?;
     let (mut n, mut bad, mut hits) = (0u64, 0u64, 0u64);
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line = match line {
-            Ok(l) => l,
+    let mut line = Vec::new();
+    for i in 0usize.. {
+        let whole = match read_line_bounded(&mut reader, &mut line, MAX_LINE) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => break,
             Err(e) => {
                 eprintln!(
                     "warning: {} unreadable after line {i}: {e}",
@@ -225,6 +266,14 @@ fn test(events: &Path, rules: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 break;
             }
         };
+        if !whole {
+            bad += 1;
+            eprintln!(
+                "warning: line {}: longer than {MAX_LINE} bytes, skipped",
+                i + 1
+            );
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -257,4 +306,29 @@ fn test(events: &Path, rules: &[PathBuf]) -> anyhow::Result<ExitCode> {
         set.rules().len()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_whole_or_skipped_when_too_long() {
+        let data = b"short\nthis one is too long\n\nlast";
+        let mut r = std::io::BufReader::with_capacity(4, &data[..]);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while let Some(whole) = read_line_bounded(&mut r, &mut buf, 10).expect("reads") {
+            got.push((whole, String::from_utf8_lossy(&buf).into_owned()));
+        }
+        assert_eq!(
+            got,
+            [
+                (true, "short".to_string()),
+                (false, String::new()),
+                (true, String::new()),
+                (true, "last".to_string()),
+            ]
+        );
+    }
 }
