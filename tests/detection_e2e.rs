@@ -201,3 +201,56 @@ async fn a_base64_decode_into_a_shell_raises_its_alerts() {
         "{line}"
     );
 }
+
+/// A file written under a watched directory raises a file_event rule (the
+/// test's own, loaded from `detection.rule_paths`) with the file's path:
+/// the real file collector's events are routed to file rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_write_raises_a_file_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("mkdir");
+    let os = if cfg!(target_os = "macos") {
+        "macos"
+    } else {
+        "linux"
+    };
+    std::fs::write(
+        rules.join("canary.yml"),
+        format!(
+            "title: Canary Script Dropped\nid: 7a0c1f4e-3d2b-4c5a-9e8f-0a1b2c3d4e5f\nauthor: tester\n\
+             logsource:\n  product: {os}\n  category: file_event\ndetection:\n  sel:\n    \
+             TargetFilename|endswith: /dropped-canary.sh\n  condition: sel\nlevel: high\n"
+        ),
+    )
+    .expect("write rule");
+    let mut c = test_config(dir.path());
+    c.collectors.process_monitor.enabled = false;
+    c.agent.collection_interval_ms = 200;
+    c.detection.enabled = true;
+    c.detection.builtin_rules = false;
+    c.detection.rule_paths = vec![rules.display().to_string()];
+    let data = c.data_dir();
+    let watched = common::watched(dir.path());
+    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
+        .expect("engine starts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let target = watched.join("dropped-canary.sh");
+    std::fs::write(&target, b"#!/bin/sh\n").expect("write file");
+    let alert = wait_for_async(Duration::from_secs(15), || {
+        read_events(&data)
+            .into_iter()
+            .find(|e| e["event"]["kind"] == "alert")
+    })
+    .await;
+    engine.shutdown().await;
+    let a = alert.expect("the file rule raised an alert");
+    assert_eq!(a["rule"]["id"], "7a0c1f4e-3d2b-4c5a-9e8f-0a1b2c3d4e5f");
+    assert_eq!(a["rule"]["author"][0], "tester");
+    assert_eq!(a["event"]["category"][0], "file");
+    assert_eq!(a["file"]["path"], target.display().to_string());
+    assert_eq!(
+        a["edr"]["alert"]["matched_fields"]["file.path"],
+        target.display().to_string()
+    );
+}
