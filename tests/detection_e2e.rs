@@ -254,3 +254,64 @@ async fn a_watched_file_write_raises_a_file_rule() {
         target.display().to_string()
     );
 }
+
+/// An outbound TCP connection the network collector sees raises a
+/// network_connection rule on its destination port and `Initiated`
+/// (mapped to `network.direction`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_connection_raises_a_network_rule() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("mkdir");
+    std::fs::write(
+        rules.join("port.yml"),
+        format!(
+            "title: Connection To Test Port\nid: 3b9e2d1c-8a7f-4e6d-b5c4-a3b2c1d0e9f8\nauthor: tester\n\
+             logsource:\n  category: network_connection\ndetection:\n  sel:\n    \
+             Initiated: 'true'\n    DestinationPort: {port}\n  condition: sel\nlevel: medium\n"
+        ),
+    )
+    .expect("write rule");
+    let mut c = test_config(dir.path());
+    c.collectors.file_monitor.enabled = false;
+    c.collectors.network_monitor.enabled = true;
+    c.collectors.network_monitor.scan_interval_ms = 100;
+    c.agent.collection_interval_ms = 200;
+    c.detection.enabled = true;
+    c.detection.builtin_rules = false;
+    c.detection.rule_paths = vec![rules.display().to_string()];
+    let data = c.data_dir();
+    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
+        .expect("engine starts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).expect("read");
+    let alert = wait_for_async(Duration::from_secs(15), || {
+        read_events(&data)
+            .into_iter()
+            .find(|e| e["event"]["kind"] == "alert")
+    })
+    .await;
+    drop((client, server, listener));
+    engine.shutdown().await;
+    let a = alert.expect("the network rule raised an alert");
+    assert_eq!(a["rule"]["id"], "3b9e2d1c-8a7f-4e6d-b5c4-a3b2c1d0e9f8");
+    assert_eq!(a["event"]["category"][0], "network");
+    assert_eq!(a["destination"]["port"], port);
+    assert_eq!(a["network"]["direction"], "outbound");
+    // Both sides of the connection are seen; only the initiating one
+    // matches.
+    let alerts = read_events(&data)
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == "alert")
+        .count();
+    assert_eq!(alerts, 1);
+}
