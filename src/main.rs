@@ -154,13 +154,8 @@ fn config_command(c: ConfigCommand) -> anyhow::Result<ExitCode> {
             cli::out(format_args!("{}", c.to_yaml()))?;
         }
         ConfigCommand::Presets => {
-            for (name, yaml) in config::PRESETS {
-                let summary = yaml
-                    .lines()
-                    .take_while(|l| l.starts_with('#'))
-                    .map(|l| l.trim_start_matches('#').trim())
-                    .collect::<Vec<_>>()
-                    .join(" ");
+            for p in config::PRESETS {
+                let (name, summary) = (p.name, p.summary());
                 cli::out(format_args!("{name:<18} {summary}\n"))?;
             }
         }

@@ -50,6 +50,15 @@ fn wait_running(root: &Path, agent: &Child) {
     assert!(ok.is_some(), "agent did not come up");
 }
 
+/// The names of the process's threads, from /proc.
+fn thread_names(child: &Child) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("task dir");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
@@ -62,6 +71,14 @@ fn sigterm_commits_the_open_batch_and_exits_zero() {
     let config = write_config(dir.path(), |c| c.agent.collection_interval_ms = 3_600_000);
     let mut agent = spawn_agent(&config);
     wait_running(dir.path(), &agent);
+    // The status and history writes run on their own thread, beside the
+    // async runtime's two named workers.
+    let threads = thread_names(&agent);
+    assert!(threads.iter().any(|t| t == "edr-metrics"), "{threads:?}");
+    assert!(
+        threads.iter().filter(|t| *t == "edr-runtime").count() >= 2,
+        "{threads:?}"
+    );
     for i in 0..7 {
         std::fs::write(watched(dir.path()).join(format!("term-{i}.txt")), b"x").expect("write");
     }

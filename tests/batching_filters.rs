@@ -78,7 +78,7 @@ async fn a_burst_of_writes_to_one_file_is_stored_once_and_counted() {
             .recent_events(500)
             .iter()
             .any(|r| {
-                r.action == "file-modified"
+                r.action == edr_model::Action::FileModified
                     && r.file_path
                         .as_deref()
                         .is_some_and(|p| p.ends_with("other-2.txt"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use edr_config::{Config, DetectionException, RuleLevel};
 use edr_detect::{DetectionShared, DetectionStage};
-use edr_model::event::{Event, EventMeta, Origin, ParentProcess, Process, Timestamp, User};
+use edr_model::event::{Action, Event, EventMeta, Origin, ParentProcess, Process, Timestamp, User};
 use edr_pipeline::stage::{Item, Stage};
 
 const BASE64_RULE: &str = "5e1d7c0a-1b2c-4d3e-8f4a-5b6c7d8e9f00";
@@ -29,7 +29,7 @@ fn proc_event(o: &Origin, ts: u64, exe: &str, cmd: &str, parent: &str) -> Event 
             kind: "event",
             category: &["process"],
             types: &["start"],
-            action: "process-started",
+            action: Action::ProcessStarted,
             duration: None,
             severity: None,
             risk_score: None,

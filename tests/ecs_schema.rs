@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{read_events, test_config, wait_for_async, watched};
 use edr_engine::{EngineHandle, EngineOptions};
-use edr_model::event::Timestamp;
+use edr_model::event::{Action, Timestamp};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -122,7 +122,21 @@ async fn every_stored_field_is_valid_ecs() {
     );
 
     let events = read_events(&data);
-    let problems = problems_of(&events);
+    let (mut problems, stored_paths) = problems_of(&events);
+    // What detection rules match on is held to the check only if stored.
+    for path in [
+        "process.working_directory",
+        "process.parent.name",
+        "process.parent.executable",
+        "process.parent.args",
+        "process.parent.command_line",
+        "network: process.executable",
+        "process.command_line",
+    ] {
+        if !stored_paths.contains(path) {
+            problems.insert(format!("{path}: never stored, so never checked"));
+        }
+    }
     assert!(
         problems.is_empty(),
         "{} events checked; problems:\n{}",
@@ -132,14 +146,19 @@ async fn every_stored_field_is_valid_ecs() {
 }
 
 /// Every field of `events` that is not ECS (outside `edr.*`), of the wrong
-/// type or not an allowed value.
-fn problems_of(events: &[Value]) -> BTreeSet<String> {
+/// type or not an allowed value; and the paths stored.
+fn problems_of(events: &[Value]) -> (BTreeSet<String>, BTreeSet<String>) {
     let fields = ecs_fields();
     let mut problems = BTreeSet::new();
+    let mut stored_paths = BTreeSet::new();
     for e in events {
         let mut flat = Vec::new();
         flatten("", e, &mut flat);
+        if e["event"]["category"][0] == "network" && e["process"].get("executable").is_some() {
+            stored_paths.insert("network: process.executable".to_string());
+        }
         for (path, value) in flat {
+            stored_paths.insert(path.clone());
             if path == "edr" || path.starts_with("edr.") {
                 continue;
             }
@@ -156,12 +175,22 @@ fn problems_of(events: &[Value]) -> BTreeSet<String> {
                 }
             }
         }
-        // Every action can be named in `filters.exclude_actions`.
+        // Every action can be named in `filters.exclude_actions`, and
+        // belongs to the event type it is stored under.
         if let Some(action) = e["event"]["action"].as_str() {
-            if !edr_config::EVENT_ACTIONS.contains(&action) {
-                problems.insert(format!(
-                    "action {action:?} is missing from config::EVENT_ACTIONS"
-                ));
+            match Action::parse(action) {
+                None => {
+                    problems.insert(format!(
+                        "action {action:?} is missing from edr_model::event::Action"
+                    ));
+                }
+                Some(a) if e["event"]["category"][0] != a.event_type().as_str() => {
+                    problems.insert(format!(
+                        "action {action:?} stored under category {}",
+                        e["event"]["category"]
+                    ));
+                }
+                Some(_) => {}
             }
         }
         for required in ["@timestamp", "event", "host", "agent", "ecs"] {
@@ -170,7 +199,7 @@ fn problems_of(events: &[Value]) -> BTreeSet<String> {
             }
         }
     }
-    problems
+    (problems, stored_paths)
 }
 
 /// Alerts, of each kind of event the rules see, built by the real
@@ -224,7 +253,7 @@ fn alert_fields_are_valid_ecs() {
     let mut p = Event::new(
         &origin,
         Timestamp::now(),
-        meta(&["process"], &["start"], "process-started"),
+        meta(&["process"], &["start"], Action::ProcessStarted),
     );
     p.process = Some(Box::new(process(
         "/usr/bin/dash",
@@ -233,7 +262,7 @@ fn alert_fields_are_valid_ecs() {
     let mut f = Event::new(
         &origin,
         Timestamp::now(),
-        meta(&["file"], &["creation"], "file-created"),
+        meta(&["file"], &["creation"], Action::FileCreated),
     );
     f.file = Some(Box::new(File {
         path: "/etc/cron.d/updater".into(),
@@ -246,7 +275,11 @@ fn alert_fields_are_valid_ecs() {
     let mut n = Event::new(
         &origin,
         Timestamp::now(),
-        meta(&["network"], &["start", "connection"], "connection-opened"),
+        meta(
+            &["network"],
+            &["start", "connection"],
+            Action::ConnectionOpened,
+        ),
     );
     n.process = Some(Box::new(process("/usr/bin/bash", "bash -i")));
     n.source = Some(Endpoint {
@@ -281,7 +314,7 @@ fn alert_fields_are_valid_ecs() {
         assert_eq!(a["event"]["kind"], "alert");
         assert!(a["rule"]["id"].is_string() && a["threat"]["framework"].is_string());
     }
-    let problems = problems_of(&alerts);
+    let (problems, _) = problems_of(&alerts);
     assert!(
         problems.is_empty(),
         "problems:\n{}",

@@ -10,7 +10,7 @@ use common::{
     batch_sizes, read_events, start_engine as start, str_field, test_config, touch_files,
     wait_for_async, wait_not_watching, wait_watching, watched,
 };
-use edr_engine::{EngineError, EngineHandle, EngineOptions};
+use edr_engine::{EngineError, EngineHandle, EngineOptions, EngineState};
 use edr_model::event::EventType;
 use tokio_util::sync::CancellationToken;
 
@@ -155,8 +155,10 @@ async fn pause_stops_events_and_resume_restarts_them() {
     c.agent.collection_interval_ms = 200;
     let engine = start(c);
     wait_watching(&engine).await;
+    assert_eq!(engine.snapshot().state(), EngineState::Running);
     engine.pause();
     assert!(engine.snapshot().paused);
+    assert_eq!(engine.snapshot().state(), EngineState::Paused);
     wait_not_watching(&engine).await;
     let before = engine.snapshot().totals.produced[1];
     touch_files(&watched(dir.path()), "paused", 10);
@@ -167,6 +169,7 @@ async fn pause_stops_events_and_resume_restarts_them() {
         "events while paused"
     );
     engine.resume();
+    assert_eq!(engine.snapshot().state(), EngineState::Running);
     wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "resumed", 10);
     assert!(
@@ -264,6 +267,7 @@ async fn snapshot_reports_the_agent_itself() {
     // The status file the CLI reads reflects the stop.
     let status = edr_engine::read_status(engine.data_dir()).expect("status file");
     assert!(!status.running);
+    assert_eq!(status.state(), EngineState::Stopped);
     assert!(edr_engine::running_agent(engine.data_dir()).is_none());
 }
 
@@ -290,4 +294,47 @@ async fn a_data_dir_inside_a_watched_dir_does_not_watch_itself() {
         .filter(|p| p.contains("agent-data"))
         .collect();
     assert!(own.is_empty(), "the agent recorded its own writes: {own:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_of_the_config_file_apply_live_and_a_bad_one_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = test_config(dir.path());
+    c.agent.max_events_per_batch = 7;
+    let data = c.data_dir();
+    let path = dir.path().join("config.yaml");
+    c.save(&path).expect("save");
+    let source = edr_config::ConfigSource {
+        file: Some(path.clone()),
+        ..Default::default()
+    };
+    let opts = EngineOptions {
+        config_source: source.clone(),
+        ..EngineOptions::default()
+    };
+    let engine = EngineHandle::start(
+        source.load().expect("loads"),
+        opts,
+        CancellationToken::new(),
+    )
+    .expect("starts");
+    c.agent.max_events_per_batch = 1234;
+    c.save(&path).expect("save");
+    let applied = wait_for_async(Duration::from_secs(10), || {
+        (engine.config().agent.max_events_per_batch == 1234).then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "edit not applied");
+    assert_eq!(engine.snapshot().config_error, None);
+
+    std::fs::write(&path, "agent:\n  max_events_per_batch: 0\n").expect("write");
+    let refused = wait_for_async(Duration::from_secs(10), || engine.snapshot().config_error).await;
+    let refused = refused.expect("refusal reported");
+    assert!(refused.contains("max_events_per_batch"), "{refused}");
+    assert_eq!(engine.config().agent.max_events_per_batch, 1234, "kept");
+
+    engine.shutdown().await;
+    let last = edr_engine::read_status(&data).expect("final status");
+    assert!(!last.running);
+    assert_eq!(edr_engine::running_agent(&data), None, "lock released");
 }

@@ -198,6 +198,47 @@ fn tcp_listener_and_its_connections_start_and_end() {
     );
 }
 
+/// Rules match a connection on the program behind it: the owner's
+/// executable and command line, not only its pid and name.
+#[test]
+fn a_connection_names_the_program_that_made_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let c = Collector::start();
+    // A connection made after the first scan: an event, not inventory.
+    c.wait("inventory of our listener", &|v| {
+        action(v) == "listening" && v["source"]["port"] == port
+    });
+    let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let client_port = client.local_addr().expect("addr").port();
+    let (server, _) = listener.accept().expect("accept");
+    let opened = c.wait("our outbound connection", &|v| {
+        action(v) == "connection-opened"
+            && v["network"]["direction"] == "outbound"
+            && v["source"]["port"] == client_port
+    });
+    drop((client, server));
+    assert!(is_ours(&opened), "{opened}");
+    let exe = std::fs::canonicalize(std::env::current_exe().expect("own path"))
+        .expect("canonical own path");
+    assert_eq!(
+        opened["process"]["executable"].as_str(),
+        exe.to_str(),
+        "{opened}"
+    );
+    let args: Vec<String> = std::env::args().collect();
+    let args = edr_model::redact::redact_args(&args);
+    assert_eq!(
+        opened["process"]["args"],
+        serde_json::json!(args),
+        "{opened}"
+    );
+    assert_eq!(
+        opened["process"]["command_line"].as_str(),
+        Some(args.join(" ").as_str())
+    );
+}
+
 #[test]
 fn udp_sockets_show_up_bound_and_connected() {
     let bound = UdpSocket::bind("127.0.0.1:0").expect("bind");

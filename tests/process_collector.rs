@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edr_collect::{process, Coverage, ProcessCapture};
 use edr_config::{ProcessMonitorConfig, ProcessSource};
-use edr_model::event::{Event, Timestamp};
+use edr_model::event::{Action, Event, Timestamp};
 use edr_pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -198,7 +198,7 @@ fn child_start_and_end_are_reported_with_matching_identity(source: ProcessSource
     let after = Timestamp::now();
 
     let started = running.find("start of the child", |e| {
-        e.event.action == "process-started" && has_arg(e, &marker)
+        e.event.action == Action::ProcessStarted && has_arg(e, &marker)
     });
     let sp = started.process.as_ref().expect("process fields");
     // Dated when it started, to the kernel's 10 ms clock tick (and not a
@@ -237,7 +237,7 @@ fn child_start_and_end_are_reported_with_matching_identity(source: ProcessSource
 
     finish(child);
     let ended = running.find("end of the child", |e| {
-        e.event.action == "process-ended" && has_arg(e, &marker)
+        e.event.action == Action::ProcessEnded && has_arg(e, &marker)
     });
     let ep = ended.process.as_ref().expect("process fields");
     assert_eq!(ended.event.kind, "event");
@@ -277,7 +277,7 @@ fn secrets_in_arguments_are_redacted(source: ProcessSource) {
     let marker = unique_marker();
     let child = spawn_sh(&marker, &["--password=hunter2"], &[]);
     let started = running.find("start of the child", |e| {
-        e.event.action == "process-started" && has_arg(e, &marker)
+        e.event.action == Action::ProcessStarted && has_arg(e, &marker)
     });
     let p = started.process.as_ref().expect("process fields");
     assert!(
@@ -290,7 +290,7 @@ fn secrets_in_arguments_are_redacted(source: ProcessSource) {
 
     finish(child);
     let ended = running.find("end of the child", |e| {
-        e.event.action == "process-ended" && has_arg(e, &marker)
+        e.event.action == Action::ProcessEnded && has_arg(e, &marker)
     });
     let text = serde_json::to_string(&ended).expect("serializes");
     assert!(!text.contains("hunter2"), "{text}");
@@ -324,7 +324,7 @@ fn environment_is_collected_redacted_when_enabled(source: ProcessSource) {
         ],
     );
     let started = running.find("start of the child", |e| {
-        e.event.action == "process-started" && has_arg(e, &marker)
+        e.event.action == Action::ProcessStarted && has_arg(e, &marker)
     });
     let env = &started.process.as_ref().expect("process fields").env_vars;
     assert!(
@@ -420,11 +420,11 @@ fn a_fork_without_exec_is_a_process_with_its_parents_program() {
         .spawn()
         .expect("spawn sh");
     let shell = running.find("start of the shell", |e| {
-        e.event.action == "process-started" && pid_of(e) == Some(child.id())
+        e.event.action == Action::ProcessStarted && pid_of(e) == Some(child.id())
     });
     let shell_entity = shell.process.as_ref().expect("fields").entity_id.clone();
     let sub = running.find("start of the subshell", |e| {
-        e.event.action == "process-started"
+        e.event.action == Action::ProcessStarted
             && e.process
                 .as_ref()
                 .is_some_and(|p| p.parent.as_ref().is_some_and(|pp| pp.pid == child.id()))
@@ -439,7 +439,7 @@ fn a_fork_without_exec_is_a_process_with_its_parents_program() {
     let status = child.wait().expect("shell exits");
     assert_eq!(status.code(), Some(3));
     let ended = running.find("end of the shell", |e| {
-        e.event.action == "process-ended" && pid_of(e) == Some(child.id())
+        e.event.action == Action::ProcessEnded && pid_of(e) == Some(child.id())
     });
     let ep = ended.process.as_ref().expect("fields");
     assert_eq!(ep.entity_id, shell_entity);
@@ -462,10 +462,10 @@ fn a_process_that_execs_again_keeps_its_identity() {
         .spawn()
         .expect("spawn sh");
     let shell = running.find("start of the shell", |e| {
-        e.event.action == "process-started" && pid_of(e) == Some(child.id())
+        e.event.action == Action::ProcessStarted && pid_of(e) == Some(child.id())
     });
     let sleep = running.find("exec of sleep", |e| {
-        e.event.action == "process-exec" && pid_of(e) == Some(child.id())
+        e.event.action == Action::ProcessExec && pid_of(e) == Some(child.id())
     });
     let (shp, slp) = (
         shell.process.as_ref().expect("fields"),
@@ -479,7 +479,7 @@ fn a_process_that_execs_again_keeps_its_identity() {
     child.kill().expect("kill");
     child.wait().expect("reap");
     let ended = running.find("end of sleep", |e| {
-        e.event.action == "process-ended" && pid_of(e) == Some(child.id())
+        e.event.action == Action::ProcessEnded && pid_of(e) == Some(child.id())
     });
     let ep = ended.process.as_ref().expect("fields");
     assert_eq!(ep.entity_id, shp.entity_id);

@@ -8,8 +8,9 @@ use edr_config::Config;
 use edr_config::{
     AdaptiveBatchingConfig, AgentConfig, AlertsConfig, CollectorsConfig, Compression,
     FileMonitorConfig, FiltersConfig, LocalStorageConfig, NetworkMonitorConfig,
-    ProcessMonitorConfig, ProcessSource, StorageConfig, EVENT_ACTIONS,
+    ProcessMonitorConfig, ProcessSource, StorageConfig,
 };
+use edr_model::event::Action;
 use proptest::prelude::*;
 
 /// Paths with the characters YAML treats specially: quotes, `#`, `:`,
@@ -140,13 +141,13 @@ fn config() -> impl Strategy<Value = Config> {
     let filters = (
         0u64..=3_600_000,
         0u64..=3_600_000,
-        prop::sample::subsequence(EVENT_ACTIONS, 0..4),
+        prop::sample::subsequence(Action::ALL.to_vec(), 0..4),
         prop::collection::vec(glob(), 0..3),
     )
         .prop_map(|(coalesce, repeat, actions, processes)| FiltersConfig {
             coalesce_file_changes_ms: coalesce,
             repeat_window_ms: repeat,
-            exclude_actions: actions.into_iter().map(String::from).collect(),
+            exclude_actions: actions.iter().map(|a| a.as_str().to_string()).collect(),
             exclude_processes: processes,
         });
     (agent, process, file, network, storage, alerts, filters).prop_map(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{test_config, touch_files, wait_for_async, wait_watching, watched};
 use edr_engine::{EngineHandle, EngineOptions};
-use edr_store::sink::{committed_since, Sink, SinkContext};
+use edr_store::sink::{committed_since, CommittedBatch, Sink, SinkContext};
 use edr_store::{batch_stats, list_batches, seq_from_name};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,20 @@ impl FileCursorSink {
     }
 }
 
+impl FileCursorSink {
+    /// Reads the batch (it must be on disk and whole), remembers it and
+    /// moves the cursor past it.
+    fn record(&self, b: &CommittedBatch) {
+        let stats = batch_stats(&b.path).expect("a told batch is on disk and readable");
+        self.seen
+            .lock()
+            .expect("lock")
+            .batches
+            .push((b.seq, stats.events, b.events));
+        std::fs::write(&self.cursor, b.seq.to_string()).expect("cursor");
+    }
+}
+
 impl Sink for FileCursorSink {
     fn name(&self) -> &'static str {
         "test-cursor"
@@ -64,22 +78,10 @@ impl Sink for FileCursorSink {
             let backlog =
                 committed_since(&ctx.data_dir, Self::next_seq(&self.cursor)).expect("list backlog");
             for b in backlog {
-                let stats = batch_stats(&b.path).expect("backlog batch readable");
-                self.seen
-                    .lock()
-                    .expect("lock")
-                    .batches
-                    .push((b.seq, stats.events, b.events));
-                std::fs::write(&self.cursor, b.seq.to_string()).expect("cursor");
+                self.record(&b);
             }
             while let Some(b) = ctx.batches.recv().await {
-                let stats = batch_stats(&b.path).expect("a notified batch is on disk");
-                self.seen
-                    .lock()
-                    .expect("lock")
-                    .batches
-                    .push((b.seq, stats.events, b.events));
-                std::fs::write(&self.cursor, b.seq.to_string()).expect("cursor");
+                self.record(&b);
                 if !self.hold {
                     ctx.hold.keep_from(b.seq + 1);
                 }

@@ -217,6 +217,45 @@ function fields() {
   return [...$('settings-form').querySelectorAll('[name]')];
 }
 
+// Grouped with spaces, as the hints always were: 3 600 000.
+function grouped(n) {
+  return n.toLocaleString('en-US', { maximumFractionDigits: 6 }).replace(/,/g, '\u2009');
+}
+
+function rangeText(r) {
+  if (!r) return '';
+  return r.minOpen ? `more than ${grouped(r.min)}, up to ${grouped(r.max)}` : `${grouped(r.min)} – ${grouped(r.max)}`;
+}
+
+// Labels, hints and preset choices come from the engine's key table (the
+// `schema` part of get_settings), so no range or preset is typed in the HTML.
+// Until it has come (or when the engine is not running) the form stays
+// hidden rather than showing unlabelled inputs.
+function renderSchema(schema) {
+  if (!schema) return;
+  const byName = new Map(fields().map((f) => [f.name, f]));
+  for (const s of schema.fields) {
+    const f = byName.get(s.key);
+    if (!f) continue;
+    const label = f.closest('label');
+    const name = label.querySelector('.name') || label.querySelector('.label');
+    if (name) name.textContent = s.label;
+    f.title = s.doc;
+    const hint = label.querySelector('.hint');
+    if (hint) hint.textContent = [rangeText(s.range), s.hint].filter(Boolean).join('; ');
+  }
+  const picker = $('preset');
+  const chosen = picker.value;
+  picker.replaceChildren(...schema.presets.map((p) => {
+    const o = el('option', null, p.title);
+    o.value = p.name;
+    o.title = p.summary;
+    return o;
+  }));
+  if (chosen) picker.value = chosen;
+  $('settings-form').classList.add('ready');
+}
+
 function fillForm(form) {
   for (const f of fields()) {
     const v = form[f.name];
@@ -267,7 +306,9 @@ function say(text, kind) {
 async function loadSettings() {
   clearErrors();
   try {
-    fillForm(await invoke('get_settings'));
+    const settings = await invoke('get_settings');
+    renderSchema(settings.schema);
+    fillForm(settings);
     ui.settingsLoaded = true;
     say('');
   } catch (e) {

@@ -1,11 +1,12 @@
 //! The commands the window may call (and nothing else: see
 //! `capabilities/main.json`). Each checks its input, then translates
 //! between the engine and the view types. All are `async` so they run on
-//! the runtime's threads, never on the UI thread (drawing charts, saving
-//! the config file).
+//! the runtime's threads, never on the UI thread; the slow parts (drawing
+//! charts, saving the config file) go to its blocking pool so no runtime
+//! thread waits on them either.
 
 use edr_config as config;
-use tauri::{AppHandle, State};
+use tauri::{AppHandle, Manager, State};
 
 use crate::error::CommandError;
 use crate::settings::{self, Form};
@@ -19,20 +20,32 @@ fn engine(state: &AppState) -> Result<&edr_engine::EngineHandle, CommandError> {
         .ok_or_else(|| CommandError::NoEngine(view::engine_view(state).status))
 }
 
+/// Runs `work` on the runtime's blocking pool and waits for it.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CommandError> {
+    tauri::async_runtime::spawn_blocking(work)
+        .await
+        .map_err(|e| CommandError::Failed(format!("internal error: {e}")))
+}
+
 /// Everything the dashboard shows, polled about once a second.
 #[tauri::command]
 pub async fn dashboard(
-    state: State<'_, AppState>,
+    app: AppHandle,
     request: DashboardRequest,
 ) -> Result<DashboardView, CommandError> {
     request.validate()?;
-    Ok(view::dashboard(&state, &request))
+    blocking(move || view::dashboard(&app.state::<AppState>(), &request)).await
 }
 
-/// The settings form filled from the running config.
+/// The settings form filled from the running config, with the schema
+/// (labels, ranges, hints, presets) the window draws it from.
 #[tauri::command]
-pub async fn get_settings(state: State<'_, AppState>) -> Result<Form, CommandError> {
-    settings::to_form(&engine(&state)?.config())
+pub async fn get_settings(
+    state: State<'_, AppState>,
+) -> Result<settings::SettingsView, CommandError> {
+    settings::settings_view(&engine(&state)?.config())
 }
 
 /// The settings form with a preset merged over the running config; nothing
@@ -64,7 +77,8 @@ pub async fn apply_settings(
     engine
         .apply_config(new.clone())
         .map_err(settings::refused)?;
-    new.save(&state.config_path).map_err(|e| {
+    let (saved, path) = (new.clone(), state.config_path.clone());
+    blocking(move || saved.save(&path)).await?.map_err(|e| {
         CommandError::Failed(format!(
             "Applied, but not saved (it will be lost on restart): {e}"
         ))

@@ -1,19 +1,21 @@
-//! The settings form: which config keys it edits, and the translation
-//! between a `Config` and the form's text fields. Merging and validation
-//! are the engine's (`Config::load` over the current config), so the form
-//! shows exactly the messages the YAML file would get.
+//! The settings form: which config keys it edits (the config crate's key
+//! table, [`edr_config::meta`]), the schema the window draws it from, and
+//! the translation between a `Config` and the form's text fields. Merging
+//! and validation are the engine's (`Config::load` over the current
+//! config), so the form shows exactly the messages the YAML file would get.
 
 use std::collections::BTreeMap;
 
-use edr_config::{Config, ConfigError, FieldError, Layer};
+use edr_config::{meta, Config, ConfigError, FieldError, Layer, PRESETS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{CommandError, FieldMessage};
 
 /// How a field is typed in the form.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Kind {
     Whole,
     Number,
     Flag,
@@ -21,30 +23,104 @@ enum Kind {
     Lines,
 }
 
-/// The config keys the settings view edits.
-const FIELDS: &[(&str, Kind)] = &[
-    ("agent.max_events_per_batch", Kind::Whole),
-    ("agent.collection_interval_ms", Kind::Whole),
-    ("agent.adaptive_batching.enabled", Kind::Flag),
-    ("collectors.process_monitor.enabled", Kind::Flag),
-    ("collectors.process_monitor.scan_interval_ms", Kind::Whole),
-    ("collectors.process_monitor.collect_environment", Kind::Flag),
-    ("collectors.process_monitor.calculate_hashes", Kind::Flag),
-    ("collectors.file_monitor.enabled", Kind::Flag),
-    ("collectors.file_monitor.watch_paths", Kind::Lines),
-    ("collectors.file_monitor.exclude_paths", Kind::Lines),
-    ("collectors.file_monitor.max_file_size_mb", Kind::Whole),
-    ("collectors.file_monitor.calculate_hashes", Kind::Flag),
-    ("collectors.network_monitor.enabled", Kind::Flag),
-    ("collectors.network_monitor.scan_interval_ms", Kind::Whole),
-    ("storage.local_storage.compress_events", Kind::Flag),
-    ("storage.retention_days", Kind::Whole),
-    ("storage.max_storage_size_gb", Kind::Number),
-    ("alerts.max_memory_mb", Kind::Whole),
-    ("alerts.max_cpu_percent", Kind::Number),
-    ("alerts.max_storage_growth_mb_per_day", Kind::Whole),
-    ("alerts.min_compression_ratio", Kind::Number),
-];
+impl Kind {
+    /// The form input for a key of this type; `None` for types the form
+    /// has no input for (words from a set, free text, lists of records).
+    fn of(kind: meta::Kind) -> Option<Kind> {
+        match kind {
+            meta::Kind::Integer => Some(Kind::Whole),
+            meta::Kind::Number => Some(Kind::Number),
+            meta::Kind::Bool => Some(Kind::Flag),
+            meta::Kind::Strings { .. } => Some(Kind::Lines),
+            meta::Kind::Enum { .. } | meta::Kind::Text | meta::Kind::Records => None,
+        }
+    }
+}
+
+/// The config keys the settings view edits: the engine's key table's
+/// `form` entries, in its order.
+fn form_fields() -> impl Iterator<Item = (&'static str, Kind)> {
+    meta::form_keys().filter_map(|k| Kind::of(k.kind).map(|kind| (k.key, kind)))
+}
+
+/// One form field as the window renders it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldSchema {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub label: &'static str,
+    /// Shown after the range, if any; may be empty.
+    pub hint: &'static str,
+    pub range: Option<meta::Range>,
+    pub unit: &'static str,
+    /// One line of help (the input's tooltip).
+    pub doc: &'static str,
+}
+
+/// A preset the picker offers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresetSchema {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub summary: String,
+}
+
+/// What the window needs to draw the form: the fields and the presets,
+/// both from the engine's config crate, so nothing is typed in the HTML.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Schema {
+    pub fields: Vec<FieldSchema>,
+    pub presets: Vec<PresetSchema>,
+}
+
+/// `get_settings`' answer: the form's values by key (at the top level, as
+/// `apply_settings` and `preset_settings` answer) and `schema`, which no
+/// dotted key can collide with.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsView {
+    #[serde(flatten)]
+    pub form: Form,
+    pub schema: Schema,
+}
+
+/// The form's schema.
+pub fn schema() -> Schema {
+    Schema {
+        fields: meta::form_keys()
+            .filter_map(|k| {
+                let form = k.form?;
+                Some(FieldSchema {
+                    key: k.key,
+                    kind: Kind::of(k.kind)?,
+                    label: form.label,
+                    hint: form.hint,
+                    range: k.range,
+                    unit: k.unit,
+                    doc: k.doc,
+                })
+            })
+            .collect(),
+        presets: PRESETS
+            .iter()
+            .map(|p| PresetSchema {
+                name: p.name,
+                title: p.title,
+                summary: p.summary(),
+            })
+            .collect(),
+    }
+}
+
+/// The form showing `config`, with the schema to draw it.
+pub fn settings_view(config: &Config) -> Result<SettingsView, CommandError> {
+    Ok(SettingsView {
+        form: to_form(config)?,
+        schema: schema(),
+    })
+}
 
 /// Longest text a number field may hold, and a list field.
 const MAX_NUMBER_CHARS: usize = 64;
@@ -65,9 +141,8 @@ pub type Form = BTreeMap<String, FieldValue>;
 /// The form showing `config`.
 pub fn to_form(config: &Config) -> Result<Form, CommandError> {
     let tree = serde_json::to_value(config).map_err(|e| CommandError::Failed(e.to_string()))?;
-    FIELDS
-        .iter()
-        .map(|&(key, kind)| {
+    form_fields()
+        .map(|(key, kind)| {
             let v = tree
                 .pointer(&format!("/{}", key.replace('.', "/")))
                 .ok_or_else(|| CommandError::Failed(format!("config has no `{key}`")))?;
@@ -110,7 +185,7 @@ pub fn from_form(current: &Config, form: &Form) -> Result<Config, CommandError> 
     }
     let mut overlay = Value::Object(Map::new());
     let mut errors = Vec::new();
-    for &(key, kind) in FIELDS {
+    for (key, kind) in form_fields() {
         let value = form
             .get(key)
             .ok_or_else(|| CommandError::invalid(format!("`{key}` is missing")))?;
@@ -165,10 +240,7 @@ fn current_layer(current: &Config) -> Layer {
 }
 
 fn field_kind(key: &str) -> Option<Kind> {
-    FIELDS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|&(_, kind)| kind)
+    form_fields().find(|(k, _)| *k == key).map(|(_, kind)| kind)
 }
 
 /// The JSON value of a field; Ok(None) if it is not a number; Err if the
@@ -301,7 +373,7 @@ mod tests {
     fn form_round_trips_the_config() {
         let c = Config::default();
         let form = to_form(&c).expect("form");
-        assert_eq!(form.len(), FIELDS.len());
+        assert_eq!(form.len(), form_fields().count());
         assert_eq!(form["agent.max_events_per_batch"], text("1000"));
         assert_eq!(form["storage.max_storage_size_gb"], text("10.0"));
         assert_eq!(
@@ -405,6 +477,37 @@ mod tests {
             from_form(&c, &form),
             Err(CommandError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn every_form_key_of_the_table_has_an_input() {
+        for k in meta::form_keys() {
+            assert!(Kind::of(k.kind).is_some(), "`{}` has no form input", k.key);
+        }
+        let s = schema();
+        assert_eq!(s.fields.len(), form_fields().count());
+        assert!(s.fields.iter().all(|f| !f.label.is_empty()));
+        let retention = s
+            .fields
+            .iter()
+            .find(|f| f.key == "storage.retention_days")
+            .expect("on the form");
+        assert_eq!(retention.range.map(|r| (r.min, r.max)), Some((1.0, 3650.0)));
+        let names: Vec<&str> = s.presets.iter().map(|p| p.name).collect();
+        assert_eq!(names, edr_config::preset_names());
+    }
+
+    #[test]
+    fn the_settings_view_has_the_form_at_the_top_and_the_schema() {
+        let v =
+            serde_json::to_value(settings_view(&Config::default()).expect("view")).expect("json");
+        assert_eq!(v["agent.max_events_per_batch"], serde_json::json!("1000"));
+        assert_eq!(
+            v["schema"]["fields"][0]["key"],
+            "agent.max_events_per_batch"
+        );
+        assert_eq!(v["schema"]["fields"][0]["range"]["max"], 100_000.0);
+        assert_eq!(v["schema"]["presets"][0]["name"], "desktop");
     }
 
     #[test]

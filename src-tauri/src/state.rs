@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use edr_config::{self as config, ConfigSource, DEFAULT_YAML};
+use edr_config::{self as config, Config, ConfigError, ConfigSource};
 use edr_engine::{EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -77,24 +77,30 @@ fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
     EngineHandle::start(config, opts, CancellationToken::new()).map_err(|e| e.to_string())
 }
 
-/// Writes the commented default config if there is no file yet, readable
-/// only by its owner. `create_new` so a file that appears meanwhile is kept.
-/// The app's first config: the commented defaults, with a memory alert
-/// fitting a process that also holds GTK and WebKit (measured 120-170 MB
-/// with the engine using about 6 MB of it), where the headless agent's
-/// 200 MB would fire in ordinary use.
-pub fn app_default_yaml() -> String {
-    DEFAULT_YAML.replacen(
-        "  max_memory_mb: 200\n",
-        "  max_memory_mb: 400  # the app's process includes its GTK/WebKit window\n",
-        1,
-    )
+/// The app's first config: the defaults, with a memory alert fitting a
+/// process that also holds GTK and WebKit (measured 120-170 MB with the
+/// engine using about 6 MB of it), where the headless agent's 200 MB would
+/// fire in ordinary use.
+pub fn app_default_config() -> Config {
+    let mut c = Config::default();
+    c.alerts.max_memory_mb = 400;
+    c
 }
 
+/// [`app_default_config`] as the commented default document, written by
+/// the same document editing as `Config::save`.
+pub fn app_default_yaml() -> Result<String, ConfigError> {
+    app_default_config().to_commented_yaml()
+}
+
+/// Writes the app's first config ([`app_default_yaml`]) if there is no
+/// file yet, readable only by its owner. `create_new` so a file that
+/// appears meanwhile is kept.
 pub fn ensure_config_file(path: &Path) -> std::io::Result<()> {
     if path.exists() {
         return Ok(());
     }
+    let text = app_default_yaml().map_err(std::io::Error::other)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -108,7 +114,7 @@ pub fn ensure_config_file(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     };
-    f.write_all(app_default_yaml().as_bytes())?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
     tracing::info!(path = %path.display(), "created the default config file");
     Ok(())
@@ -125,7 +131,7 @@ mod tests {
         let path = dir.path().join("a/b/config.yaml");
         ensure_config_file(&path).expect("created");
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, app_default_yaml());
+        assert_eq!(text, app_default_yaml().expect("app defaults"));
         let c = edr_config::Config::from_yaml("app", &text).expect("valid");
         assert_eq!(c.alerts.max_memory_mb, 400);
         let mut expected = edr_config::Config::default();

@@ -1,6 +1,8 @@
 //! The menu-bar (tray) icon and its menu. One background task owns every
 //! update of the menu and icon, once a second or when woken, so the UI
-//! thread never waits for the engine and no two updates race.
+//! thread never waits for the engine and no two updates race. The task
+//! only decides; the change itself is handed to the UI thread, where the
+//! menu and icon live, without waiting for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tauri_plugin_notification::NotificationExt;
 use tokio::sync::Notify;
 
 use crate::state::AppState;
-use crate::view::{self, EngineView};
+use crate::view::{self, EngineState, EngineView};
 use crate::window::{self, View};
 
 const ICON_RUNNING: Image<'static> = include_image!("../icons/tray-running.png");
@@ -55,6 +57,7 @@ struct Shown {
 /// Wakes the update task before its next tick (after a click or a command).
 struct Wake(Arc<Notify>);
 
+#[derive(Clone)]
 struct Items {
     tray: TrayIcon,
     status: MenuItem<Wry>,
@@ -148,7 +151,13 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
         let engine = view::engine_view(&state);
         let want = wanted(&engine);
         if shown.as_ref() != Some(&want) {
-            if let Err(e) = apply(&items, &want, shown.as_ref(), &engine) {
+            let (items, was, now) = (items.clone(), shown.clone(), want.clone());
+            let sent = app.run_on_main_thread(move || {
+                if let Err(e) = apply(&items, &now, was.as_ref(), &engine) {
+                    tracing::warn!(error = %e, "cannot update the tray");
+                }
+            });
+            if let Err(e) = sent {
                 tracing::warn!(error = %e, "cannot update the tray");
             }
             shown = Some(want);
@@ -160,14 +169,17 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
 }
 
 fn wanted(engine: &EngineView) -> Shown {
-    let paused = engine.state == "paused";
     Shown {
         status: engine.status.clone(),
-        pause_label: if paused { LABEL_RESUME } else { LABEL_PAUSE },
-        pause_enabled: matches!(engine.state, "running" | "paused"),
+        pause_label: if engine.state == EngineState::Paused {
+            LABEL_RESUME
+        } else {
+            LABEL_PAUSE
+        },
+        pause_enabled: matches!(engine.state, EngineState::Running | EngineState::Paused),
         icon: if engine.alerting {
             IconKind::Alert
-        } else if engine.state == "running" {
+        } else if engine.state == EngineState::Running {
             IconKind::Running
         } else {
             IconKind::Paused
@@ -234,5 +246,66 @@ fn notify_new_alerts(
         if let Err(e) = shown {
             tracing::warn!(error = %e, "cannot show a notification");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(state: EngineState, alerting: bool) -> EngineView {
+        EngineView {
+            state,
+            status: format!("{state:?}"),
+            message: None,
+            config_file: "/etc/edr-agent/config.yaml".into(),
+            data_dir: None,
+            alerting,
+        }
+    }
+
+    #[test]
+    fn engine_states_reach_the_window_as_lowercase_names() {
+        let names: Vec<String> = [
+            EngineState::Running,
+            EngineState::Paused,
+            EngineState::Off,
+            EngineState::Failed,
+        ]
+        .iter()
+        .map(|s| serde_json::to_string(s).expect("serialize"))
+        .collect();
+        assert_eq!(
+            names,
+            ["\"running\"", "\"paused\"", "\"off\"", "\"failed\""]
+        );
+        let view = serde_json::to_value(engine(EngineState::Paused, false)).expect("serialize");
+        assert_eq!(view["state"], "paused");
+    }
+
+    #[test]
+    fn pause_item_and_icon_follow_the_engine_state() {
+        let running = wanted(&engine(EngineState::Running, false));
+        assert_eq!(
+            (running.pause_label, running.pause_enabled, running.icon),
+            (LABEL_PAUSE, true, IconKind::Running)
+        );
+        let paused = wanted(&engine(EngineState::Paused, false));
+        assert_eq!(
+            (paused.pause_label, paused.pause_enabled, paused.icon),
+            (LABEL_RESUME, true, IconKind::Paused)
+        );
+        for state in [EngineState::Off, EngineState::Failed] {
+            let w = wanted(&engine(state, false));
+            assert_eq!(
+                (w.pause_label, w.pause_enabled, w.icon),
+                (LABEL_PAUSE, false, IconKind::Paused),
+                "{state:?}"
+            );
+        }
+        assert_eq!(
+            wanted(&engine(EngineState::Running, true)).icon,
+            IconKind::Alert
+        );
     }
 }

@@ -98,12 +98,24 @@ pub struct DashboardView {
     pub events_held: usize,
 }
 
+/// The engine as the window and the tray show it; `ui/app.js` reads the
+/// lowercase names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineState {
+    Running,
+    Paused,
+    /// Not started (`EDR_APP_ENGINE=off`), or stopped.
+    Off,
+    /// Did not start.
+    Failed,
+}
+
 /// The engine's state in one line, as the tray shows it too.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EngineView {
-    /// `running`, `paused`, `off` or `failed`.
-    pub state: &'static str,
+    pub state: EngineState,
     pub status: String,
     /// Why the engine is off or failed, or why a hand edit of the config
     /// file was refused.
@@ -171,7 +183,7 @@ pub fn engine_view(state: &AppState) -> EngineView {
     match &state.engine {
         Engine::Running(h) => engine_view_of(&h.snapshot(), config_file),
         Engine::Off => EngineView {
-            state: "off",
+            state: EngineState::Off,
             status: "Engine off".into(),
             message: Some("The engine is off (started with EDR_APP_ENGINE=off).".into()),
             config_file,
@@ -179,7 +191,7 @@ pub fn engine_view(state: &AppState) -> EngineView {
             alerting: false,
         },
         Engine::Failed(e) => EngineView {
-            state: "failed",
+            state: EngineState::Failed,
             status: "Engine failed to start".into(),
             message: Some(e.clone()),
             config_file,
@@ -190,17 +202,20 @@ pub fn engine_view(state: &AppState) -> EngineView {
 }
 
 fn engine_view_of(s: &Snapshot, config_file: String) -> EngineView {
-    let status = if s.paused {
-        "Paused".to_string()
-    } else {
-        format!(
-            "Running · {} ev/s · {}",
-            rate(s.latest.events_per_sec_total()),
-            Unit::Bytes.format(s.latest.rss_bytes as f64)
-        )
+    let (state, status) = match s.state() {
+        edr_engine::EngineState::Running => (
+            EngineState::Running,
+            format!(
+                "Running · {} ev/s · {}",
+                rate(s.latest.events_per_sec_total()),
+                Unit::Bytes.format(s.latest.rss_bytes as f64)
+            ),
+        ),
+        edr_engine::EngineState::Paused => (EngineState::Paused, "Paused".to_string()),
+        edr_engine::EngineState::Stopped => (EngineState::Off, "Engine stopped".to_string()),
     };
     EngineView {
-        state: if s.paused { "paused" } else { "running" },
+        state,
         status,
         message: s.config_error.clone(),
         config_file,
@@ -410,7 +425,7 @@ fn truncate(mut s: String, max: usize) -> String {
 mod tests {
     use super::*;
     use edr_engine::recent::RecentProcess;
-    use edr_model::event::Timestamp;
+    use edr_model::event::{Action, Timestamp};
 
     fn query(kind: Option<&str>, text: &str) -> EventQuery {
         EventQuery {
@@ -420,7 +435,7 @@ mod tests {
         }
     }
 
-    fn row(kind: EventType, action: &'static str) -> RecentEvent {
+    fn row(kind: EventType, action: Action) -> RecentEvent {
         RecentEvent {
             timestamp: Timestamp(1_795_600_800_000),
             kind,
@@ -437,12 +452,12 @@ mod tests {
     fn samples() -> [RecentEvent; 4] {
         let file = RecentEvent {
             file_path: Some("/tmp/w/a.txt".into()),
-            ..row(EventType::File, "creation")
+            ..row(EventType::File, Action::FileCreated)
         };
         let rename = RecentEvent {
             file_path: Some("/tmp/w/b.txt".into()),
             original_path: Some("/tmp/w/a.txt".into()),
-            ..row(EventType::File, "rename")
+            ..row(EventType::File, Action::FileRenamed)
         };
         let proc = RecentEvent {
             process: Some(RecentProcess {
@@ -450,7 +465,7 @@ mod tests {
                 name: "curl".into(),
                 command_line: Some("curl -s https://example.org".into()),
             }),
-            ..row(EventType::Process, "exec")
+            ..row(EventType::Process, Action::ProcessExec)
         };
         let net = RecentEvent {
             transport: Some("tcp"),
@@ -460,7 +475,7 @@ mod tests {
                 name: "python3".into(),
                 command_line: None,
             }),
-            ..row(EventType::Network, "listening")
+            ..row(EventType::Network, Action::Listening)
         };
         [file, rename, proc, net]
     }
@@ -469,7 +484,7 @@ mod tests {
     fn rows_summarize_each_type() {
         let [file, rename, proc, net] = samples();
         assert_eq!(event_row(&file).summary, "/tmp/w/a.txt");
-        assert_eq!(event_row(&file).time, "2026-11-25T08:00:00.000Z");
+        assert_eq!(event_row(&file).time, "2026-11-25T10:00:00.000Z");
         assert_eq!(event_row(&rename).summary, "/tmp/w/a.txt → /tmp/w/b.txt");
         let p = event_row(&proc);
         assert_eq!(
@@ -488,7 +503,7 @@ mod tests {
         assert_eq!(all[0].kind, "network");
         let files = filter_events(&events, &query(Some("file"), ""));
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0].action, "rename");
+        assert_eq!(files[0].action, "file-renamed");
         let curl = filter_events(&events, &query(None, "CURL"));
         assert_eq!(curl.len(), 1);
         let renames = filter_events(&events, &query(None, "rename"));

@@ -534,6 +534,19 @@ fn pause_stops_file_events_and_resume_restarts_them() {
 fn retention_and_presets_in_settings() {
     with_app(Fixture::new(1000, 5000), |c, fx| async move {
         open_settings(&c, "storage.retention_days", "30").await;
+        // Ranges and presets are drawn from the engine's key table.
+        let hint = js(
+            &c,
+            "return document.querySelector('[name=\"storage.retention_days\"]').parentElement.querySelector('.hint').textContent.replace(/\\s/g, '')",
+        )
+        .await;
+        assert_eq!(hint, json!("1–3650"));
+        let presets = js(
+            &c,
+            "return [...document.querySelectorAll('#preset option')].map((o) => o.value)",
+        )
+        .await;
+        assert_eq!(presets, json!(edr_config::preset_names()));
         type_into(&c, "storage.retention_days", "12").await;
         assert_eq!(apply(&c).await, "Applied and saved.");
         let on_disk = Config::from_file(&fx.config).expect("config file loads");

@@ -8,6 +8,11 @@ use edr_config::{ConfigError, ConfigSource, Layer};
 use edr_engine::{EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
+/// Worker threads of the async runtime: with two, a signal or a collector
+/// is never stuck behind another task; blocking work (batches, status,
+/// history) has threads of its own.
+const RUNTIME_WORKERS: usize = 2;
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Config file, merged over the defaults (and over the preset).
@@ -20,7 +25,7 @@ pub struct RunArgs {
     /// Overrides `storage.local_storage.data_dir`.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `edr_agent=debug` (default: RUST_LOG, else info).
+    /// Log filter, e.g. `info` or `edr_collect=debug` (default: RUST_LOG, else info).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
 }
@@ -46,7 +51,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Validate everything before any file is created or touched.
     let config = source.load()?;
     edr_engine::logging::init(args.log.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_WORKERS)
+        .thread_name("edr-runtime")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

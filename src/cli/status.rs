@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use edr_engine::{read_status, running_agent, Snapshot};
+use edr_engine::{read_status, running_agent, EngineState, Snapshot};
 
 use super::{human_bytes, human_duration, out};
 
@@ -50,7 +50,12 @@ fn print_human(
                 "agent:       running (pid {}), up {}, {}\n",
                 pid.unwrap_or(s.pid),
                 human_duration(up),
-                if s.paused { "PAUSED" } else { "collecting" }
+                match s.state() {
+                    EngineState::Running => "collecting",
+                    EngineState::Paused => "PAUSED",
+                    // Its last status is written; the lock goes next.
+                    EngineState::Stopped => "stopping",
+                }
             ))?;
         }
         (Some(pid), None) => {

@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 /// Fails (never skips) a test that needs root when run without it: CI runs
 /// as root, and a fault test that silently passes proves nothing.
 pub fn require_root(what: &str) {
+    require_root_because(what, "it mounts filesystems or changes owners");
+}
+
+/// [`require_root`] for a test that needs root for another reason (`why`).
+pub fn require_root_because(what: &str, why: &str) {
     // SAFETY: geteuid has no side effects.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
-        "{what} needs root (it mounts filesystems or changes owners); run the test suite as root, as CI does"
+        "{what} needs root ({why}); run the test suite as root, as CI does"
     );
 }
 

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edr_config::{Compression, Config, ConfigSource};
 use edr_engine::read_status;
-use edr_model::event::Timestamp;
+use edr_model::event::{Action, Timestamp};
 use edr_store::{batch_stats, list_batches, open_batch_reader};
 
 use agent::{Agent, TimeReport};
@@ -332,18 +332,18 @@ fn captured(data_dir: &Path, watched: &Path, port: u16) -> anyhow::Result<Captur
         c.stored_bytes += s.stored_bytes;
         for line in std::io::BufRead::lines(open_batch_reader(&path)?) {
             let v: serde_json::Value = serde_json::from_str(&line?)?;
-            let action = v["event"]["action"].as_str().unwrap_or_default();
+            let action = v["event"]["action"].as_str().and_then(Action::parse);
             let ours_proc = v["process"]["name"] == load::PROC_NAME;
             let ours_file = v["file"]["path"]
                 .as_str()
                 .is_some_and(|p| p.starts_with(&prefix));
             match action {
-                "process-started" if ours_proc => c.procs_started += 1,
-                "process-ended" if ours_proc => c.procs_ended += 1,
-                "file-created" if ours_file => c.files_created += 1,
-                "file-deleted" if ours_file => c.files_deleted += 1,
-                "file-modified" if ours_file => c.files_modified += 1,
-                "connection-opened"
+                Some(Action::ProcessStarted) if ours_proc => c.procs_started += 1,
+                Some(Action::ProcessEnded) if ours_proc => c.procs_ended += 1,
+                Some(Action::FileCreated) if ours_file => c.files_created += 1,
+                Some(Action::FileDeleted) if ours_file => c.files_deleted += 1,
+                Some(Action::FileModified) if ours_file => c.files_modified += 1,
+                Some(Action::ConnectionOpened)
                     if v["network"]["direction"] == "outbound"
                         && v["destination"]["port"] == port =>
                 {

@@ -12,8 +12,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use edr_model::event::{
-    entity_id, EdrExt, Endpoint, Event, EventMeta, File, Hash, Network, Origin, ParentProcess,
-    Process, Timestamp, User,
+    entity_id, Action, EdrExt, Endpoint, Event, EventMeta, File, Hash, Network, Origin,
+    ParentProcess, Process, Timestamp, User,
 };
 
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
@@ -114,11 +114,11 @@ const DIRS: &[&str] = &[
 
 const EXTENSIONS: &[&str] = &["txt", "md", "rs", "pdf", "json", "log", "png", "docx"];
 
-const FILE_ACTIONS: &[(&str, &[&str])] = &[
-    ("file-created", &["creation"]),
-    ("file-modified", &["change"]),
-    ("file-modified", &["change"]),
-    ("file-deleted", &["deletion"]),
+const FILE_ACTIONS: &[(Action, &[&str])] = &[
+    (Action::FileCreated, &["creation"]),
+    (Action::FileModified, &["change"]),
+    (Action::FileModified, &["change"]),
+    (Action::FileDeleted, &["deletion"]),
 ];
 
 /// Deterministic generator of mixed events (xorshift; no dependency).
@@ -180,7 +180,7 @@ impl SyntheticEvents {
                 kind: "event",
                 category: &["process"],
                 types: &["end"],
-                action: "process-ended",
+                action: Action::ProcessEnded,
                 duration: Some((self.now_ms - start) * 1_000_000),
                 severity: None,
                 risk_score: None,
@@ -190,7 +190,7 @@ impl SyntheticEvents {
                 kind: "event",
                 category: &["process"],
                 types: &["start"],
-                action: "process-started",
+                action: Action::ProcessStarted,
                 duration: None,
                 severity: None,
                 risk_score: None,
@@ -205,7 +205,6 @@ impl SyntheticEvents {
             executable: Some(exe.to_string()),
             args: args.iter().map(|a| a.to_string()).collect(),
             command_line: Some(args.join(" ")),
-            working_directory: None,
             start: Some(Timestamp(start)),
             end: ended.then_some(Timestamp(self.now_ms)),
             exit_code: ended.then_some(0),
@@ -223,6 +222,7 @@ impl SyntheticEvents {
                 sha256: digest_hex(exe.len() as u64 * 7919 + exe.as_bytes()[5] as u64),
             }),
             env_vars: Vec::new(),
+            working_directory: None,
         }));
         e.edr = Some(Box::new(EdrExt {
             source: Some("scan"),
@@ -247,7 +247,7 @@ impl SyntheticEvents {
             risk_score: None,
         };
         let mut e = Event::new(&self.origin, Timestamp(self.now_ms), meta);
-        let exists = action != "file-deleted";
+        let exists = action != Action::FileDeleted;
         let content = self.rand();
         e.file = Some(Box::new(File {
             path: format!("{dir}/{name}"),
@@ -274,7 +274,7 @@ impl SyntheticEvents {
                 kind: "event",
                 category: &["network"],
                 types: &["start", "connection"],
-                action: "connection-opened",
+                action: Action::ConnectionOpened,
                 duration: None,
                 severity: None,
                 risk_score: None,
@@ -284,7 +284,7 @@ impl SyntheticEvents {
                 kind: "event",
                 category: &["network"],
                 types: &["end", "connection"],
-                action: "connection-closed",
+                action: Action::ConnectionClosed,
                 duration: Some(self.rand() % 60_000_000_000),
                 severity: None,
                 risk_score: None,

@@ -98,15 +98,9 @@ pub struct DetectionException {
 }
 
 impl DetectionConfig {
-    /// Pushes one [`FieldError`] per rejected value.
+    /// Pushes one [`FieldError`] per rejected value the key table's
+    /// ranges cannot express (`meta::CHECKED_IN_CODE`).
     pub fn validate(&self, errors: &mut Vec<FieldError>) {
-        if self.suppress_window_ms > MAX_SUPPRESS_WINDOW_MS {
-            errors.push(FieldError {
-                key: "detection.suppress_window_ms".to_string(),
-                value: self.suppress_window_ms.to_string(),
-                allowed: format!("an integer from 0 to {MAX_SUPPRESS_WINDOW_MS}"),
-            });
-        }
         for (i, p) in self.rule_paths.iter().enumerate() {
             if p.trim().is_empty() || p.contains('\0') {
                 errors.push(FieldError {
@@ -158,7 +152,6 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            suppress_window_ms: MAX_SUPPRESS_WINDOW_MS + 1,
             ..Default::default()
         };
         let mut errors = Vec::new();
@@ -167,7 +160,6 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "detection.suppress_window_ms",
                 "detection.exceptions[0]",
                 "detection.exceptions[1].executable"
             ]
@@ -179,6 +171,10 @@ mod tests {
         let e = crate::Config::from_yaml("f.yaml", "detection:\n  min_level: severe\n")
             .expect_err("unknown level");
         assert!(e.to_string().contains("detection.min_level"), "{e}");
+        let e = crate::Config::from_yaml("f.yaml", "detection:\n  suppress_window_ms: 86400001\n")
+            .expect_err("out of range");
+        let keys: Vec<String> = e.field_errors().into_iter().map(|f| f.key).collect();
+        assert_eq!(keys, ["detection.suppress_window_ms"]);
         let e = crate::Config::from_yaml(
             "f.yaml",
             "detection:\n  exceptions:\n    - {}\n    - {executable: \"a[\"}\n",

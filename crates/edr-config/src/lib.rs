@@ -5,6 +5,14 @@
 //! holds the two equal. Paths are kept as the user wrote them (`~/...`) so
 //! writing a config back does not bake in one user's home directory; they
 //! are expanded only when used ([`expand_home`]).
+//!
+//! [`meta::KEYS`] describes every key (type, range, unit, help, settings
+//! form label); validation reads its ranges. [`Config::save`] edits the
+//! existing file's YAML document, so the user's comments and key order
+//! survive a save.
+
+mod edit;
+pub mod meta;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -19,32 +27,61 @@ pub use detection::{DetectionConfig, DetectionException, RuleLevel};
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_YAML: &str = include_str!("../../../config/default.yaml");
 
-/// Named partial configurations, merged over the defaults.
-pub const PRESETS: &[(&str, &str)] = &[
-    (
-        "desktop",
-        include_str!("../../../config/presets/desktop.yaml"),
-    ),
-    (
-        "dev-server",
-        include_str!("../../../config/presets/dev-server.yaml"),
-    ),
-    (
-        "production-server",
-        include_str!("../../../config/presets/production-server.yaml"),
-    ),
-    (
-        "low-memory",
-        include_str!("../../../config/presets/low-memory.yaml"),
-    ),
-    (
-        "low-cpu",
-        include_str!("../../../config/presets/low-cpu.yaml"),
-    ),
-    (
-        "low-storage",
-        include_str!("../../../config/presets/low-storage.yaml"),
-    ),
+/// A named partial configuration, merged over the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// What `--preset` takes.
+    pub name: &'static str,
+    /// Shown in the app's preset picker.
+    pub title: &'static str,
+    /// The partial config; its leading comment describes it.
+    pub yaml: &'static str,
+}
+
+impl Preset {
+    /// The preset's leading comment as one line.
+    pub fn summary(&self) -> String {
+        self.yaml
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Every preset: the one list the CLI, the loader and the app read.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "desktop",
+        title: "Desktop",
+        yaml: include_str!("../../../config/presets/desktop.yaml"),
+    },
+    Preset {
+        name: "dev-server",
+        title: "Development server",
+        yaml: include_str!("../../../config/presets/dev-server.yaml"),
+    },
+    Preset {
+        name: "production-server",
+        title: "Production server",
+        yaml: include_str!("../../../config/presets/production-server.yaml"),
+    },
+    Preset {
+        name: "low-memory",
+        title: "Low memory",
+        yaml: include_str!("../../../config/presets/low-memory.yaml"),
+    },
+    Preset {
+        name: "low-cpu",
+        title: "Low CPU",
+        yaml: include_str!("../../../config/presets/low-cpu.yaml"),
+    },
+    Preset {
+        name: "low-storage",
+        title: "Low storage",
+        yaml: include_str!("../../../config/presets/low-storage.yaml"),
+    },
 ];
 
 /// The whole agent configuration.
@@ -272,7 +309,9 @@ pub struct FiltersConfig {
     /// Drop an event identical to one stored within this many milliseconds
     /// (every field but `@timestamp`). 0 (off)..=3600000.
     pub repeat_window_ms: u64,
-    /// `event.action` values never stored, e.g. `connection-closed`.
+    /// `event.action` values never stored, e.g. `connection-closed`
+    /// (any of `edr_model::event::Action::ALL`). Kept as strings so the
+    /// YAML reads and round-trips as written; checked by `validate`.
     pub exclude_actions: Vec<String>,
     /// Glob patterns on `process.name` or `process.executable`: process
     /// events of matching processes, and network events they own, are not
@@ -290,25 +329,6 @@ impl Default for FiltersConfig {
         }
     }
 }
-
-/// Every `event.action` the collectors emit, for validating
-/// `filters.exclude_actions`.
-pub const EVENT_ACTIONS: &[&str] = &[
-    "process-started",
-    "process-ended",
-    "process-exec",
-    "process-inventory",
-    "file-created",
-    "file-modified",
-    "file-deleted",
-    "file-renamed",
-    "listening",
-    "connected",
-    "listen-started",
-    "listen-stopped",
-    "connection-opened",
-    "connection-closed",
-];
 
 /// `storage.*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,6 +485,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file could not be edited in place (it is left as it was).
+    #[error("cannot update the config file: {message}")]
+    Edit { message: String },
     #[error("{origin}: invalid YAML{location}: {message}")]
     Syntax {
         origin: String,
@@ -518,16 +541,17 @@ impl ConfigError {
     }
 }
 
+/// The presets' names, in [`PRESETS`] order.
 pub fn preset_names() -> Vec<&'static str> {
-    PRESETS.iter().map(|(n, _)| *n).collect()
+    PRESETS.iter().map(|p| p.name).collect()
 }
 
 /// The YAML text of a named preset.
 pub fn preset(name: &str) -> Result<&'static str, ConfigError> {
     PRESETS
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, y)| *y)
+        .find(|p| p.name == name)
+        .map(|p| p.yaml)
         .ok_or_else(|| ConfigError::UnknownPreset {
             name: name.to_string(),
             suggestion: nearest(name, preset_names().into_iter()),
@@ -605,151 +629,47 @@ impl Config {
         Config::load(&[Layer::text(origin, yaml)])
     }
 
-    /// Checks every value against its allowed range.
+    /// Checks every value: numbers against their range in [`meta::KEYS`],
+    /// the rest by the rules listed in [`meta::CHECKED_IN_CODE`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_as("config")
     }
 
     fn validate_as(&self, origin: &str) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        let mut int = |key: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                errors.push(FieldError {
-                    key: key.to_string(),
-                    value: v.to_string(),
-                    allowed: format!("an integer from {lo} to {hi}"),
-                });
+        // Ranges come from the table; the serialized config is walked by
+        // the table's dotted keys so no key is typed here again.
+        let tree = serde_norway::to_value(self);
+        match &tree {
+            Ok(tree) => {
+                for k in meta::KEYS {
+                    let (Some(allowed), Some(v)) = (k.allowed(), lookup(tree, k.key)) else {
+                        continue;
+                    };
+                    let Value::Number(n) = v else { continue };
+                    let (as_f64, shown) = match n.as_u64() {
+                        Some(u) => (u as f64, u.to_string()),
+                        None => {
+                            let f = n.as_f64().unwrap_or(f64::NAN);
+                            (f, f.to_string())
+                        }
+                    };
+                    if !k.in_range(as_f64) {
+                        errors.push(FieldError {
+                            key: k.key.to_string(),
+                            value: shown,
+                            allowed,
+                        });
+                    }
+                }
             }
-        };
-        int(
-            "agent.max_events_per_batch",
-            u64::from(self.agent.max_events_per_batch),
-            1,
-            100_000,
-        );
-        int(
-            "agent.collection_interval_ms",
-            self.agent.collection_interval_ms,
-            100,
-            3_600_000,
-        );
+            Err(e) => errors.push(FieldError {
+                key: "(top level)".to_string(),
+                value: String::new(),
+                allowed: e.to_string(),
+            }),
+        }
         let c = &self.collectors;
-        int(
-            "collectors.process_monitor.scan_interval_ms",
-            c.process_monitor.scan_interval_ms,
-            100,
-            3_600_000,
-        );
-        int(
-            "collectors.network_monitor.scan_interval_ms",
-            c.network_monitor.scan_interval_ms,
-            100,
-            3_600_000,
-        );
-        int(
-            "collectors.process_monitor.max_scan_interval_ms",
-            c.process_monitor.max_scan_interval_ms,
-            100,
-            3_600_000,
-        );
-        int(
-            "collectors.network_monitor.max_scan_interval_ms",
-            c.network_monitor.max_scan_interval_ms,
-            100,
-            3_600_000,
-        );
-        let ab = &self.agent.adaptive_batching;
-        int(
-            "agent.adaptive_batching.min_events",
-            u64::from(ab.min_events),
-            1,
-            100_000,
-        );
-        int(
-            "agent.adaptive_batching.max_interval_ms",
-            ab.max_interval_ms,
-            100,
-            3_600_000,
-        );
-        int(
-            "agent.adaptive_batching.max_events",
-            u64::from(ab.max_events),
-            1,
-            1_000_000,
-        );
-        let f = &self.filters;
-        int(
-            "filters.coalesce_file_changes_ms",
-            f.coalesce_file_changes_ms,
-            0,
-            3_600_000,
-        );
-        int("filters.repeat_window_ms", f.repeat_window_ms, 0, 3_600_000);
-        int(
-            "collectors.file_monitor.max_file_size_mb",
-            c.file_monitor.max_file_size_mb,
-            1,
-            10_240,
-        );
-        int(
-            "collectors.file_monitor.hash_rate_limit_mb_per_sec",
-            c.file_monitor.hash_rate_limit_mb_per_sec,
-            1,
-            10_240,
-        );
-        int(
-            "storage.retention_days",
-            u64::from(self.storage.retention_days),
-            1,
-            3650,
-        );
-        int(
-            "alerts.max_memory_mb",
-            self.alerts.max_memory_mb,
-            1,
-            1_048_576,
-        );
-        int(
-            "alerts.max_storage_growth_mb_per_day",
-            self.alerts.max_storage_growth_mb_per_day,
-            1,
-            10_485_760,
-        );
-        let mut float = |key: &str, v: f64, lo: f64, lo_open: bool, hi: f64| {
-            let ok = v.is_finite() && (if lo_open { v > lo } else { v >= lo }) && v <= hi;
-            if !ok {
-                errors.push(FieldError {
-                    key: key.to_string(),
-                    value: v.to_string(),
-                    allowed: if lo_open {
-                        format!("a number greater than {lo} and at most {hi}")
-                    } else {
-                        format!("a number from {lo} to {hi}")
-                    },
-                });
-            }
-        };
-        float(
-            "storage.max_storage_size_gb",
-            self.storage.max_storage_size_gb,
-            0.0,
-            true,
-            100_000.0,
-        );
-        float(
-            "alerts.max_cpu_percent",
-            self.alerts.max_cpu_percent,
-            0.0,
-            true,
-            1000.0,
-        );
-        float(
-            "alerts.min_compression_ratio",
-            self.alerts.min_compression_ratio,
-            0.0,
-            false,
-            1.0,
-        );
         for (i, p) in c.file_monitor.watch_paths.iter().enumerate() {
             if p.trim().is_empty() {
                 errors.push(FieldError {
@@ -775,13 +695,29 @@ impl Config {
                 });
             }
         }
-        for (i, a) in self.filters.exclude_actions.iter().enumerate() {
-            if !EVENT_ACTIONS.contains(&a.as_str()) {
-                errors.push(FieldError {
-                    key: format!("filters.exclude_actions[{i}]"),
-                    value: format!("{a:?}"),
-                    allowed: format!("one of {}", EVENT_ACTIONS.join(", ")),
-                });
+        // Lists whose items come from a fixed set (`exclude_actions`).
+        for k in meta::KEYS {
+            let (
+                meta::Kind::Strings {
+                    one_of: Some(values),
+                },
+                Ok(tree),
+            ) = (k.kind, &tree)
+            else {
+                continue;
+            };
+            let Some(Value::Sequence(items)) = lookup(tree, k.key) else {
+                continue;
+            };
+            for (i, item) in items.iter().enumerate() {
+                let a = item.as_str().unwrap_or_default();
+                if !values.contains(&a) {
+                    errors.push(FieldError {
+                        key: format!("{}[{i}]", k.key),
+                        value: format!("{a:?}"),
+                        allowed: format!("one of {}", values.join(", ")),
+                    });
+                }
             }
         }
         for (i, p) in self.filters.exclude_processes.iter().enumerate() {
@@ -827,10 +763,39 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_default()
     }
 
+    /// The commented default document ([`DEFAULT_YAML`]) with this config's
+    /// values set in it: every key and its comment, as a new file should be.
+    pub fn to_commented_yaml(&self) -> Result<String, ConfigError> {
+        edit::edit_document(DEFAULT_YAML, self)
+    }
+
     /// Writes the config to `path` atomically (temporary file, fsync,
     /// rename), readable only by its owner: a crash or a full disk leaves
     /// the previous file intact.
+    ///
+    /// An existing file is edited, not rewritten: only keys whose values
+    /// differ from what it says are set (missing ones are added to their
+    /// section), so the user's comments, key order and unmentioned keys
+    /// stay. Without a file, the commented defaults ([`DEFAULT_YAML`]) are
+    /// written with this config's values set in them. A file that cannot
+    /// be edited so that it loads as exactly this config (invalid YAML,
+    /// unknown keys) is left alone and an error returned.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let base = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DEFAULT_YAML.to_string(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let text = edit::edit_document(&base, self)?;
+        Config::write_atomically(path, &text)
+    }
+
+    fn write_atomically(path: &Path, text: &str) -> Result<(), ConfigError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let werr = |source| ConfigError::Write {
@@ -845,10 +810,6 @@ impl Config {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "config.yaml".into());
         let tmp = path.with_file_name(format!(".{name}.tmp"));
-        let text = format!(
-            "# edr-agent configuration (written by edr-agent; see `edr-agent config default` for every key with comments)\n{}",
-            self.to_yaml()
-        );
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -1026,6 +987,14 @@ fn is_section(valid: &BTreeSet<String>, path: &str) -> bool {
         .range(prefix.clone()..)
         .next()
         .is_some_and(|k| k.starts_with(&prefix))
+}
+
+/// The value at a dotted key in a config tree.
+pub(crate) fn lookup<'a>(tree: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(tree, |node, part| match node {
+        Value::Mapping(m) => m.get(part),
+        _ => None,
+    })
 }
 
 fn join_key(prefix: &str, k: &str) -> String {
@@ -1269,6 +1238,379 @@ mod tests {
                 && e.to_string().contains("zstd"),
             "{e}"
         );
+    }
+
+    /// Leaf keys (not sections) of the defaults.
+    fn leaf_keys() -> Vec<String> {
+        let valid = valid_keys();
+        valid
+            .iter()
+            .filter(|k| !is_section(&valid, k))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_key_table_describes_every_leaf_key() {
+        let table: BTreeSet<&str> = meta::KEYS.iter().map(|k| k.key).collect();
+        assert_eq!(table.len(), meta::KEYS.len(), "a key is in the table twice");
+        for key in leaf_keys() {
+            assert!(
+                table.contains(key.as_str()),
+                "`{key}` is missing from meta::KEYS"
+            );
+        }
+        let leaves = leaf_keys();
+        for k in meta::KEYS {
+            assert!(
+                leaves.iter().any(|l| l == k.key),
+                "`{}` is not a config key",
+                k.key
+            );
+            assert!(!k.doc.is_empty(), "`{}` has no help text", k.key);
+            let numeric = matches!(k.kind, meta::Kind::Integer | meta::Kind::Number);
+            // A number without a range must be checked by code instead.
+            if numeric && k.range.is_none() {
+                assert!(
+                    meta::CHECKED_IN_CODE.contains(&k.key),
+                    "`{}` has neither a range nor a check in code",
+                    k.key
+                );
+            }
+        }
+        for key in meta::CHECKED_IN_CODE {
+            assert!(
+                table.contains(key),
+                "`{key}` in CHECKED_IN_CODE is not in the table"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_matches_the_defaults_types() {
+        let tree = serde_norway::to_value(Config::default()).expect("value");
+        for k in meta::KEYS {
+            let v = lookup(&tree, k.key).expect("in defaults");
+            let ok = match k.kind {
+                meta::Kind::Integer => v.as_u64().is_some() || (k.optional && v.is_null()),
+                meta::Kind::Number => v.as_f64().is_some(),
+                meta::Kind::Bool => v.as_bool().is_some(),
+                meta::Kind::Strings { .. } => v.is_sequence(),
+                meta::Kind::Enum { values } => v.as_str().is_some_and(|s| values.contains(&s)),
+                meta::Kind::Text => v.as_str().is_some() || (k.optional && v.is_null()),
+                meta::Kind::Records => v.is_sequence(),
+            };
+            assert!(ok, "`{}`: default {v:?} is not a {:?}", k.key, k.kind);
+            if let (Some(n), Some(_)) = (v.as_f64(), k.range) {
+                assert!(
+                    k.in_range(n),
+                    "`{}`: the default is outside its range",
+                    k.key
+                );
+            }
+        }
+    }
+
+    /// Text setting one dotted key.
+    fn yaml_setting(key: &str, value: &str) -> String {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut out = String::new();
+        for (depth, p) in parts.iter().enumerate() {
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(p);
+            out.push(':');
+            if depth + 1 == parts.len() {
+                out.push(' ');
+                out.push_str(value);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn validation_uses_the_tables_ranges_at_their_edges() {
+        for k in meta::KEYS {
+            let Some(r) = k.range else { continue };
+            let fmt = |v: f64| format!("{v:?}");
+            let int = k.kind == meta::Kind::Integer;
+            let show = |v: f64| if int { format!("{}", v as u64) } else { fmt(v) };
+            let accepted = |v: f64| Config::from_yaml("edge", &yaml_setting(k.key, &show(v)));
+            accepted(r.max).unwrap_or_else(|e| panic!("`{}` = max refused: {e}", k.key));
+            let above = if int { r.max + 1.0 } else { r.max * 1.5 };
+            let e = accepted(above).expect_err(k.key);
+            let errors = e.field_errors();
+            assert_eq!(errors.len(), 1, "{e}");
+            assert_eq!(errors[0].key, k.key);
+            assert_eq!(errors[0].value, show(above).trim_end_matches(".0"));
+            assert_eq!(Some(errors[0].allowed.clone()), k.allowed());
+            if r.min_open {
+                assert!(
+                    accepted(r.min).is_err(),
+                    "`{}` = its open minimum accepted",
+                    k.key
+                );
+            } else {
+                accepted(r.min).unwrap_or_else(|e| panic!("`{}` = min refused: {e}", k.key));
+                if r.min >= 1.0 {
+                    assert!(accepted(r.min - 1.0).is_err(), "`{}` below min", k.key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tables_enum_values_are_the_ones_serde_takes() {
+        for k in meta::KEYS {
+            let meta::Kind::Enum { values } = k.kind else {
+                continue;
+            };
+            for v in values {
+                Config::from_yaml("enum", &yaml_setting(k.key, v))
+                    .unwrap_or_else(|e| panic!("`{}` = {v}: {e}", k.key));
+            }
+            let e = Config::from_yaml("enum", &yaml_setting(k.key, "nonsense")).unwrap_err();
+            let text = e.to_string();
+            // serde's own list: "expected one of `auto`, `event`, `scan`"
+            // or "expected `gzip` or `zstd`".
+            let listed: BTreeSet<&str> = text
+                .split_once(", expected")
+                .map(|(_, rest)| rest.split('`').skip(1).step_by(2).collect())
+                .unwrap_or_default();
+            assert_eq!(listed, values.iter().copied().collect(), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_preset_has_a_title_and_a_summary() {
+        for p in PRESETS {
+            assert!(!p.title.is_empty() && !p.summary().is_empty(), "{}", p.name);
+        }
+        assert_eq!(preset_names().len(), PRESETS.len());
+    }
+
+    fn private_mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("meta").permissions().mode() & 0o777
+    }
+
+    const USER_FILE: &str = "\
+# My own config. Do not lose this line.
+storage:
+  retention_days: 9   # a week and a bit
+  # where the data goes
+  local_storage:
+    data_dir: /tmp/edr-data
+alerts:
+  max_cpu_percent: 15   # laptop
+agent:
+  # events per file
+  max_events_per_batch: 300
+filters:
+  exclude_actions: [connection-closed]
+";
+
+    #[test]
+    fn save_keeps_comments_and_order_and_sets_changed_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, USER_FILE).expect("write");
+        let mut c = Config::from_file(&path).expect("loads");
+        c.agent.max_events_per_batch = 42;
+        c.save(&path).expect("saved");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            USER_FILE.replace("max_events_per_batch: 300", "max_events_per_batch: 42")
+        );
+        assert_eq!(Config::from_file(&path).expect("loads"), c);
+        assert_eq!(private_mode(&path), 0o600);
+
+        // Saving the same config again changes nothing.
+        c.save(&path).expect("saved");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    }
+
+    #[test]
+    fn save_changes_a_list_and_adds_missing_keys_in_their_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, USER_FILE).expect("write");
+        let mut c = Config::from_file(&path).expect("loads");
+        c.filters.exclude_actions = vec!["file-modified".into(), "connected".into()];
+        c.collectors.file_monitor.exclude_paths = vec!["**/x/**".into(), "*.tmp".into()];
+        c.alerts.max_memory_mb = 333;
+        c.storage.local_storage.compression = Compression::Zstd;
+        c.save(&path).expect("saved");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(Config::from_file(&path).expect("loads"), c, "{text}");
+        // Everything the user wrote is still there, in order.
+        let kept: Vec<&str> = USER_FILE
+            .lines()
+            .filter(|l| !l.contains("exclude_actions"))
+            .collect();
+        let mut at = 0;
+        for line in &kept {
+            let found = text[at..]
+                .find(line)
+                .unwrap_or_else(|| panic!("lost {line:?}:\n{text}"));
+            at += found + line.len();
+        }
+        // The new alert is in the alerts section, right after the user's key.
+        let alerts = text.find("alerts:").expect("alerts");
+        let agent = text.find("agent:").expect("agent");
+        let mem = text.find("max_memory_mb: 333").expect("added");
+        assert!(alerts < mem && mem < agent, "{text}");
+        // After the nearest earlier key of the table (data_dir), else at
+        // the section's end (after the CPU alert, with its comment).
+        assert!(
+            text.find("max_cpu_percent: 15   # laptop").expect("kept") < mem,
+            "{text}"
+        );
+        let compression = text.find("compression: zstd").expect("added");
+        assert!(text.find("data_dir").expect("kept") < compression, "{text}");
+        assert!(compression < alerts, "{text}");
+        // A section the file lacked is added.
+        assert!(text.contains("collectors:"), "{text}");
+        assert!(
+            !text.contains("max_file_size_mb"),
+            "unchanged keys stay out: {text}"
+        );
+    }
+
+    #[test]
+    fn save_without_a_file_writes_the_commented_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new/config.yaml");
+        let mut c = Config::default();
+        c.alerts.max_memory_mb = 400;
+        c.collectors.file_monitor.watch_paths = vec!["/srv/in".into()];
+        c.save(&path).expect("saved");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(Config::from_file(&path).expect("loads"), c);
+        assert_eq!(private_mode(&path), 0o600);
+        // Every comment of the defaults is there.
+        for line in DEFAULT_YAML
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+        {
+            assert!(text.contains(line), "lost {line:?}");
+        }
+        assert!(text.contains("max_memory_mb: 400"));
+        assert!(!text.contains("~/Desktop"), "{text}");
+    }
+
+    #[test]
+    fn save_round_trips_every_preset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for p in PRESETS {
+            let c = Config::load(&[Layer::preset(p.name).expect("exists")]).expect("loads");
+            // Into a fresh file, into the user's file, and into the preset's
+            // own text.
+            for (i, start) in [None, Some(USER_FILE), Some(p.yaml)]
+                .into_iter()
+                .enumerate()
+            {
+                let path = dir.path().join(format!("{}-{i}.yaml", p.name));
+                if let Some(t) = start {
+                    std::fs::write(&path, t).expect("write");
+                }
+                c.save(&path).expect("saved");
+                let back = Config::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+                assert_eq!(back, c, "preset {} via {i}", p.name);
+            }
+            // Saving a preset over its own text changes nothing.
+            let own = dir.path().join(format!("{}-2.yaml", p.name));
+            assert_eq!(std::fs::read_to_string(own).expect("read"), p.yaml);
+        }
+    }
+
+    #[test]
+    fn save_into_an_empty_or_commented_file_keeps_the_comment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "# nothing yet\n").expect("write");
+        let mut c = Config::default();
+        c.storage.retention_days = 5;
+        c.save(&path).expect("saved");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("# nothing yet\n"), "{text}");
+        assert_eq!(Config::from_file(&path).expect("loads"), c);
+    }
+
+    #[test]
+    fn save_leaves_a_file_it_cannot_edit_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        let broken = "agent:\n  max_events_per_batch: [\n";
+        std::fs::write(&path, broken).expect("write");
+        let e = Config::default().save(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Edit { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), broken);
+        let unknown = "agent:\n  max_event_per_batch: 3\n";
+        std::fs::write(&path, unknown).expect("write");
+        let mut c = Config::default();
+        c.agent.max_events_per_batch = 4;
+        let e = c.save(&path).unwrap_err();
+        assert!(e.to_string().contains("max_event_per_batch"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), unknown);
+    }
+
+    #[test]
+    fn save_writes_awkward_strings_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let awkward: Vec<String> = [
+            "null",
+            "true",
+            "123",
+            "1e3",
+            "~",
+            "*star",
+            "&amp",
+            "!tag",
+            "# hash",
+            "a: b",
+            "a #b",
+            " lead",
+            "trail ",
+            "'single'",
+            "\"double\"",
+            "tab\there",
+            "line\nbreak",
+            "\ttab first",
+            "back\\slash",
+            "üñíçødé",
+            "-",
+            "- dash",
+            "[x]",
+            "{y}",
+            "%pct",
+            "@at",
+            "`tick`",
+            "cr\rhere",
+            "\u{7f}del",
+            "?q",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        for (i, start) in [None, Some(USER_FILE)].into_iter().enumerate() {
+            let path = dir.path().join(format!("awkward-{i}.yaml"));
+            if let Some(t) = start {
+                std::fs::write(&path, t).expect("write");
+            }
+            let mut c = Config::default();
+            c.collectors.file_monitor.watch_paths = awkward.clone();
+            c.storage.local_storage.data_dir = Some("x: \"y\"\n\tz".into());
+            c.save(&path).expect("saved");
+            assert_eq!(Config::from_file(&path).expect("loads"), c);
+            // And edited once more, item by item.
+            for (j, item) in awkward.iter().enumerate() {
+                c.collectors.file_monitor.watch_paths = vec![item.clone(), format!("{j}")];
+                c.save(&path).unwrap_or_else(|e| panic!("{item:?}: {e}"));
+                assert_eq!(Config::from_file(&path).expect("loads"), c, "{item:?}");
+            }
+        }
     }
 
     #[test]

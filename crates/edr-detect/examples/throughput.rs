@@ -11,7 +11,8 @@ use std::time::Instant;
 use edr_config::RuleLevel;
 use edr_detect::{LoadOptions, RuleSet};
 use edr_model::event::{
-    Endpoint, Event, EventMeta, File, Network, Origin, ParentProcess, Process, Timestamp, User,
+    Action, Endpoint, Event, EventMeta, File, Network, Origin, ParentProcess, Process, Timestamp,
+    User,
 };
 
 fn meta(category: &'static [&'static str], types: &'static [&'static str]) -> EventMeta {
@@ -19,7 +20,7 @@ fn meta(category: &'static [&'static str], types: &'static [&'static str]) -> Ev
         kind: "event",
         category,
         types,
-        action: "process-started",
+        action: Action::ProcessStarted,
         duration: None,
         severity: None,
         risk_score: None,

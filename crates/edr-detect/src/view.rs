@@ -314,7 +314,8 @@ mod tests {
     use std::sync::Arc;
 
     use edr_model::event::{
-        EdrExt, Endpoint, EventMeta, File, Network, Origin, ParentProcess, Process, Timestamp, User,
+        Action, EdrExt, Endpoint, EventMeta, File, Network, Origin, ParentProcess, Process,
+        Timestamp, User,
     };
 
     use super::*;
@@ -333,7 +334,7 @@ mod tests {
                 kind: "event",
                 category,
                 types,
-                action: "process-started",
+                action: Action::ProcessStarted,
                 duration: None,
                 severity: None,
                 risk_score: None,

@@ -18,11 +18,12 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,9 @@ const HISTORY_FLUSH_EVERY: u32 = 60;
 const STATUS_PAGE: usize = 4096;
 const STATUS_READ_ATTEMPTS: usize = 3;
 const CONFIG_POLL: Duration = Duration::from_secs(2);
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The sampler's thread, named for `top -H` and stack dumps.
+const METRICS_THREAD: &str = "edr-metrics";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -62,6 +66,12 @@ pub enum EngineError {
     #[error("cannot lock {}: {source}", path.display())]
     Lock {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -93,57 +103,8 @@ impl std::fmt::Debug for EngineOptions {
     }
 }
 
-/// Monotonic totals since the engine started.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Totals {
-    /// By type: process, file, network.
-    pub produced: [u64; 3],
-    pub dropped: [u64; 3],
-    pub filtered: [u64; 3],
-    pub stored: [u64; 3],
-    pub store_failed: [u64; 3],
-    pub batches_written: u64,
-    pub batch_failures: u64,
-    pub retention_deleted_files: u64,
-    pub watcher_overflows: u64,
-    pub unwatched_paths: u64,
-    pub hash_skipped: u64,
-    pub hash_queue_dropped: u64,
-    pub scan_errors: u64,
-    #[serde(default)]
-    pub process_events_lost: u64,
-    #[serde(default)]
-    pub process_partial: u64,
-    #[serde(default)]
-    pub process_source_missed: u64,
-}
-
-impl Totals {
-    fn read(c: &Counters) -> Totals {
-        Totals {
-            produced: c.produced.snapshot(),
-            dropped: c.dropped.snapshot(),
-            filtered: c.filtered.snapshot(),
-            stored: c.stored.snapshot(),
-            store_failed: c.store_failed.snapshot(),
-            batches_written: c.batches_written.load(Relaxed),
-            batch_failures: c.batch_failures.load(Relaxed),
-            retention_deleted_files: c.retention_deleted_files.load(Relaxed),
-            watcher_overflows: c.watcher_overflows.load(Relaxed),
-            unwatched_paths: c.unwatched_paths.load(Relaxed),
-            hash_skipped: c.hash_skipped.load(Relaxed),
-            hash_queue_dropped: c.hash_queue_dropped.load(Relaxed),
-            scan_errors: c.scan_errors.load(Relaxed),
-            process_events_lost: c.process_events_lost.load(Relaxed),
-            process_partial: c.process_partial.load(Relaxed),
-            process_source_missed: c.process_source_missed.load(Relaxed),
-        }
-    }
-
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped.iter().sum()
-    }
-}
+/// Monotonic totals since the engine started (declared with the counters).
+pub use edr_pipeline::Totals;
 
 /// Storage state for status displays.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -178,6 +139,30 @@ pub struct Snapshot {
     /// Rules and alerts of the detection stage.
     #[serde(default)]
     pub detection: edr_detect::DetectionStatus,
+}
+
+/// What an engine is doing, from a [`Snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineState {
+    /// Collecting.
+    Running,
+    /// Up, its collectors stopped until resumed.
+    Paused,
+    /// The status an engine wrote as it stopped.
+    Stopped,
+}
+
+impl Snapshot {
+    /// `running` and `paused` read together: an engine that stopped while
+    /// paused is stopped.
+    pub fn state(&self) -> EngineState {
+        match (self.running, self.paused) {
+            (false, _) => EngineState::Stopped,
+            (true, true) => EngineState::Paused,
+            (true, false) => EngineState::Running,
+        }
+    }
 }
 
 struct MetricsState {
@@ -267,6 +252,15 @@ impl EngineHandle {
         };
         let tracker = &handle.tracker;
 
+        // First, so a thread that cannot start leaves nothing running (its
+        // closure, and the lock in it, are dropped).
+        let (metrics_stop, metrics_task) = spawn_sampler(
+            Arc::clone(&shared),
+            config_rx.clone(),
+            paused_rx.clone(),
+            lock,
+            tracker,
+        )?;
         // Sinks stop after the pipeline has committed its last batch: their
         // channels close when the writer is dropped.
         let sinks_stop = CancellationToken::new();
@@ -304,15 +298,6 @@ impl EngineHandle {
         *crate::lock(&shared.detection) = Some(pipeline.detection());
         let pipeline_task = tracker.spawn_blocking(move || pipeline.run());
 
-        let metrics_stop = CancellationToken::new();
-        let metrics_task = tracker.spawn(sample_loop(
-            Arc::clone(&shared),
-            config_rx.clone(),
-            paused_rx.clone(),
-            metrics_stop.clone(),
-            lock,
-        ));
-
         let base = CollectorContext {
             origin: Origin::detect(),
             tx,
@@ -336,15 +321,39 @@ impl EngineHandle {
             ));
         }
 
-        tracker.spawn(stop_in_order(
-            shutdown,
-            supervisor,
-            pipeline_task,
-            sinks_stop,
-            sink_tasks,
-            metrics_stop,
-            metrics_task,
-        ));
+        // The shutdown order, walked once `shutdown` is cancelled: sources
+        // stop, the pipeline drains the queue and commits, the sinks are
+        // told the last batch and finish, the sampler writes the final
+        // status and hands back the lock, which is released last.
+        let order = vec![
+            StopStep::tasks("collectors", vec![supervisor]),
+            StopStep::tasks("pipeline", vec![pipeline_task]),
+            StopStep::new("sinks", move || sinks_stop.cancel(), async move {
+                for t in sink_tasks {
+                    if let Err(e) = t.await {
+                        tracing::error!(error = %e, "sink failed");
+                    }
+                }
+            }),
+            StopStep::new(
+                "metrics",
+                move || {
+                    // Never full: this is the only message, and the channel
+                    // holds one.
+                    let _ = metrics_stop.try_send(());
+                },
+                async move {
+                    // The sampler returns the lock after its final status;
+                    // a failed (panicked) sampler has dropped it.
+                    match metrics_task.await {
+                        Ok(Ok(lock)) => drop(lock),
+                        Ok(Err(_)) => tracing::error!("metrics sampler failed"),
+                        Err(e) => tracing::error!(error = %e, "metrics sampler failed"),
+                    }
+                },
+            ),
+        ];
+        tracker.spawn(stop_in_order(shutdown, order));
         tracker.close();
         tracing::info!(data_dir = %data_dir.display(), "engine started");
         Ok(handle)
@@ -456,7 +465,7 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
         config_file: shared.config_file.as_ref().map(|p| p.display().to_string()),
         config_error: lock(&shared.config_error).clone(),
         latest,
-        totals: Totals::read(&shared.counters),
+        totals: shared.counters.totals(),
         storage: StorageStatus {
             used_bytes: shared.counters.storage_used_bytes.load(Relaxed),
             cap_bytes: config.max_storage_bytes(),
@@ -579,34 +588,50 @@ pub fn read_status(data_dir: &Path) -> Option<Snapshot> {
     None
 }
 
-async fn stop_in_order(
-    shutdown: CancellationToken,
-    supervisor: JoinHandle<()>,
-    pipeline: JoinHandle<()>,
-    sinks_stop: CancellationToken,
-    sinks: Vec<JoinHandle<()>>,
-    metrics_stop: CancellationToken,
-    metrics: JoinHandle<DataDirLock>,
-) {
-    shutdown.cancelled().await;
-    tracing::info!("stopping: collectors first, then the open batch");
-    if let Err(e) = supervisor.await {
-        tracing::error!(error = %e, "collector supervisor failed");
-    }
-    if let Err(e) = pipeline.await {
-        tracing::error!(error = %e, "pipeline failed");
-    }
-    sinks_stop.cancel();
-    for s in sinks {
-        if let Err(e) = s.await {
-            tracing::error!(error = %e, "sink failed");
+/// One step of the shutdown sequence: a signal to stop, and what to wait
+/// for before the next step starts.
+struct StopStep {
+    name: &'static str,
+    signal: Box<dyn FnOnce() + Send>,
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl StopStep {
+    fn new(
+        name: &'static str,
+        signal: impl FnOnce() + Send + 'static,
+        done: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> StopStep {
+        StopStep {
+            name,
+            signal: Box::new(signal),
+            done: Box::pin(done),
         }
     }
-    metrics_stop.cancel();
-    // The sampler returns the lock; a failed sampler has dropped it.
-    match metrics.await {
-        Ok(lock) => drop(lock),
-        Err(e) => tracing::error!(error = %e, "metrics sampler failed"),
+
+    /// A step whose tasks end on their own once the step before it has.
+    fn tasks(name: &'static str, tasks: Vec<JoinHandle<()>>) -> StopStep {
+        StopStep::new(name, || {}, async move {
+            for t in tasks {
+                if let Err(e) = t.await {
+                    tracing::error!(step = name, error = %e, "task failed");
+                }
+            }
+        })
+    }
+}
+
+/// Walks the shutdown steps in order once `shutdown` is cancelled.
+async fn stop_in_order(shutdown: CancellationToken, order: Vec<StopStep>) {
+    shutdown.cancelled().await;
+    tracing::info!(
+        order = ?order.iter().map(|s| s.name).collect::<Vec<_>>(),
+        "stopping"
+    );
+    for step in order {
+        (step.signal)();
+        step.done.await;
+        tracing::debug!(step = step.name, "stopped");
     }
     tracing::info!("engine stopped");
 }
@@ -731,24 +756,60 @@ async fn stop_collector(t: EventType, r: Running) {
     tracing::info!(collector = %t, "collector stopped");
 }
 
-/// Once a second: sample, evaluate alerts, publish the status file, and
-/// append to the history.
-async fn sample_loop(
+/// Ends with the data-dir lock once the sampler thread has stopped; with
+/// an error if the thread panicked (it dropped the lock then).
+type SamplerDone = JoinHandle<Result<DataDirLock, oneshot::error::RecvError>>;
+
+/// Starts [`sample_loop`] on its own thread: its work is all blocking
+/// (reading /proc, writing the status file and the gzip history,
+/// `malloc_trim`, checking the lock file), so a slow disk never stalls the
+/// runtime's threads. Returns the stop signal and a task, tracked with the
+/// engine's others, that ends with the lock when the thread has stopped.
+fn spawn_sampler(
     shared: Arc<Shared>,
     config: watch::Receiver<Arc<Config>>,
     paused: watch::Receiver<bool>,
-    stop: CancellationToken,
+    lock: DataDirLock,
+    tracker: &TaskTracker,
+) -> Result<(SyncSender<()>, SamplerDone), EngineError> {
+    let (stop_tx, stop_rx) = mpsc::sync_channel(1);
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(METRICS_THREAD.into())
+        .spawn(move || {
+            let lock = sample_loop(shared, config, paused, stop_rx, lock);
+            // Nobody waits if the engine was dropped unstopped; the lock
+            // is released here then.
+            let _ = done_tx.send(lock);
+        })
+        .map_err(|source| EngineError::Thread {
+            name: METRICS_THREAD,
+            source,
+        })?;
+    Ok((stop_tx, tracker.spawn(done_rx)))
+}
+
+/// Once a second: sample, evaluate alerts, publish the status file, and
+/// append to the history. A message on `stop` ends it after a last round
+/// (history flushed, status saying `running: false`); the sender dropped
+/// without one (the engine dropped, never shut down) ends it at once, as
+/// a dropped task would.
+fn sample_loop(
+    shared: Arc<Shared>,
+    config: watch::Receiver<Arc<Config>>,
+    paused: watch::Receiver<bool>,
+    stop: Receiver<()>,
     mut lock: DataDirLock,
 ) -> DataDirLock {
     let mut history = HistoryWriter::new(&shared.data_dir);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Instant::now();
     let mut since_flush = 0u32;
     let mut trim = MemoryTrim::default();
     loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = stop.cancelled() => true,
+        let stopping = match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Ok(()) => true,
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         let cfg = Arc::clone(&config.borrow());
         let sample = sample_once(&shared, &cfg);
@@ -770,6 +831,12 @@ async fn sample_loop(
         }
         if stopping {
             break;
+        }
+        // A late round (a slow disk) is not made up for with a burst.
+        next += SAMPLE_EVERY;
+        let now = Instant::now();
+        if next <= now {
+            next = now + SAMPLE_EVERY;
         }
     }
     lock
@@ -837,17 +904,32 @@ fn write_status(data_dir: &Path, s: &Snapshot) -> std::io::Result<()> {
     }
 }
 
+/// File modification time and size: a cheap sign of an edit.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn config_stamp(p: &Path) -> Stamp {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+}
+
 /// Applies edits of the config file made by hand (or by another program).
+/// Stat, read and parse are blocking file work: each poll runs on the
+/// blocking pool, tracked with the engine's tasks, and is awaited whole
+/// (it is short) so none outlives the engine.
 async fn watch_config_file(handle: EngineHandle, source: ConfigSource, stop: CancellationToken) {
     let Some(path) = source.file.clone() else {
         return;
     };
-    let stamp = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    let source = Arc::new(source);
+    let first = {
+        let path = path.clone();
+        handle.tracker.spawn_blocking(move || config_stamp(&path))
     };
-    let mut last = stamp(&path);
+    let mut last = first.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "config file check failed");
+        None
+    });
     let mut tick = tokio::time::interval(CONFIG_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -855,13 +937,30 @@ async fn watch_config_file(handle: EngineHandle, source: ConfigSource, stop: Can
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = stamp(&path);
-        if now == last || now.is_none() {
-            continue;
-        }
-        last = now;
-        let result = source.load().and_then(|c| handle.apply_config(c));
-        match result {
+        let poll = {
+            let (path, source) = (path.clone(), Arc::clone(&source));
+            handle.tracker.spawn_blocking(move || {
+                let now = config_stamp(&path);
+                if now == last || now.is_none() {
+                    return (last, None);
+                }
+                (now, Some(source.load()))
+            })
+        };
+        let loaded = match poll.await {
+            Ok((stamp, changed)) => {
+                last = stamp;
+                match changed {
+                    Some(loaded) => loaded,
+                    None => continue,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config file check failed");
+                continue;
+            }
+        };
+        match loaded.and_then(|c| handle.apply_config(c)) {
             Ok(()) => tracing::info!(path = %path.display(), "config file changed: applied"),
             Err(e) => {
                 tracing::warn!(error = %e, "config file changed but was not applied");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use edr_config::Config;
-use edr_model::event::{Event, EventType, Timestamp};
+use edr_model::event::{Action, Event, EventType, Timestamp};
 use edr_pipeline::stage::{Item, Stage, Verdict};
 
 /// The process an event is about, as a table row shows it.
@@ -24,7 +24,7 @@ pub struct RecentProcess {
 pub struct RecentEvent {
     pub timestamp: Timestamp,
     pub kind: EventType,
-    pub action: &'static str,
+    pub action: Action,
     pub process: Option<RecentProcess>,
     pub file_path: Option<String>,
     /// On renames: where the file was before.

@@ -56,6 +56,129 @@ impl fmt::Display for EventType {
     }
 }
 
+/// `event.action`: what a collector observed. The spellings are stored in
+/// every batch and named in `filters.exclude_actions`, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    ProcessStarted,
+    ProcessEnded,
+    ProcessExec,
+    /// A process found running when the collector started.
+    ProcessInventory,
+    FileCreated,
+    FileModified,
+    FileDeleted,
+    FileRenamed,
+    /// A listening socket found when the collector started.
+    Listening,
+    /// A connection found when the collector started.
+    Connected,
+    ListenStarted,
+    ListenStopped,
+    ConnectionOpened,
+    ConnectionClosed,
+}
+
+impl Action {
+    /// Every action, grouped by event type.
+    pub const ALL: [Action; 14] = [
+        Action::ProcessStarted,
+        Action::ProcessEnded,
+        Action::ProcessExec,
+        Action::ProcessInventory,
+        Action::FileCreated,
+        Action::FileModified,
+        Action::FileDeleted,
+        Action::FileRenamed,
+        Action::Listening,
+        Action::Connected,
+        Action::ListenStarted,
+        Action::ListenStopped,
+        Action::ConnectionOpened,
+        Action::ConnectionClosed,
+    ];
+
+    /// The spellings of [`Action::ALL`], in the same order.
+    pub const NAMES: [&'static str; 14] = {
+        let mut out = [""; 14];
+        let mut i = 0;
+        while i < Action::ALL.len() {
+            out[i] = Action::ALL[i].as_str();
+            i += 1;
+        }
+        out
+    };
+
+    /// The stored spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::ProcessStarted => "process-started",
+            Action::ProcessEnded => "process-ended",
+            Action::ProcessExec => "process-exec",
+            Action::ProcessInventory => "process-inventory",
+            Action::FileCreated => "file-created",
+            Action::FileModified => "file-modified",
+            Action::FileDeleted => "file-deleted",
+            Action::FileRenamed => "file-renamed",
+            Action::Listening => "listening",
+            Action::Connected => "connected",
+            Action::ListenStarted => "listen-started",
+            Action::ListenStopped => "listen-stopped",
+            Action::ConnectionOpened => "connection-opened",
+            Action::ConnectionClosed => "connection-closed",
+        }
+    }
+
+    /// The collector that emits this action.
+    pub const fn event_type(self) -> EventType {
+        match self {
+            Action::ProcessStarted
+            | Action::ProcessEnded
+            | Action::ProcessExec
+            | Action::ProcessInventory => EventType::Process,
+            Action::FileCreated
+            | Action::FileModified
+            | Action::FileDeleted
+            | Action::FileRenamed => EventType::File,
+            Action::Listening
+            | Action::Connected
+            | Action::ListenStarted
+            | Action::ListenStopped
+            | Action::ConnectionOpened
+            | Action::ConnectionClosed => EventType::Network,
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Action::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown event action {s:?}, expected one of {}",
+                Action::ALL.map(Action::as_str).join(", ")
+            ))
+        })
+    }
+}
+
 /// Milliseconds since the Unix epoch. Serialized as RFC 3339 UTC
 /// (`2026-11-25T19:47:15.123Z`), the ECS `date` form every SIEM parses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -280,7 +403,7 @@ pub struct EventMeta {
     pub category: &'static [&'static str],
     #[serde(rename = "type")]
     pub types: &'static [&'static str],
-    pub action: &'static str,
+    pub action: Action,
     /// Nanoseconds; on `end` events, how long the process or connection lived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<u64>,
@@ -368,10 +491,6 @@ pub struct Process {
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_line: Option<String>,
-    /// Where the process was started from (filled by collectors that can
-    /// read it at exec time).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub working_directory: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -390,8 +509,13 @@ pub struct Process {
     pub hash: Option<Hash>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env_vars: Vec<String>,
+    /// Where the process was started from (Sigma's `CurrentDirectory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
 }
 
+/// `process.parent.*`: who started the process, as detection rules match
+/// it (Sigma's `ParentImage`, `ParentCommandLine`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ParentProcess {
     pub pid: u32,
@@ -401,6 +525,7 @@ pub struct ParentProcess {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
+    /// Redacted like the process's own arguments.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -609,6 +734,32 @@ mod tests {
                 .to_string();
             assert_eq!(ours, theirs);
         }
+    }
+
+    #[test]
+    fn actions_round_trip_their_stored_spelling() {
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+            assert_eq!(
+                serde_json::to_string(&a).expect("serialize"),
+                format!("\"{}\"", a.as_str())
+            );
+            let back: Action = serde_json::from_str(&format!("\"{a}\"")).expect("deserialize");
+            assert_eq!(back, a);
+        }
+        // `ALL` lists the variants in declaration order, none left out.
+        for (i, a) in Action::ALL.into_iter().enumerate() {
+            assert_eq!(a as usize, i);
+        }
+        let spellings: std::collections::BTreeSet<_> =
+            Action::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(spellings.len(), Action::ALL.len());
+        assert_eq!(Action::ProcessInventory.event_type(), EventType::Process);
+        assert_eq!(Action::FileRenamed.event_type(), EventType::File);
+        assert_eq!(Action::FileModified.as_str(), "file-modified");
+        assert_eq!(Action::Listening.event_type(), EventType::Network);
+        assert_eq!(Action::parse("file-touched"), None);
+        assert!(serde_json::from_str::<Action>("\"file-touched\"").is_err());
     }
 
     #[test]

@@ -6,4 +6,4 @@ pub mod capture;
 pub mod event;
 pub mod redact;
 
-pub use event::{Event, EventType, Timestamp};
+pub use event::{Action, Event, EventType, Timestamp};

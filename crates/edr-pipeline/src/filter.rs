@@ -9,13 +9,13 @@
 //! full of live entries it is forgotten, so the filter fails open (stores
 //! more) rather than growing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use edr_config::FiltersConfig;
-use edr_model::event::Event;
+use edr_model::event::{Action, Event};
 
 /// Paths and repeat keys remembered at most, each (~40 bytes an entry).
 pub const MEMORY_ENTRIES: usize = 4096;
@@ -63,20 +63,20 @@ impl Recent {
 pub struct Filter {
     coalesce: Duration,
     repeat: Duration,
-    exclude_actions: Vec<String>,
+    exclude_actions: HashSet<Action>,
     exclude_processes: Option<GlobSet>,
     modified: Recent,
     repeats: Recent,
 }
 
 impl Filter {
-    /// Builds the filter. Patterns were validated with the config; one that
-    /// still fails to compile is skipped with a warning.
+    /// Builds the filter. Actions and patterns were validated with the
+    /// config; one that still does not parse is skipped with a warning.
     pub fn new(cfg: &FiltersConfig) -> Filter {
         Filter {
             coalesce: Duration::from_millis(cfg.coalesce_file_changes_ms),
             repeat: Duration::from_millis(cfg.repeat_window_ms),
-            exclude_actions: cfg.exclude_actions.clone(),
+            exclude_actions: parse_actions(&cfg.exclude_actions),
             exclude_processes: build_globs(&cfg.exclude_processes),
             modified: Recent::default(),
             repeats: Recent::default(),
@@ -85,7 +85,7 @@ impl Filter {
 
     /// Whether an event passes the exclusions and file-change coalescing.
     pub fn admit(&mut self, e: &Event, now: Instant) -> bool {
-        if self.exclude_actions.iter().any(|a| a == e.event.action) {
+        if self.exclude_actions.contains(&e.event.action) {
             return false;
         }
         if let (Some(globs), Some(p)) = (&self.exclude_processes, &e.process) {
@@ -99,7 +99,7 @@ impl Filter {
         }
         let Some(file) = &e.file else { return true };
         let key = hash64(file.path.as_bytes());
-        if e.event.action == "file-modified" {
+        if e.event.action == Action::FileModified {
             return !self.modified.hit(key, now, self.coalesce);
         }
         // A new identity for the path (created, deleted, renamed): its next
@@ -120,6 +120,19 @@ impl Filter {
         self.repeats
             .hit(hash64(without_timestamp(line)), now, self.repeat)
     }
+}
+
+fn parse_actions(names: &[String]) -> HashSet<Action> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let a = Action::parse(n);
+            if a.is_none() {
+                tracing::warn!(action = %n, "unknown event action in filters.exclude_actions; skipped");
+            }
+            a
+        })
+        .collect()
 }
 
 fn build_globs(patterns: &[String]) -> Option<GlobSet> {
@@ -176,7 +189,7 @@ mod tests {
     use super::*;
     use edr_model::event::{EventMeta, File, Origin, Process, Timestamp};
 
-    fn file_event(action: &'static str, path: &str) -> Event {
+    fn file_event(action: Action, path: &str) -> Event {
         let meta = EventMeta {
             kind: "event",
             category: &["file"],
@@ -199,7 +212,7 @@ mod tests {
             kind: "event",
             category: &["process"],
             types: &["start"],
-            action: "process-started",
+            action: Action::ProcessStarted,
             duration: None,
             severity: None,
             risk_score: None,
@@ -225,8 +238,8 @@ mod tests {
     fn a_burst_of_changes_to_one_file_keeps_one_per_window() {
         let mut f = Filter::new(&config());
         let t0 = Instant::now();
-        let m = file_event("file-modified", "/w/a.txt");
-        let other = file_event("file-modified", "/w/b.txt");
+        let m = file_event(Action::FileModified, "/w/a.txt");
+        let other = file_event(Action::FileModified, "/w/b.txt");
         assert!(f.admit(&m, t0));
         assert!(!f.admit(&m, t0 + Duration::from_millis(10)));
         assert!(f.admit(&other, t0 + Duration::from_millis(20)));
@@ -236,7 +249,7 @@ mod tests {
         assert!(f.admit(&m, t0 + Duration::from_millis(1000)));
         // Deleting and recreating the file makes its next change news.
         assert!(f.admit(
-            &file_event("file-deleted", "/w/a.txt"),
+            &file_event(Action::FileDeleted, "/w/a.txt"),
             t0 + Duration::from_millis(1001)
         ));
         assert!(f.admit(&m, t0 + Duration::from_millis(1002)));
@@ -249,7 +262,7 @@ mod tests {
             ..config()
         });
         let t0 = Instant::now();
-        let m = file_event("file-modified", "/w/a.txt");
+        let m = file_event(Action::FileModified, "/w/a.txt");
         assert!((0..5).all(|_| f.admit(&m, t0)));
     }
 
@@ -274,8 +287,8 @@ mod tests {
             ..config()
         });
         let t0 = Instant::now();
-        assert!(!f.admit(&file_event("file-deleted", "/w/a"), t0));
-        assert!(f.admit(&file_event("file-created", "/w/a"), t0));
+        assert!(!f.admit(&file_event(Action::FileDeleted, "/w/a"), t0));
+        assert!(f.admit(&file_event(Action::FileCreated, "/w/a"), t0));
         assert!(!f.admit(&process_event("chrome", "/usr/lib/chromium/chrome"), t0));
         assert!(!f.admit(&process_event("agent", "/opt/backup/bin/agent"), t0));
         assert!(f.admit(&process_event("bash", "/usr/bin/bash"), t0));
@@ -288,7 +301,7 @@ mod tests {
         for i in 0..3 * MEMORY_ENTRIES {
             let line = format!("{{\"i\":{i}}}");
             assert!(!f.is_repeat(line.as_bytes(), t0));
-            assert!(f.admit(&file_event("file-modified", &format!("/w/{i}")), t0));
+            assert!(f.admit(&file_event(Action::FileModified, &format!("/w/{i}")), t0));
         }
         assert!(f.repeats.seen.len() <= MEMORY_ENTRIES);
         assert!(f.modified.seen.len() <= MEMORY_ENTRIES);

@@ -6,6 +6,7 @@
 //! [`Counters::dropped`]. Memory is bounded by [`QUEUE_CAPACITY`] events.
 
 pub mod filter;
+pub mod lineage;
 pub mod stage;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use edr_model::event::{Event, EventType};
+use serde::{Deserialize, Serialize};
 
 /// Events that may wait between the collectors and the batcher. The batcher
 /// drains far faster than the collectors fill (hundreds of thousands of
@@ -46,58 +48,198 @@ impl PerType {
     }
 }
 
-/// Monotonic counters shared by every part of the engine. Read by the
-/// metrics sampler once a second; written with relaxed atomics on hot paths.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Events accepted into the queue.
-    pub produced: PerType,
-    /// Events refused because the queue was full.
-    pub dropped: PerType,
-    /// Events removed by the filter stage (exact repeats, coalesced bursts).
-    pub filtered: PerType,
-    /// Events durably written in a batch file.
-    pub stored: PerType,
-    /// Events lost because their batch could not be written (disk full,
-    /// data dir gone or read-only).
-    pub store_failed: PerType,
-    /// Uncompressed JSON bytes of stored events.
-    pub raw_bytes: AtomicU64,
-    /// Bytes of batch files as written to disk.
-    pub stored_bytes: AtomicU64,
-    pub batches_written: AtomicU64,
-    pub batch_failures: AtomicU64,
-    /// Time from a batch's first event to its file being durable, last batch.
-    pub last_batch_latency_us: AtomicU64,
-    /// Bytes of batch files currently on disk (after retention).
-    pub storage_used_bytes: AtomicU64,
-    /// Batch files deleted by retention (age or size cap).
-    pub retention_deleted_files: AtomicU64,
-    /// Times the file watcher's kernel queue overflowed (notify `Rescan`).
-    pub watcher_overflows: AtomicU64,
-    /// Watch paths that could not be watched (missing, permission, limit).
-    pub unwatched_paths: AtomicU64,
-    /// File hashes not computed: too large, vanished, unreadable, rate cap.
-    pub hash_skipped: AtomicU64,
-    /// Hash jobs refused because the hash queue was full.
-    pub hash_queue_dropped: AtomicU64,
-    /// Failed scans (a collector could not read the system this round).
-    pub scan_errors: AtomicU64,
-    /// Process events the event source lost: kernel buffer overruns (each
-    /// counts once, however many events it dropped) and events refused
-    /// because the collector fell too far behind.
-    pub process_events_lost: AtomicU64,
-    /// Processes reported without executable or arguments: gone before
-    /// they could be read, or not readable by the agent.
-    pub process_partial: AtomicU64,
-    /// Processes the reconciling scan found that the event source had not
-    /// reported.
-    pub process_source_missed: AtomicU64,
+/// A counter's value as read once: per event type, or one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterValue {
+    /// By type: process, file, network.
+    PerType([u64; 3]),
+    Scalar(u64),
+}
+
+impl CounterValue {
+    /// The sum over the types, or the number.
+    pub fn total(&self) -> u64 {
+        match self {
+            CounterValue::PerType(v) => v.iter().sum(),
+            CounterValue::Scalar(v) => *v,
+        }
+    }
+}
+
+/// One row of the counters table: for status displays and docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterField {
+    /// The field's name, as in `status.json`.
+    pub name: &'static str,
+    /// The lines of the field's doc comment.
+    pub doc_lines: &'static [&'static str],
+    pub value: CounterValue,
+}
+
+impl CounterField {
+    /// The doc comment as one line.
+    pub fn doc(&self) -> String {
+        let lines: Vec<&str> = self.doc_lines.iter().map(|l| l.trim()).collect();
+        lines.join(" ")
+    }
+}
+
+/// Declares every counter once and generates from that list the atomic
+/// [`Counters`], the serializable copy [`Totals`] (what `status.json`
+/// keeps), the copy between them and the tables of both. A counter kind
+/// is `per_type` (one per [`EventType`]), `total` (one number, kept in
+/// `Totals`) or `gauge` (one number the sampler reads into its metrics
+/// instead, so not in `Totals`).
+macro_rules! counters {
+    (
+        per_type { $( $(#[doc = $pdoc:literal])+ $pname:ident, )+ }
+        scalar { $( $(#[doc = $sdoc:literal])+ $skind:ident $sname:ident, )+ }
+    ) => {
+        /// Monotonic counters shared by every part of the engine. Read by
+        /// the metrics sampler once a second; written with relaxed atomics
+        /// on hot paths.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( $(#[doc = $pdoc])+ pub $pname: PerType, )+
+            $( $(#[doc = $sdoc])+ pub $sname: AtomicU64, )+
+        }
+
+        counters!(@totals [$( $(#[doc = $pdoc])+ $pname )+] [] $( [$(#[doc = $sdoc])+ $skind $sname] )+);
+
+        impl Counters {
+            /// Every counter with its doc and current value, in declaration
+            /// order (gauges included).
+            pub fn describe(&self) -> Vec<CounterField> {
+                vec![
+                    $( CounterField {
+                        name: stringify!($pname),
+                        doc_lines: &[$($pdoc),+],
+                        value: CounterValue::PerType(self.$pname.snapshot()),
+                    }, )+
+                    $( CounterField {
+                        name: stringify!($sname),
+                        doc_lines: &[$($sdoc),+],
+                        value: CounterValue::Scalar(self.$sname.load(Relaxed)),
+                    }, )+
+                ]
+            }
+        }
+    };
+
+    // Collects the `total` scalars (gauges are left out), then emits
+    // `Totals` with them.
+    (@totals [$($p:tt)+] [$($t:tt)*] [$(#[doc = $d:literal])+ total $n:ident] $($rest:tt)*) => {
+        counters!(@totals [$($p)+] [$($t)* $(#[doc = $d])+ $n] $($rest)*);
+    };
+    (@totals [$($p:tt)+] [$($t:tt)*] [$(#[doc = $d:literal])+ gauge $n:ident] $($rest:tt)*) => {
+        counters!(@totals [$($p)+] [$($t)*] $($rest)*);
+    };
+    (@totals
+        [$( $(#[doc = $pdoc:literal])+ $pname:ident )+]
+        [$( $(#[doc = $tdoc:literal])+ $tname:ident )+]
+    ) => {
+        /// The counters' totals since the engine started, as one plain copy
+        /// (the snapshot and `status.json`). Every field defaults, so a
+        /// status file written before a counter existed still parses.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct Totals {
+            $( $(#[doc = $pdoc])+ #[serde(default)] pub $pname: [u64; 3], )+
+            $( $(#[doc = $tdoc])+ #[serde(default)] pub $tname: u64, )+
+        }
+
+        impl Counters {
+            /// Reads every counter kept in [`Totals`].
+            pub fn totals(&self) -> Totals {
+                Totals {
+                    $( $pname: self.$pname.snapshot(), )+
+                    $( $tname: self.$tname.load(Relaxed), )+
+                }
+            }
+        }
+
+        impl Totals {
+            /// Every field with its doc and value, in declaration order.
+            pub fn fields(&self) -> Vec<CounterField> {
+                vec![
+                    $( CounterField {
+                        name: stringify!($pname),
+                        doc_lines: &[$($pdoc),+],
+                        value: CounterValue::PerType(self.$pname),
+                    }, )+
+                    $( CounterField {
+                        name: stringify!($tname),
+                        doc_lines: &[$($tdoc),+],
+                        value: CounterValue::Scalar(self.$tname),
+                    }, )+
+                ]
+            }
+        }
+    };
+}
+
+counters! {
+    per_type {
+        /// Events accepted into the queue.
+        produced,
+        /// Events refused because the queue was full.
+        dropped,
+        /// Events removed by the filter stage (exact repeats, coalesced bursts).
+        filtered,
+        /// Events durably written in a batch file.
+        stored,
+        /// Events lost because their batch could not be written (disk full,
+        /// data dir gone or read-only).
+        store_failed,
+    }
+    scalar {
+        /// Uncompressed JSON bytes of stored events.
+        gauge raw_bytes,
+        /// Bytes of batch files as written to disk.
+        gauge stored_bytes,
+        /// Batch files written.
+        total batches_written,
+        /// Batches that could not be written (their events are in
+        /// `store_failed`).
+        total batch_failures,
+        /// Time from a batch's first event to its file being durable, last batch.
+        gauge last_batch_latency_us,
+        /// Bytes of batch files currently on disk (after retention).
+        gauge storage_used_bytes,
+        /// Batch files deleted by retention (age or size cap).
+        total retention_deleted_files,
+        /// Times the file watcher's kernel queue overflowed (notify `Rescan`).
+        total watcher_overflows,
+        /// Watch paths that could not be watched (missing, permission, limit).
+        total unwatched_paths,
+        /// File hashes not computed: too large, vanished, unreadable, rate cap.
+        total hash_skipped,
+        /// Hash jobs refused because the hash queue was full.
+        total hash_queue_dropped,
+        /// Failed scans (a collector could not read the system this round).
+        total scan_errors,
+        /// Process events the event source lost: kernel buffer overruns (each
+        /// counts once, however many events it dropped) and events refused
+        /// because the collector fell too far behind.
+        total process_events_lost,
+        /// Processes reported without executable or arguments: gone before
+        /// they could be read, or not readable by the agent.
+        total process_partial,
+        /// Processes the reconciling scan found that the event source had not
+        /// reported.
+        total process_source_missed,
+    }
 }
 
 impl Counters {
     pub fn new() -> Arc<Counters> {
         Arc::new(Counters::default())
+    }
+}
+
+impl Totals {
+    /// Events refused by the full queue, all types.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
     }
 }
 
@@ -134,4 +276,100 @@ impl EventTx {
 pub fn channel(capacity: usize, counters: Arc<Counters>) -> (EventTx, Receiver<Event>) {
     let (tx, rx) = mpsc::sync_channel(capacity);
     (EventTx { tx, counters }, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys `status.json` has always had, in order: readers of older
+    /// and newer files depend on them.
+    const STATUS_KEYS: [&str; 16] = [
+        "produced",
+        "dropped",
+        "filtered",
+        "stored",
+        "store_failed",
+        "batches_written",
+        "batch_failures",
+        "retention_deleted_files",
+        "watcher_overflows",
+        "unwatched_paths",
+        "hash_skipped",
+        "hash_queue_dropped",
+        "scan_errors",
+        "process_events_lost",
+        "process_partial",
+        "process_source_missed",
+    ];
+
+    #[test]
+    fn totals_copy_every_kept_counter_under_its_old_name() {
+        let c = Counters::default();
+        c.stored.add(EventType::File, 5);
+        c.dropped.add(EventType::Network, 2);
+        c.batches_written.fetch_add(3, Relaxed);
+        c.process_source_missed.fetch_add(7, Relaxed);
+        c.raw_bytes.fetch_add(1000, Relaxed);
+        let t = c.totals();
+        assert_eq!(t.stored, [0, 5, 0]);
+        assert_eq!(t.dropped_total(), 2);
+        assert_eq!(t.batches_written, 3);
+        assert_eq!(t.process_source_missed, 7);
+
+        let json = serde_json::to_value(&t).expect("serializes");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = STATUS_KEYS.to_vec();
+        want.sort_unstable();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "gauges stay out of status.json");
+        let back: Totals = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn older_status_files_still_parse() {
+        let old = r#"{"produced":[1,2,3],"dropped":[0,0,0],"batches_written":4}"#;
+        let t: Totals = serde_json::from_str(old).expect("parses");
+        assert_eq!(t.produced, [1, 2, 3]);
+        assert_eq!(t.batches_written, 4);
+        assert_eq!(t.scan_errors, 0);
+        assert_eq!(
+            serde_json::from_str::<Totals>("{}").expect("empty"),
+            Totals::default()
+        );
+    }
+
+    #[test]
+    fn tables_list_every_counter_with_its_doc_and_value() {
+        let c = Counters::default();
+        c.filtered.add(EventType::Process, 4);
+        c.storage_used_bytes.store(99, Relaxed);
+        let all = c.describe();
+        assert_eq!(all.len(), STATUS_KEYS.len() + 4, "16 totals and 4 gauges");
+        assert!(all
+            .iter()
+            .all(|f| !f.doc().is_empty() && !f.doc().contains("  ")));
+        let used = all
+            .iter()
+            .find(|f| f.name == "storage_used_bytes")
+            .expect("gauge listed");
+        assert_eq!(used.value, CounterValue::Scalar(99));
+
+        let fields = c.totals().fields();
+        let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+        assert_eq!(names, STATUS_KEYS);
+        assert_eq!(fields[2].value, CounterValue::PerType([4, 0, 0]));
+        assert_eq!(fields[2].value.total(), 4);
+        assert_eq!(
+            fields[2].doc(),
+            "Events removed by the filter stage (exact repeats, coalesced bursts)."
+        );
+    }
 }

@@ -22,7 +22,7 @@ use super::hasher::{mark_skipped, HashQueue, Skip};
 use super::Raw;
 use crate::CollectorContext;
 use edr_config::expand_home;
-use edr_model::event::{EdrExt, Event, EventMeta, File, Timestamp};
+use edr_model::event::{Action, EdrExt, Event, EventMeta, File, Timestamp};
 
 /// How long a rename's "from" half waits for its "to" half. inotify queues
 /// the two back to back, so this only expires for moves out of the tree.
@@ -58,12 +58,12 @@ impl What {
         }
     }
 
-    fn action(self) -> &'static str {
+    fn action(self) -> Action {
         match self {
-            What::Created => "file-created",
-            What::Modified { .. } => "file-modified",
-            What::Deleted => "file-deleted",
-            What::Renamed | What::RenamedOut | What::RenamedIn => "file-renamed",
+            What::Created => Action::FileCreated,
+            What::Modified { .. } => Action::FileModified,
+            What::Deleted => Action::FileDeleted,
+            What::Renamed | What::RenamedOut | What::RenamedIn => Action::FileRenamed,
         }
     }
 

@@ -449,10 +449,17 @@ struct Cached {
     seen: u64,
 }
 
+/// Bytes of a command line kept, as the process collector keeps.
+const CMDLINE_MAX: u64 = 64 * 1024;
+
 /// Maps socket inodes to their owning process.
 struct Owners {
     host_name: String,
     by_inode: HashMap<u64, Cached>,
+    /// Owners by pid, each valid for its start time: a process opening
+    /// many sockets has its program read once. Holds only owners some
+    /// cached inode still refers to.
+    by_pid: HashMap<u32, Arc<Owner>>,
     /// Inodes of this scan not yet in the cache; reused across scans.
     unknown: HashSet<u64>,
     scan: u64,
@@ -463,6 +470,7 @@ impl Owners {
         Owners {
             host_name: host_name.to_string(),
             by_inode: HashMap::new(),
+            by_pid: HashMap::new(),
             unknown: HashSet::new(),
             scan: 0,
         }
@@ -492,8 +500,11 @@ impl Owners {
         }
         let scan = self.scan;
         self.by_inode.retain(|_, c| c.seen == scan);
+        // Referenced by an inode entry besides this map: still an owner.
+        self.by_pid.retain(|_, o| Arc::strong_count(o) > 1);
         // Keep a burst of sockets from pinning its memory for good.
         self.by_inode.shrink_to(self.by_inode.len() * 2);
+        self.by_pid.shrink_to(self.by_pid.len() * 2);
         self.unknown.shrink_to(0);
         Ok(())
     }
@@ -577,9 +588,7 @@ impl Owners {
             if !self.unknown.remove(&inode) {
                 continue;
             }
-            let owner = owner
-                .get_or_insert_with(|| self.describe(pid).map(Arc::new))
-                .clone();
+            let owner = owner.get_or_insert_with(|| self.owner(pid)).clone();
             self.by_inode.insert(
                 inode,
                 Cached {
@@ -593,17 +602,59 @@ impl Owners {
         }
     }
 
-    /// Name and identity of a process; `None` if it has exited.
-    fn describe(&self, pid: u32) -> Option<Owner> {
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    /// The owner `pid` is now, from the cache if it is the same process
+    /// (same start) as when it was described.
+    fn owner(&mut self, pid: u32) -> Option<Arc<Owner>> {
         let start_ms = process_start_ms(pid)?;
+        let start = Some(Timestamp(wall_start_ms(start_ms)));
+        if let Some(o) = self.by_pid.get(&pid).filter(|o| o.start == start) {
+            return Some(Arc::clone(o));
+        }
+        let owner = Arc::new(self.describe(pid)?);
+        self.by_pid.insert(pid, Arc::clone(&owner));
+        Some(owner)
+    }
+
+    /// Name, identity and program of a process; `None` if it has exited
+    /// (or its pid was reused while it was read).
+    fn describe(&self, pid: u32) -> Option<Owner> {
+        let start_ms = process_start_ms(pid)?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let executable = fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let args = read_cmdline(pid);
+        if process_start_ms(pid)? != start_ms {
+            return None;
+        }
         Some(Owner {
             pid,
             name: comm.trim_end_matches('\n').to_string(),
             entity_id: entity_id(&self.host_name, pid, start_ms),
             start: Some(Timestamp(wall_start_ms(start_ms))),
+            executable,
+            args: edr_model::redact::redact_args(&args),
         })
     }
+}
+
+/// The arguments of `pid`, empty if they cannot be read.
+fn read_cmdline(pid: u32) -> Vec<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = fs::File::open(format!("/proc/{pid}/cmdline"))
+        .and_then(|f| f.take(CMDLINE_MAX).read_to_end(&mut bytes));
+    if read.is_err() {
+        return Vec::new();
+    }
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 /// The socket inode an fd points to, read relative to the open fd
@@ -898,6 +949,8 @@ mod tests {
             name: "srv".to_string(),
             entity_id: String::new(),
             start: None,
+            executable: None,
+            args: Vec::new(),
         });
         out[1].owner = Some(Arc::clone(&owner));
         // The accepted socket, before accept(): no inode yet.
@@ -910,10 +963,19 @@ mod tests {
 
     #[test]
     fn own_process_is_described_with_its_start() {
-        let owners = Owners::new("h");
+        let mut owners = Owners::new("h");
         let me = owners.describe(std::process::id()).expect("we exist");
         let comm = fs::read_to_string("/proc/self/comm").expect("comm");
         assert_eq!(me.name, comm.trim_end());
+        let exe = fs::read_link("/proc/self/exe").expect("own exe");
+        assert_eq!(me.executable.as_deref(), exe.to_str());
+        let args: Vec<String> = std::env::args().collect();
+        assert_eq!(me.args, edr_model::redact::redact_args(&args));
+        // Described once per process: the cache hands out the same owner.
+        let a = owners.owner(me.pid).expect("owner");
+        let b = owners.owner(me.pid).expect("owner");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, me);
         // The same identity and date as the process collector gives us.
         let start_ms = process_start_ms(me.pid).expect("own start");
         assert_eq!(me.entity_id, entity_id("h", me.pid, start_ms));

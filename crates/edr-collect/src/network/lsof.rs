@@ -140,6 +140,8 @@ mod tests {
             name: name.to_string(),
             entity_id: String::new(),
             start: None,
+            executable: None,
+            args: Vec::new(),
         }))
     }
 

@@ -80,7 +80,27 @@ fn describe(host: &str, pid: u32, name: &str) -> Option<Owner> {
         name: name.to_string(),
         entity_id: entity_id(host, pid, start_ms),
         start: Some(Timestamp(start_ms)),
+        executable: executable(pid),
+        // The arguments need KERN_PROCARGS2 parsing; the process events
+        // carry them.
+        args: Vec::new(),
     })
+}
+
+/// The program's path, from `proc_pidpath`.
+fn executable(pid: u32) -> Option<String> {
+    let mut buf = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
+    // SAFETY: `buf` is valid for its length for the call.
+    let n = unsafe {
+        libc::proc_pidpath(
+            i32::try_from(pid).ok()?,
+            buf.as_mut_ptr().cast(),
+            u32::try_from(buf.len()).ok()?,
+        )
+    };
+    let n = usize::try_from(n).ok().filter(|n| *n > 0)?;
+    buf.truncate(n);
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Process start in ms since the epoch, from `proc_pidinfo`.

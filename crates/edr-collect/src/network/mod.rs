@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::adaptive::AdaptiveInterval;
 use crate::CollectorContext;
 use edr_config::NetworkMonitorConfig;
-use edr_model::event::{EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp};
+use edr_model::event::{
+    Action, EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp,
+};
 use edr_pipeline::{Counters, EventTx};
 
 #[cfg(target_os = "linux")]
@@ -76,6 +78,10 @@ struct Owner {
     name: String,
     entity_id: String,
     start: Option<Timestamp>,
+    /// What rules match a connection's program on (Sigma's `Image`).
+    executable: Option<String>,
+    /// Already redacted.
+    args: Vec<String>,
 }
 
 /// One socket as a platform lister reports it.
@@ -249,17 +255,31 @@ fn meta(direction: Direction, phase: Phase) -> EventMeta {
         Phase::Inventory => (
             "state",
             &["info"],
-            if listener { "listening" } else { "connected" },
+            if listener {
+                Action::Listening
+            } else {
+                Action::Connected
+            },
             None,
         ),
-        Phase::Opened if listener => ("event", &["start"], "listen-started", None),
-        Phase::Opened => ("event", &["start", "connection"], "connection-opened", None),
+        Phase::Opened if listener => ("event", &["start"], Action::ListenStarted, None),
+        Phase::Opened => (
+            "event",
+            &["start", "connection"],
+            Action::ConnectionOpened,
+            None,
+        ),
         Phase::Closed(d) => {
             let nanos = Some(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
             if listener {
-                ("event", &["end"], "listen-stopped", nanos)
+                ("event", &["end"], Action::ListenStopped, nanos)
             } else {
-                ("event", &["end", "connection"], "connection-closed", nanos)
+                (
+                    "event",
+                    &["end", "connection"],
+                    Action::ConnectionClosed,
+                    nanos,
+                )
             }
         }
     };
@@ -323,6 +343,9 @@ fn build_event(
             name: o.name.clone(),
             entity_id: o.entity_id.clone(),
             start: o.start,
+            executable: o.executable.clone(),
+            args: o.args.clone(),
+            command_line: (!o.args.is_empty()).then(|| o.args.join(" ")),
             ..Process::default()
         })
     });
@@ -476,6 +499,8 @@ mod tests {
             name: "srv".to_string(),
             entity_id: "00000000000000aa".to_string(),
             start: Some(Timestamp(1_000)),
+            executable: Some("/usr/sbin/srv".to_string()),
+            args: vec!["srv".to_string(), "--port=1".to_string()],
         })
     }
 
@@ -545,6 +570,9 @@ mod tests {
             assert_eq!(e["event"]["type"], serde_json::json!(["end", "connection"]));
             assert_eq!(e["event"]["duration"], 1_500_000_000u64);
             assert_eq!(e["process"]["pid"], 42);
+            assert_eq!(e["process"]["executable"], "/usr/sbin/srv");
+            assert_eq!(e["process"]["args"], serde_json::json!(["srv", "--port=1"]));
+            assert_eq!(e["process"]["command_line"], "srv --port=1");
             assert_eq!(e["edr"]["socket_state"], "ESTABLISHED");
         }
 

@@ -74,6 +74,14 @@ fn parse_exec(exec: &Value, at: Timestamp, environ: bool) -> Option<Exec> {
             .map(String::from),
         executable_id: None,
         args: strings("args"),
+        // Endpoint Security reports the exec's working directory (message
+        // version 3 and later); the parent's program is not in the event,
+        // it comes from the collector's live view.
+        cwd: exec
+            .get("cwd")
+            .and_then(|c| c.get("path"))
+            .and_then(Value::as_str)
+            .map(String::from),
         env: if environ {
             strings("env").unwrap_or_default()
         } else {
@@ -239,6 +247,7 @@ mod tests {
             )
         );
         assert!(x.env.is_empty());
+        assert_eq!(x.cwd.as_deref(), Some("/Users/me"));
         assert_eq!(x.start_ms, Some(ms("2025-08-07T13:21:35Z")));
         assert_eq!(x.at, Timestamp(ms("2025-08-07T13:21:35.880Z")));
         let Some((SourceEvent::Exec(x), _)) = parse_line(EXEC_V9, true) else {

@@ -33,6 +33,7 @@ pub(crate) struct Program {
     executable: Option<String>,
     executable_id: Option<FileId>,
     args: Option<Vec<String>>,
+    cwd: Option<String>,
     env: Vec<String>,
 }
 
@@ -76,6 +77,10 @@ impl ProcReader {
             .read(pid, "cmdline", CMDLINE_MAX)
             .ok()
             .map(nul_separated);
+        // Released at exit like the command line, so read with it.
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
         let executable = exe.as_ref().and_then(|f| {
             std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
                 .ok()
@@ -97,6 +102,7 @@ impl ProcReader {
             executable,
             executable_id,
             args,
+            cwd,
             env,
         }
     }
@@ -107,10 +113,12 @@ impl ProcReader {
             executable,
             executable_id,
             mut args,
+            cwd,
             env,
         } = program;
         let mut x = Exec {
             pid,
+            cwd,
             env,
             at,
             ..Exec::default()
@@ -229,6 +237,7 @@ mod tests {
     fn a_live_process_reads_whole() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
+            .current_dir("/tmp")
             .spawn()
             .expect("spawn sleep");
         // The parent of a vfork resumes before the kernel has set up the
@@ -258,6 +267,8 @@ mod tests {
         assert_eq!(x.args, Some(vec!["sleep".to_string(), "30".to_string()]));
         assert_eq!(x.ppid, Some(std::process::id()));
         assert_eq!(x.comm.as_deref(), Some("sleep"));
+        let tmp = std::fs::canonicalize("/tmp").expect("canonical /tmp");
+        assert_eq!(x.cwd.as_deref(), tmp.to_str());
         assert!(start_ms.is_some());
         assert_eq!(x.start_ms, start_ms);
         // SAFETY: geteuid cannot fail.
@@ -272,5 +283,6 @@ mod tests {
         child.wait().expect("reap");
         let x = ProcReader::new(false).exec(pid, Timestamp::now());
         assert_eq!((x.executable, x.args, x.start_ms), (None, None, None));
+        assert_eq!(x.cwd, None);
     }
 }

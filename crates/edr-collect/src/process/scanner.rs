@@ -61,6 +61,7 @@ fn read_live(pid: u32, p: &SysProcess) -> LiveProcess {
         executable,
         executable_id: None,
         args: redact::redact_args(&args).into_boxed_slice(),
+        cwd: p.cwd().map(|c| c.to_string_lossy().into()),
         partial: false,
         reported: true,
     }
@@ -139,7 +140,7 @@ impl Scanner {
         };
         live.sweep(&mut self.gone, tolerated);
         let (started, ended) = (self.new_pids.len(), self.gone.len());
-        self.emit_ends(emit, now);
+        self.emit_ends(live, emit, now);
         self.emit_starts(sys, live, emit, now);
         if self.inventory_done && role == Role::Reconcile && started > 0 {
             emit.ctx()
@@ -201,7 +202,7 @@ impl Scanner {
         }
     }
 
-    fn emit_ends(&mut self, emit: &mut Emitter, now: Timestamp) {
+    fn emit_ends(&mut self, live: &Tracker<LiveProcess>, emit: &mut Emitter, now: Timestamp) {
         let mut gone = std::mem::take(&mut self.gone);
         for (key, rec) in gone.drain(..) {
             if emit.ctx().cancel.is_cancelled() {
@@ -209,7 +210,7 @@ impl Scanner {
             }
             // A fork whose exec and exit the source both lost.
             if !rec.reported {
-                emit.start(key.pid, &rec, Start::New, Observer::Scan, Vec::new());
+                emit.start(key.pid, &rec, Start::New, Observer::Scan, Vec::new(), live);
             }
             // The process exited at some moment between the previous scan
             // and this one; `now` is when its absence was seen, so
@@ -246,7 +247,8 @@ impl Scanner {
                 .and_then(|ppid| Some(key_of(ppid, sys.process(ppid)?)))
                 .and_then(|key| live.get_key(&key))
                 .map(|parent| parent.start_ms);
-            let Some(rec) = live.get_key_mut(&key_of(Pid::from_u32(pid), p)) else {
+            let key = key_of(Pid::from_u32(pid), p);
+            let Some(rec) = live.get_key_mut(&key) else {
                 continue;
             };
             rec.parent_start_ms = parent_start_ms;
@@ -255,7 +257,9 @@ impl Scanner {
             } else {
                 Vec::new()
             };
-            emit.start(pid, rec, why, Observer::Scan, env);
+            if let Some(rec) = live.get_key(&key) {
+                emit.start(pid, rec, why, Observer::Scan, env, live);
+            }
         }
         self.new_pids = new_pids;
     }
@@ -275,6 +279,7 @@ fn refresh_kind(collect_environment: bool) -> ProcessRefreshKind {
         .without_tasks()
         .with_exe(UpdateKind::OnlyIfNotSet)
         .with_cmd(UpdateKind::OnlyIfNotSet)
+        .with_cwd(UpdateKind::OnlyIfNotSet)
         .with_user(UpdateKind::OnlyIfNotSet);
     if collect_environment {
         kind.with_environ(UpdateKind::OnlyIfNotSet)
@@ -372,6 +377,49 @@ mod tests {
         );
     }
 
+    /// A scanned process carries its working directory and its parent's
+    /// program (this test), from the scan's own view of the table.
+    #[test]
+    fn scanned_processes_carry_their_parent_and_working_directory() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read x"])
+            .current_dir("/tmp")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        // sysinfo reads an empty command line during the exec: wait it out.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read(format!("/proc/{}/cmdline", child.id()))
+            .map_or(true, |c| !c.starts_with(b"sh"))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut h = Harness::new();
+        h.scan(Role::Alone);
+        let events: Vec<Event> = h.rx.try_iter().collect();
+        drop(child.stdin.take());
+        child.wait().expect("reap");
+        let sh = events
+            .iter()
+            .filter_map(|e| e.process.as_deref())
+            .find(|p| p.pid == child.id())
+            .expect("the shell is in the inventory");
+        let tmp = std::fs::canonicalize("/tmp").expect("canonical /tmp");
+        assert_eq!(sh.working_directory.as_deref(), tmp.to_str());
+        let parent = sh.parent.as_ref().expect("parent");
+        assert_eq!(parent.pid, std::process::id());
+        let me = std::fs::read_link("/proc/self/exe").expect("own exe");
+        assert_eq!(parent.executable.as_deref(), me.to_str());
+        let own_args: Vec<String> = std::env::args().collect();
+        assert_eq!(
+            parent.command_line.as_deref(),
+            Some(edr_model::redact::redact_args(&own_args).join(" ").as_str())
+        );
+        assert_eq!(parent.args, edr_model::redact::redact_args(&own_args));
+        assert!(parent.name.is_some());
+    }
+
     /// What an event source already reported is not reported again, and
     /// what it missed is reported one scan late.
     #[test]
@@ -399,6 +447,7 @@ mod tests {
             executable: None,
             executable_id: None,
             args: Box::new([]),
+            cwd: None,
             partial: false,
             reported: true,
         };

@@ -54,6 +54,7 @@ impl SourceEvent {
                 BASE + std::mem::size_of::<Exec>()
                     + x.executable.as_ref().map_or(0, String::len)
                     + x.comm.as_ref().map_or(0, String::len)
+                    + x.cwd.as_ref().map_or(0, String::len)
                     + x.args.as_deref().map_or(0, strings)
                     + strings(&x.env)
             }
@@ -96,6 +97,8 @@ pub(crate) struct Exec {
     /// Not yet redacted. None if they could not be read (an empty list is
     /// a program run without arguments).
     pub args: Option<Vec<String>>,
+    /// The working directory (`process.working_directory`).
+    pub cwd: Option<String>,
     /// Not yet redacted; empty unless the environment is collected.
     pub env: Vec<String>,
     pub at: Timestamp,
@@ -264,6 +267,7 @@ impl EventSide {
                 executable: None,
                 executable_id: None,
                 args: Box::new([]),
+                cwd: None,
                 partial: true,
                 reported: false,
             },
@@ -299,7 +303,7 @@ impl EventSide {
                 };
                 if let Some(why) = why {
                     updated.reported = true;
-                    emit.start(x.pid, &updated, why, Observer::Event, env);
+                    emit.start(x.pid, &updated, why, Observer::Event, env, live);
                 }
                 insert(live, x.pid, updated);
             }
@@ -321,11 +325,12 @@ impl EventSide {
             executable: None,
             executable_id: None,
             args: Box::new([]),
+            cwd: None,
             partial: true,
             reported: true,
         };
         apply_image(&mut rec, &x);
-        emit.start(x.pid, &rec, Start::New, Observer::Event, env);
+        emit.start(x.pid, &rec, Start::New, Observer::Event, env, live);
         insert(live, x.pid, rec);
     }
 
@@ -335,7 +340,7 @@ impl EventSide {
             return;
         };
         if !rec.reported {
-            emit.start(key.pid, &rec, Start::New, Observer::Event, Vec::new());
+            emit.start(key.pid, &rec, Start::New, Observer::Event, Vec::new(), live);
         }
         emit.end(key.pid, &rec, e.at, e.exit_code, Observer::Event);
     }
@@ -359,10 +364,13 @@ impl EventSide {
                 rec.start_ms = x.start_ms.unwrap_or(rec.start_ms);
                 if rec.partial {
                     apply_image(&mut rec, &x);
+                } else if x.cwd.is_some() {
+                    // The parent's, copied at the fork, may have changed.
+                    rec.cwd = x.cwd.as_deref().map(Box::from);
                 }
             }
             rec.reported = true;
-            emit.start(key.pid, &rec, Start::New, Observer::Event, Vec::new());
+            emit.start(key.pid, &rec, Start::New, Observer::Event, Vec::new(), live);
             insert(live, key.pid, rec);
         }
         if self.pending.is_empty() && self.pending.capacity() > 1024 {
@@ -402,6 +410,7 @@ fn apply_image(rec: &mut LiveProcess, x: &Exec) {
         .as_deref()
         .map(|a| redact::redact_args(a).into_boxed_slice())
         .unwrap_or_default();
+    rec.cwd = x.cwd.as_deref().map(Box::from);
     if x.uid.is_some() {
         rec.uid = x.uid;
     }
@@ -415,7 +424,7 @@ mod tests {
 
     use super::*;
     use crate::CollectorContext;
-    use edr_model::event::{entity_id, Event};
+    use edr_model::event::{entity_id, Action, Event};
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -446,6 +455,7 @@ mod tests {
                     executable: Some("/usr/bin/bash".into()),
                     executable_id: None,
                     args: Box::new(["bash".to_string()]),
+                    cwd: Some("/home/me".into()),
                     partial: false,
                     reported: true,
                 },
@@ -522,7 +532,7 @@ mod tests {
         let events = h.events();
         assert_eq!(events.len(), 1, "{events:?}");
         let e = &events[0];
-        assert_eq!(e.event.action, "process-started");
+        assert_eq!(e.event.action, Action::ProcessStarted);
         assert_eq!(e.event.types, ["start"]);
         // Dated from the start the kernel recorded; identified by it too.
         assert_eq!(
@@ -593,7 +603,7 @@ mod tests {
         h.exec(exec_of(201, T0 + 6_000, "/usr/bin/ls", &["ls"]));
         let events = h.events();
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].event.action, "process-exec");
+        assert_eq!(events[0].event.action, Action::ProcessExec);
         assert_eq!(events[0].event.types, ["start"]);
         assert_eq!(events[0].timestamp, Timestamp(T0 + 6_001));
         assert_eq!(process(&events[0]).entity_id, p.entity_id);
@@ -605,8 +615,8 @@ mod tests {
         h.fork(100, 202, T0 + 7_000);
         h.exit(202, 0, T0 + 7_010);
         let events = h.events();
-        let actions: Vec<&str> = events.iter().map(|e| e.event.action).collect();
-        assert_eq!(actions, ["process-started", "process-ended"]);
+        let actions: Vec<Action> = events.iter().map(|e| e.event.action).collect();
+        assert_eq!(actions, [Action::ProcessStarted, Action::ProcessEnded]);
         h.later(FORK_GRACE * 2);
         assert!(h.events().is_empty());
     }
@@ -633,6 +643,77 @@ mod tests {
             parent.entity_id.as_deref(),
             Some(entity_id(&h.host(), 300, T0 + 8_000).as_str())
         );
+    }
+
+    #[test]
+    fn a_start_carries_its_parents_program_and_its_working_directory() {
+        let mut h = Harness::new();
+        h.fork(100, 600, T0 + 11_000);
+        let mut x = exec_of(600, T0 + 11_000, "/usr/bin/sh", &["sh", "-c", "x"]);
+        x.cwd = Some("/srv/work".into());
+        h.exec(x);
+        let events = h.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let p = process(&events[0]);
+        assert_eq!(p.working_directory.as_deref(), Some("/srv/work"));
+        let parent = p.parent.as_ref().expect("parent");
+        assert_eq!(parent.pid, 100);
+        assert_eq!(parent.name.as_deref(), Some("bash"));
+        assert_eq!(parent.executable.as_deref(), Some("/usr/bin/bash"));
+        assert_eq!(parent.args, ["bash"]);
+        assert_eq!(parent.command_line.as_deref(), Some("bash"));
+        // A fork that does not exec runs where its parent did.
+        h.fork(600, 601, T0 + 11_100);
+        h.later(FORK_GRACE * 2);
+        let events = h.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let p = process(&events[0]);
+        assert_eq!(p.working_directory.as_deref(), Some("/srv/work"));
+        let parent = p.parent.as_ref().expect("parent");
+        assert_eq!(parent.executable.as_deref(), Some("/usr/bin/sh"));
+        assert_eq!(parent.command_line.as_deref(), Some("sh -c x"));
+        // End events stay as they were.
+        h.exit(601, 0, T0 + 11_200);
+        let end = h.events();
+        let p = process(&end[0]);
+        assert_eq!(p.working_directory, None);
+        assert_eq!(
+            p.parent.as_ref().and_then(|x| x.executable.as_deref()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_parent_that_ended_first_is_still_described_and_redacted() {
+        let mut h = Harness::new();
+        h.fork(100, 700, T0 + 12_000);
+        h.exec(exec_of(
+            700,
+            T0 + 12_000,
+            "/usr/bin/mysql",
+            &["mysql", "--password=hunter2", "-e", "x"],
+        ));
+        h.fork(700, 701, T0 + 12_100);
+        h.exit(700, 0, T0 + 12_150);
+        let mut x = exec_of(701, T0 + 12_100, "/usr/bin/curl", &["curl"]);
+        x.ppid = Some(1);
+        h.exec(x);
+        let events = h.events();
+        let curl = events
+            .iter()
+            .find(|e| process(e).pid == 701 && e.event.types == ["start"])
+            .expect("curl started");
+        let parent = process(curl).parent.as_ref().expect("parent");
+        assert_eq!(parent.pid, 700);
+        assert_eq!(parent.executable.as_deref(), Some("/usr/bin/mysql"));
+        assert_eq!(parent.args, ["mysql", "--password=[REDACTED]", "-e", "x"]);
+        assert_eq!(
+            parent.command_line.as_deref(),
+            Some("mysql --password=[REDACTED] -e x")
+        );
+        assert!(!serde_json::to_string(curl)
+            .expect("json")
+            .contains("hunter2"));
     }
 
     #[test]
