@@ -154,6 +154,16 @@ async fn a_base64_decode_into_a_shell_raises_its_alerts() {
         assert!(a["edr"]["alert"]["matched_fields"].is_object());
     }
     assert!(snapshot.alerts_raised >= 3, "{snapshot:?}");
+    // The shell's alert names who started it: this test process.
+    let sh_alert = alerts
+        .iter()
+        .find(|a| EXPECTED[0].raised_by(a))
+        .expect("found above");
+    assert_eq!(
+        sh_alert["edr"]["alert"]["ancestors"][0]["pid"],
+        std::process::id(),
+        "{sh_alert}"
+    );
 
     // What an operator sees: the alerts table, NDJSON, and the status.
     let bin = env!("CARGO_BIN_EXE_edr-agent");

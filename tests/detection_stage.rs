@@ -473,3 +473,40 @@ fn hostile_typed_events_neither_crash_nor_stall() {
     // runner is much slower, hence the wide margin. A stall would not end.
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn an_alert_names_the_processes_above_the_one_it_is_about() {
+    let o = origin();
+    let dir = base64_dir();
+    let mut stage = DetectionStage::new(&config(&dir), DetectionShared::new());
+    let now = Instant::now();
+    // sshd (pid 100) started bash (200), which started the shell (4242).
+    let mut sshd = proc_event(&o, 1, "/usr/sbin/sshd", "sshd: alice", "/sbin/init");
+    let mut bash = proc_event(&o, 2, "/usr/bin/bash", "-bash", "/usr/sbin/sshd");
+    let mut sh = proc_event(&o, 3, "/usr/bin/dash", BASE64_CMD, "/usr/bin/bash");
+    for (e, pid, ppid, id) in [
+        (&mut sshd, 100, 1, "e-sshd"),
+        (&mut bash, 200, 100, "e-bash"),
+        (&mut sh, 4242, 200, "e-sh"),
+    ] {
+        let p = e.process.as_mut().expect("process");
+        p.pid = pid;
+        p.entity_id = id.into();
+        p.start = Some(e.timestamp);
+        if let Some(parent) = p.parent.as_mut() {
+            parent.pid = ppid;
+        }
+    }
+    assert!(run(&mut stage, &sshd, now).is_empty());
+    assert!(run(&mut stage, &bash, now).is_empty());
+    let alerts = run(&mut stage, &sh, now);
+    assert_eq!(alerts.len(), 1);
+    let v = serde_json::to_value(&alerts[0]).expect("serializes");
+    let chain = &v["edr"]["alert"]["ancestors"];
+    assert_eq!(chain[0]["pid"], 200);
+    assert_eq!(chain[0]["executable"], "/usr/bin/bash");
+    assert_eq!(chain[0]["entity_id"], "e-bash");
+    assert_eq!(chain[1]["pid"], 100);
+    assert_eq!(chain[1]["command_line"], "sshd: alice");
+    assert_eq!(chain.as_array().map(Vec::len), Some(2));
+}

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use edr_config::RuleLevel;
 use edr_model::event::{
-    AlertExt, EdrExt, Event, EventMeta, Origin, Rule, Threat, ThreatIds, ThreatNames, Timestamp,
+    AlertAncestor, AlertExt, EdrExt, Event, EventMeta, Origin, Rule, Threat, ThreatIds,
+    ThreatNames, Timestamp,
 };
 
 use crate::rules::Match;
@@ -21,8 +22,14 @@ pub fn severity(level: RuleLevel) -> u8 {
 }
 
 /// The alert for `m` on `e`, standing for `count` matches since
-/// `first_seen`.
-pub fn alert_event(m: &Match<'_>, e: &Event, count: u64, first_seen: Timestamp) -> Event {
+/// `first_seen`; `ancestors`: the processes above `e`'s, parent first.
+pub fn alert_event(
+    m: &Match<'_>,
+    e: &Event,
+    count: u64,
+    first_seen: Timestamp,
+    ancestors: Vec<AlertAncestor>,
+) -> Event {
     let r = m.rule;
     let origin = Origin {
         host: Arc::clone(&e.host),
@@ -85,6 +92,7 @@ pub fn alert_event(m: &Match<'_>, e: &Event, count: u64, first_seen: Timestamp) 
             count,
             first_seen,
             last_seen: e.timestamp,
+            ancestors,
         })),
         ..EdrExt::default()
     }));

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use edr_config::{Config, DetectionConfig, DetectionException};
+use edr_model::event::AlertAncestor;
 use edr_model::event::{Event, Timestamp};
+use edr_pipeline::lineage::{Lineage, MAX_ANCESTORS};
 use edr_pipeline::stage::{Item, Stage, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -275,6 +277,9 @@ pub struct DetectionStage {
     exceptions: Vec<Exception>,
     window: Duration,
     suppressed: HashMap<(String, String, String), Suppressed>,
+    /// Who started whom, from the process events passing by: an alert
+    /// names the chain of programs above the one it is about.
+    lineage: Lineage,
     poll: Duration,
 }
 
@@ -300,6 +305,7 @@ impl DetectionStage {
             exceptions: Vec::new(),
             window: Duration::from_millis(c.suppress_window_ms),
             suppressed: HashMap::new(),
+            lineage: Lineage::default(),
             poll,
         };
         stage.set_exceptions();
@@ -367,7 +373,7 @@ impl DetectionStage {
         }
         if self.window.is_zero() {
             stats.alerts_raised.fetch_add(1, Relaxed);
-            out.push(alert_event(m, e, 1, e.timestamp));
+            out.push(alert_event(m, e, 1, e.timestamp, self.ancestors(e)));
             return;
         }
         let p = e.process.as_deref();
@@ -412,7 +418,23 @@ impl DetectionStage {
             }
         };
         stats.alerts_raised.fetch_add(1, Relaxed);
-        out.push(alert_event(m, e, count, first));
+        out.push(alert_event(m, e, count, first, self.ancestors(e)));
+    }
+
+    fn ancestors(&self, e: &Event) -> Vec<AlertAncestor> {
+        let Some(p) = e.process.as_deref() else {
+            return Vec::new();
+        };
+        self.lineage
+            .ancestry(p.pid, MAX_ANCESTORS)
+            .into_iter()
+            .map(|a| AlertAncestor {
+                pid: a.pid,
+                executable: a.executable,
+                command_line: a.command_line,
+                entity_id: a.entity_id,
+            })
+            .collect()
     }
 
     fn prune(&mut self, now: Instant) {
@@ -439,6 +461,11 @@ impl Stage for DetectionStage {
             return Verdict::Keep;
         };
         let e = item.event;
+        if e.event.kind != "event" && e.event.kind != "state" {
+            return Verdict::Keep;
+        }
+        // The inventory (`state`) feeds the lineage only; no rule applies.
+        self.lineage.observe(e);
         if e.event.kind != "event" {
             return Verdict::Keep;
         }
@@ -494,6 +521,7 @@ impl Stage for DetectionStage {
                 self.loader = None;
                 self.rules = None;
                 self.suppressed.clear();
+                self.lineage = Lineage::default();
                 self.shared.publish(false, None);
             }
             (false, true) => {

@@ -685,6 +685,20 @@ pub struct AlertExt {
     pub first_seen: Timestamp,
     /// When the last of them happened (this alert's event).
     pub last_seen: Timestamp,
+    /// The processes above the matched one, its parent first (at most 8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<AlertAncestor>,
+}
+
+/// One process above the one an alert is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AlertAncestor {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+    pub entity_id: String,
 }
 
 /// Derives `process.entity_id` from what identifies a process across its
