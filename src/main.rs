@@ -74,6 +74,11 @@ enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Stored detection alerts: a table, or NDJSON with --json.
+    Alerts(cli::detect::AlertsArgs),
+    /// Detection rules: list, check files, test over events.
+    #[command(subcommand)]
+    Rules(cli::detect::RulesCommand),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
         Command::Events(args) => cli::events::events(args),
         Command::Report(args) => cli::report::report(args),
         Command::Config(c) => config_command(c),
+        Command::Alerts(args) => cli::detect::alerts(args),
+        Command::Rules(c) => cli::detect::rules(c),
     };
     match result {
         Ok(code) => code,

@@ -121,11 +121,37 @@ async fn every_stored_field_is_valid_ecs() {
         "not all three collectors produced events"
     );
 
+    let events = read_events(&data);
+    let (mut problems, stored_paths) = problems_of(&events);
+    // What detection rules match on is held to the check only if stored.
+    for path in [
+        "process.working_directory",
+        "process.parent.name",
+        "process.parent.executable",
+        "process.parent.args",
+        "process.parent.command_line",
+        "network: process.executable",
+        "process.command_line",
+    ] {
+        if !stored_paths.contains(path) {
+            problems.insert(format!("{path}: never stored, so never checked"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} events checked; problems:\n{}",
+        events.len(),
+        problems.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Every field of `events` that is not ECS (outside `edr.*`), of the wrong
+/// type or not an allowed value; and the paths stored.
+fn problems_of(events: &[Value]) -> (BTreeSet<String>, BTreeSet<String>) {
     let fields = ecs_fields();
     let mut problems = BTreeSet::new();
-    let events = read_events(&data);
     let mut stored_paths = BTreeSet::new();
-    for e in &events {
+    for e in events {
         let mut flat = Vec::new();
         flatten("", e, &mut flat);
         if e["event"]["category"][0] == "network" && e["process"].get("executable").is_some() {
@@ -173,24 +199,125 @@ async fn every_stored_field_is_valid_ecs() {
             }
         }
     }
-    // What detection rules match on is held to the check only if stored.
-    for path in [
-        "process.working_directory",
-        "process.parent.name",
-        "process.parent.executable",
-        "process.parent.args",
-        "process.parent.command_line",
-        "network: process.executable",
-        "process.command_line",
-    ] {
-        if !stored_paths.contains(path) {
-            problems.insert(format!("{path}: never stored, so never checked"));
+    (problems, stored_paths)
+}
+
+/// Alerts, of each kind of event the rules see, built by the real
+/// detection stage from the built-in rules.
+#[test]
+fn alert_fields_are_valid_ecs() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use edr_detect::{DetectionShared, DetectionStage};
+    use edr_model::event::{
+        Endpoint, Event, EventMeta, File, Network, Origin, ParentProcess, Process, User,
+    };
+    use edr_pipeline::stage::{Item, Stage};
+
+    let mut origin = Origin::detect();
+    Arc::make_mut(&mut origin.host).os.kind = "linux";
+    let meta =
+        |category: &'static [&'static str], types: &'static [&'static str], action| EventMeta {
+            kind: "event",
+            category,
+            types,
+            action,
+            duration: None,
+            severity: None,
+            risk_score: None,
+        };
+    let process = |exe: &str, cmd: &str| Process {
+        pid: 77,
+        name: exe.rsplit('/').next().unwrap_or_default().to_string(),
+        executable: Some(exe.to_string()),
+        args: cmd.split(' ').map(String::from).collect(),
+        command_line: Some(cmd.to_string()),
+        working_directory: Some("/home/alice".into()),
+        start: Some(Timestamp::now()),
+        entity_id: "0123456789abcdef".into(),
+        parent: Some(ParentProcess {
+            pid: 1,
+            entity_id: Some("fedcba9876543210".into()),
+            name: Some("bash".into()),
+            executable: Some("/usr/bin/bash".into()),
+            args: vec!["bash".into()],
+            command_line: Some("bash".into()),
+        }),
+        user: Some(User {
+            id: Some("1000".into()),
+            name: Some("alice".into()),
+        }),
+        ..Process::default()
+    };
+    let mut p = Event::new(
+        &origin,
+        Timestamp::now(),
+        meta(&["process"], &["start"], Action::ProcessStarted),
+    );
+    p.process = Some(Box::new(process(
+        "/usr/bin/dash",
+        "sh -c echo ZWNobyBoaQ== | base64 -d | sh",
+    )));
+    let mut f = Event::new(
+        &origin,
+        Timestamp::now(),
+        meta(&["file"], &["creation"], Action::FileCreated),
+    );
+    f.file = Some(Box::new(File {
+        path: "/etc/cron.d/updater".into(),
+        name: Some("updater".into()),
+        directory: Some("/etc/cron.d".into()),
+        kind: Some("file"),
+        ..File::default()
+    }));
+    f.process = Some(Box::new(process("/usr/bin/tee", "tee /etc/cron.d/updater")));
+    let mut n = Event::new(
+        &origin,
+        Timestamp::now(),
+        meta(
+            &["network"],
+            &["start", "connection"],
+            Action::ConnectionOpened,
+        ),
+    );
+    n.process = Some(Box::new(process("/usr/bin/bash", "bash -i")));
+    n.source = Some(Endpoint {
+        ip: "192.0.2.10".parse().expect("ip"),
+        port: 40_000,
+    });
+    n.destination = Some(Endpoint {
+        ip: "203.0.113.7".parse().expect("ip"),
+        port: 4444,
+    });
+    n.network = Some(Network {
+        transport: "tcp",
+        kind: "ipv4",
+        direction: "outbound",
+    });
+
+    let mut config = edr_config::Config::default();
+    config.detection.enabled = true;
+    let mut stage = DetectionStage::new(&config, DetectionShared::new());
+    let mut alerts = Vec::new();
+    for e in [&p, &f, &n] {
+        let mut buf = Vec::new();
+        let mut item = Item::new(e, &mut buf);
+        stage.process(&mut item, Instant::now());
+        let emitted = item.take_emitted();
+        assert!(!emitted.is_empty(), "no built-in rule matched {e:?}");
+        for (_, a) in emitted {
+            alerts.push(serde_json::to_value(&a).expect("serializes"));
         }
     }
+    for a in &alerts {
+        assert_eq!(a["event"]["kind"], "alert");
+        assert!(a["rule"]["id"].is_string() && a["threat"]["framework"].is_string());
+    }
+    let (problems, _) = problems_of(&alerts);
     assert!(
         problems.is_empty(),
-        "{} events checked; problems:\n{}",
-        events.len(),
+        "problems:\n{}",
         problems.into_iter().collect::<Vec<_>>().join("\n")
     );
 }

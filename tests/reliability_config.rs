@@ -162,6 +162,7 @@ fn config() -> impl Strategy<Value = Config> {
                 storage,
                 alerts,
                 filters,
+                detection: Default::default(),
             }
         },
     )

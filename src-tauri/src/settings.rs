@@ -25,14 +25,14 @@ pub enum Kind {
 
 impl Kind {
     /// The form input for a key of this type; `None` for types the form
-    /// has no input for (words from a set, free text).
+    /// has no input for (words from a set, free text, lists of records).
     fn of(kind: meta::Kind) -> Option<Kind> {
         match kind {
             meta::Kind::Integer => Some(Kind::Whole),
             meta::Kind::Number => Some(Kind::Number),
             meta::Kind::Bool => Some(Kind::Flag),
             meta::Kind::Strings { .. } => Some(Kind::Lines),
-            meta::Kind::Enum { .. } | meta::Kind::Text => None,
+            meta::Kind::Enum { .. } | meta::Kind::Text | meta::Kind::Records => None,
         }
     }
 }

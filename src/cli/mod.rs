@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+pub mod detect;
 pub mod events;
 pub mod report;
 pub mod run;

@@ -184,6 +184,15 @@ fn print_human(
     if let Some(e) = &s.config_error {
         out(format_args!("config:      last edit not applied: {e}\n"))?;
     }
+    let d = &s.detection;
+    if d.enabled {
+        out(format_args!(
+            "detection:   {} rules loaded, {} skipped; {} events evaluated ({} ns/event); {} alerts raised, {} suppressed\n",
+            d.rules_loaded, d.rules_skipped, d.events_evaluated, d.eval_ns_mean, d.alerts_raised, d.alerts_suppressed
+        ))?;
+    } else {
+        out(format_args!("detection:   off\n"))?;
+    }
     if s.alerts.is_empty() {
         out(format_args!("alerts:      none\n"))?;
     } else {

@@ -182,6 +182,8 @@ impl SyntheticEvents {
                 types: &["end"],
                 action: Action::ProcessEnded,
                 duration: Some((self.now_ms - start) * 1_000_000),
+                severity: None,
+                risk_score: None,
             }
         } else {
             EventMeta {
@@ -190,6 +192,8 @@ impl SyntheticEvents {
                 types: &["start"],
                 action: Action::ProcessStarted,
                 duration: None,
+                severity: None,
+                risk_score: None,
             }
         };
         let ts = Timestamp(if ended { self.now_ms } else { start });
@@ -239,6 +243,8 @@ impl SyntheticEvents {
             types,
             action,
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&self.origin, Timestamp(self.now_ms), meta);
         let exists = action != Action::FileDeleted;
@@ -270,6 +276,8 @@ impl SyntheticEvents {
                 types: &["start", "connection"],
                 action: Action::ConnectionOpened,
                 duration: None,
+                severity: None,
+                risk_score: None,
             }
         } else {
             EventMeta {
@@ -278,6 +286,8 @@ impl SyntheticEvents {
                 types: &["end", "connection"],
                 action: Action::ConnectionClosed,
                 duration: Some(self.rand() % 60_000_000_000),
+                severity: None,
+                risk_score: None,
             }
         };
         let mut e = Event::new(&self.origin, Timestamp(self.now_ms), meta);

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
+pub mod detection;
+pub use detection::{DetectionConfig, DetectionException, RuleLevel};
+
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_YAML: &str = include_str!("../../../config/default.yaml");
 
@@ -90,6 +93,7 @@ pub struct Config {
     pub filters: FiltersConfig,
     pub storage: StorageConfig,
     pub alerts: AlertsConfig,
+    pub detection: DetectionConfig,
 }
 
 /// `agent.*`: batching.
@@ -743,6 +747,7 @@ impl Config {
                 });
             }
         }
+        self.detection.validate(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -1293,6 +1298,7 @@ mod tests {
                 meta::Kind::Strings { .. } => v.is_sequence(),
                 meta::Kind::Enum { values } => v.as_str().is_some_and(|s| values.contains(&s)),
                 meta::Kind::Text => v.as_str().is_some() || (k.optional && v.is_null()),
+                meta::Kind::Records => v.is_sequence(),
             };
             assert!(ok, "`{}`: default {v:?} is not a {:?}", k.key, k.kind);
             if let (Some(n), Some(_)) = (v.as_f64(), k.range) {

@@ -25,6 +25,8 @@ pub enum Kind {
     },
     /// Free text (a path).
     Text,
+    /// A list of mappings, each checked in code (`detection.exceptions`).
+    Records,
 }
 
 /// The allowed values of a number. `min_open`: `min` itself is refused.
@@ -96,7 +98,11 @@ impl KeyMeta {
 ///   lists them as `one_of`, the check walks the list);
 /// - `data_dir`: no NUL byte;
 /// - `compression_level`: the range depends on `compression`;
-/// - `source`, `compression`: serde refuses other words, naming them.
+/// - `source`, `compression`, `detection.min_level`: serde refuses other
+///   words, naming them;
+/// - `detection.rule_paths`: each non-empty, without NUL bytes;
+/// - `detection.exceptions`: each names at least one of its keys, and its
+///   `executable` is a valid glob (see `detection.rs`).
 pub const CHECKED_IN_CODE: &[&str] = &[
     "collectors.file_monitor.watch_paths",
     "collectors.file_monitor.exclude_paths",
@@ -106,6 +112,9 @@ pub const CHECKED_IN_CODE: &[&str] = &[
     "storage.local_storage.compression_level",
     "collectors.process_monitor.source",
     "storage.local_storage.compression",
+    "detection.rule_paths",
+    "detection.min_level",
+    "detection.exceptions",
 ];
 
 const fn int(min: u64, max: u64) -> Option<Range> {
@@ -264,6 +273,21 @@ pub const KEYS: &[KeyMeta] = &[
             Some(Range { min: 0.0, max: 1.0, min_open: false }), "",
             "Alert when stored batches are reduced by less than this (1 - stored/raw)."),
         "Compression below", "size saved (0.8 = 80%)"),
+    key("detection.enabled", Kind::Bool, None, "",
+        "Evaluate Sigma rules on every event; a match is stored as an alert."),
+    key("detection.builtin_rules", Kind::Bool, None, "",
+        "Load the rules built into the agent."),
+    key("detection.rule_paths", STRINGS, None, "",
+        "Files or directories of Sigma YAML, loaded besides the built-in rules and reloaded when they change."),
+    key("detection.min_level", Kind::Enum {
+            values: &["informational", "low", "medium", "high", "critical"],
+        }, None, "",
+        "Rules below this level are not loaded."),
+    key("detection.suppress_window_ms", Kind::Integer,
+        int(0, crate::detection::MAX_SUPPRESS_WINDOW_MS), "ms",
+        "The same rule on the same program and parent within this window is one alert (0: every match)."),
+    key("detection.exceptions", Kind::Records, None, "",
+        "Matches that raise no alert: entries of rule_id, executable (a glob) and command_line_contains."),
 ];
 
 /// The table's entry for a dotted key.

@@ -136,6 +136,9 @@ pub struct Snapshot {
     pub storage: StorageStatus,
     pub alerts: Vec<Alert>,
     pub coverage: Coverage,
+    /// Rules and alerts of the detection stage.
+    #[serde(default)]
+    pub detection: edr_detect::DetectionStatus,
 }
 
 /// What an engine is doing, from a [`Snapshot`].
@@ -178,6 +181,7 @@ struct Shared {
     data_dir: PathBuf,
     config_file: Option<PathBuf>,
     config_error: Mutex<Option<String>>,
+    detection: Mutex<Option<Arc<edr_detect::DetectionShared>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +241,7 @@ impl EngineHandle {
             data_dir: data_dir.clone(),
             config_file: opts.config_source.file.clone(),
             config_error: Mutex::new(None),
+            detection: Mutex::new(None),
         });
         let handle = EngineHandle {
             shared: Arc::clone(&shared),
@@ -290,6 +295,7 @@ impl EngineHandle {
             links,
         );
         tracing::debug!(stages = ?pipeline.stages(), "pipeline");
+        *crate::lock(&shared.detection) = Some(pipeline.detection());
         let pipeline_task = tracker.spawn_blocking(move || pipeline.run());
 
         let base = CollectorContext {
@@ -470,6 +476,10 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
         },
         alerts,
         coverage: lock(&shared.coverage).clone(),
+        detection: lock(&shared.detection)
+            .as_ref()
+            .map(|d| d.status())
+            .unwrap_or_default(),
     }
 }
 

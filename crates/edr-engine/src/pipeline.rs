@@ -2,7 +2,7 @@
 //! the batch writer.
 //!
 //! ```text
-//! queue ─► filter ─► [detection] ─► recent-events tap ─► batch writer ─► sinks
+//! queue ─► filter ─► detection ─► recent-events tap ─► batch writer ─► sinks
 //! ```
 //!
 //! One thread does all of it because every step is synchronous CPU or disk
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use edr_config::Config;
+use edr_detect::{DetectionShared, DetectionStage};
 use edr_model::event::Event;
 use edr_pipeline::stage::{Chain, FilterStage, Item, Stage, Verdict};
 use edr_pipeline::Counters;
@@ -37,14 +38,17 @@ pub struct Pipeline {
     chain: Chain,
     writer: BatchWriter,
     counters: Arc<Counters>,
+    detection: Arc<DetectionShared>,
     /// Reused serialization buffer.
     buf: Vec<u8>,
 }
 
 impl Pipeline {
-    /// The standard chain: the filter, then `taps` (stages that only
-    /// observe, such as the recent-events ring), then the writer, which
-    /// tells `sinks` of every committed batch.
+    /// The standard chain: the filter, detection, then `taps` (stages that
+    /// only observe, such as the recent-events ring), then the writer, which
+    /// tells `sinks` of every committed batch. The detection stage is always
+    /// in the chain so `detection.enabled` can be switched live; disabled,
+    /// it passes events through untouched.
     pub fn new(
         rx: Receiver<Event>,
         store: Store,
@@ -55,7 +59,11 @@ impl Pipeline {
         sinks: Vec<SinkLink>,
     ) -> Pipeline {
         let c = Arc::clone(&config.borrow_and_update());
-        let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(FilterStage::new(&c))];
+        let detection = DetectionShared::new();
+        let mut stages: Vec<Box<dyn Stage>> = vec![
+            Box::new(FilterStage::new(&c)),
+            Box::new(DetectionStage::new(&c, Arc::clone(&detection))),
+        ];
         stages.extend(taps);
         Pipeline {
             rx,
@@ -63,8 +71,14 @@ impl Pipeline {
             writer: BatchWriter::new(store, &c, Arc::clone(&counters), shared, sinks),
             config,
             counters,
+            detection,
             buf: Vec::with_capacity(4096),
         }
+    }
+
+    /// The detection stage's counters and status.
+    pub fn detection(&self) -> Arc<DetectionShared> {
+        Arc::clone(&self.detection)
     }
 
     /// The stages' names, in order.

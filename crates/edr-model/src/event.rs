@@ -407,6 +407,12 @@ pub struct EventMeta {
     /// Nanoseconds; on `end` events, how long the process or connection lived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<u64>,
+    /// On alerts: the rule's level as a number (ECS `event.severity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+    /// On alerts: the rule's level on ECS's 0..100 risk scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_score: Option<f32>,
 }
 
 /// One observation, ready to serialize.
@@ -428,6 +434,15 @@ pub struct Event {
     pub destination: Option<Endpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// On alerts: the user the matched process ran as (ECS `user.*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// On alerts: the detection rule that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Box<Rule>>,
+    /// On alerts: the ATT&CK tactics and techniques the rule names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threat: Option<Box<Threat>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edr: Option<Box<EdrExt>>,
 }
@@ -448,6 +463,9 @@ impl Event {
             source: None,
             destination: None,
             network: None,
+            user: None,
+            rule: None,
+            threat: None,
             edr: None,
         }
     }
@@ -588,6 +606,99 @@ pub struct EdrExt {
     /// what the source itself reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<&'static str>,
+    /// On alerts: what ECS has no field for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Box<AlertExt>>,
+}
+
+/// `rule.*` (ECS): the detection rule an alert comes from.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Rule {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub author: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    /// The first of the rule's references (all are in
+    /// `edr.alert.references`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// `builtin`, or the configured rule path the rule was loaded from.
+    pub ruleset: String,
+    /// The rule's `modified` date, else its `date`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `threat.*` (ECS).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Threat {
+    pub framework: &'static str,
+    #[serde(skip_serializing_if = "ThreatNames::is_empty")]
+    pub tactic: ThreatNames,
+    #[serde(skip_serializing_if = "ThreatIds::is_empty")]
+    pub technique: ThreatIds,
+}
+
+/// `threat.tactic.name[]`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ThreatNames {
+    pub name: Vec<String>,
+}
+
+impl ThreatNames {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
+}
+
+/// `threat.technique.id[]`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ThreatIds {
+    pub id: Vec<String>,
+}
+
+impl ThreatIds {
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+}
+
+/// `edr.alert.*`: the parts of an alert ECS has no field for.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AlertExt {
+    /// The rule's level: `informational`, `low`, `medium`, `high`, `critical`.
+    pub level: &'static str,
+    /// Field (ECS name) to the value the rule matched on.
+    pub matched_fields: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub falsepositives: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+    /// Matches this alert stands for: 1, plus the repeats suppressed since
+    /// the previous alert of the same rule, program and parent.
+    pub count: u64,
+    /// When the first of those matches happened.
+    pub first_seen: Timestamp,
+    /// When the last of them happened (this alert's event).
+    pub last_seen: Timestamp,
+    /// The processes above the matched one, its parent first (at most 8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<AlertAncestor>,
+}
+
+/// One process above the one an alert is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AlertAncestor {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+    pub entity_id: String,
 }
 
 /// Derives `process.entity_id` from what identifies a process across its

@@ -196,6 +196,8 @@ mod tests {
             types: &["change"],
             action,
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&Origin::detect(), Timestamp(1000), meta);
         e.file = Some(Box::new(File {
@@ -212,6 +214,8 @@ mod tests {
             types: &["start"],
             action: Action::ProcessStarted,
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&Origin::detect(), Timestamp(1000), meta);
         e.process = Some(Box::new(Process {

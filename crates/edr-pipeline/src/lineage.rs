@@ -280,6 +280,8 @@ mod tests {
             types,
             action,
             duration: None,
+            severity: None,
+            risk_score: None,
         };
         let mut e = Event::new(&Origin::detect(), Timestamp(ts), meta);
         e.process = Some(Box::new(Process {

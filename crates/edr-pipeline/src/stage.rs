@@ -4,7 +4,7 @@
 //! the config):
 //!
 //! ```text
-//! queue ─► filter ─► detection (next) ─► taps (recent events) ─► batch writer ─► sinks
+//! queue ─► filter ─► detection ─► taps (recent events) ─► batch writer ─► sinks
 //! ```
 //!
 //! A [`Stage`] sees each event as an [`Item`]: the typed [`Event`] and its

@@ -453,6 +453,8 @@ fn build_event(ctx: &CollectorContext, change: &Change, meta: Option<&Metadata>)
             types: change.what.types(),
             action: change.what.action(),
             duration: None,
+            severity: None,
+            risk_score: None,
         },
     );
     event.file = Some(Box::new(describe(&change.path, meta)));

@@ -289,6 +289,8 @@ fn meta(direction: Direction, phase: Phase) -> EventMeta {
         types,
         action,
         duration,
+        severity: None,
+        risk_score: None,
     }
 }
 

@@ -223,6 +223,8 @@ impl Emitter {
                 types: &["end"],
                 action: Action::ProcessEnded,
                 duration: Some(lifetime_ms.saturating_mul(1_000_000)),
+                severity: None,
+                risk_score: None,
             },
         );
         let mut process = self.process_fields(pid, rec);
@@ -367,6 +369,8 @@ fn start_meta(why: Start, start_ms: u64) -> (Timestamp, EventMeta) {
         types,
         action,
         duration: None,
+        severity: None,
+        risk_score: None,
     };
     (timestamp, meta)
 }
