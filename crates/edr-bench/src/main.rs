@@ -319,6 +319,8 @@ struct Captured {
     files_deleted: u64,
     files_modified: u64,
     connections: u64,
+    /// Detection alerts (stored as events too; not counted as captures).
+    alerts: u64,
 }
 
 fn captured(data_dir: &Path, watched: &Path, port: u16) -> anyhow::Result<Captured> {
@@ -332,6 +334,12 @@ fn captured(data_dir: &Path, watched: &Path, port: u16) -> anyhow::Result<Captur
         c.stored_bytes += s.stored_bytes;
         for line in std::io::BufRead::lines(open_batch_reader(&path)?) {
             let v: serde_json::Value = serde_json::from_str(&line?)?;
+            // An alert repeats the action and fields of the event it is
+            // about: counting it would capture the workload twice.
+            if v["event"]["kind"] == "alert" {
+                c.alerts += 1;
+                continue;
+            }
             let action = v["event"]["action"].as_str().and_then(Action::parse);
             let ours_proc = v["process"]["name"] == load::PROC_NAME;
             let ours_file = v["file"]["path"]
@@ -486,8 +494,8 @@ fn print_workload(
         ))?;
     }
     out(format_args!(
-        "  (and {} file-modified events for the {} files written)\n",
-        c.files_modified, g.files_created
+        "  (and {} file-modified events for the {} files written; {} detection alerts)\n",
+        c.files_modified, g.files_created, c.alerts
     ))?;
     out(format_args!(
         "  stored: {} events in {} batches ({:.0} a batch), raw {} B, stored {} B: {:.1} B/event, {:.1}% reduction\n",
