@@ -13,6 +13,7 @@ const LIBRARIES: &[&str] = &[
     "edr-collect",
     "edr-store",
     "edr-metrics",
+    "edr-detect",
     "edr-engine",
 ];
 
