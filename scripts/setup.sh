@@ -10,6 +10,7 @@ PACKAGES=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev
   xvfb xauth webkit2gtk-driver dbus dbus-x11 at-spi2-core xdotool imagemagick
   time procps
+  nats-server
 )
 
 as_root() {

@@ -23,6 +23,8 @@ use serde_norway::{Mapping, Value};
 
 pub mod detection;
 pub use detection::{DetectionConfig, DetectionException, RuleLevel};
+pub mod shipping;
+pub use shipping::{NatsConfig, NatsTlsConfig, ShipCompression, ShippingConfig};
 
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_YAML: &str = include_str!("../../../config/default.yaml");
@@ -94,6 +96,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub alerts: AlertsConfig,
     pub detection: DetectionConfig,
+    pub shipping: ShippingConfig,
 }
 
 /// `agent.*`: batching.
@@ -748,6 +751,7 @@ impl Config {
             }
         }
         self.detection.validate(&mut errors);
+        self.shipping.validate(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -102,7 +102,10 @@ impl KeyMeta {
 ///   words, naming them;
 /// - `detection.rule_paths`: each non-empty, without NUL bytes;
 /// - `detection.exceptions`: each names at least one of its keys, and its
-///   `executable` is a valid glob (see `detection.rs`).
+///   `executable` is a valid glob (see `detection.rs`);
+/// - `shipping.nats.url`: each nats:// or tls://; `stream`,
+///   `subject_prefix`: valid NATS names; the secret files exist and are
+///   mode 0600, the certificate files exist (see `shipping.rs`).
 pub const CHECKED_IN_CODE: &[&str] = &[
     "collectors.file_monitor.watch_paths",
     "collectors.file_monitor.exclude_paths",
@@ -115,6 +118,16 @@ pub const CHECKED_IN_CODE: &[&str] = &[
     "detection.rule_paths",
     "detection.min_level",
     "detection.exceptions",
+    "shipping.nats.url",
+    "shipping.nats.stream",
+    "shipping.nats.subject_prefix",
+    "shipping.nats.compression",
+    "shipping.nats.credentials_file",
+    "shipping.nats.password_file",
+    "shipping.nats.token_file",
+    "shipping.nats.tls.ca_file",
+    "shipping.nats.tls.cert_file",
+    "shipping.nats.tls.key_file",
 ];
 
 const fn int(min: u64, max: u64) -> Option<Range> {
@@ -288,6 +301,44 @@ pub const KEYS: &[KeyMeta] = &[
         "The same rule on the same program and parent within this window is one alert (0: every match)."),
     key("detection.exceptions", Kind::Records, None, "",
         "Matches that raise no alert: entries of rule_id, executable (a glob) and command_line_contains."),
+    key("shipping.nats.enabled", Kind::Bool, None, "",
+        "Publish every committed batch to a NATS JetStream stream."),
+    key("shipping.nats.url", STRINGS, None, "",
+        "Server URLs, nats:// or tls:// (a string or a list, for a cluster)."),
+    key("shipping.nats.stream", Kind::Text, None, "",
+        "The JetStream stream that stores the messages."),
+    key("shipping.nats.subject_prefix", Kind::Text, None, "",
+        "Subjects are <prefix>.<host>.events and <prefix>.<host>.alerts."),
+    key("shipping.nats.create_stream", Kind::Bool, None, "",
+        "Create the stream if it is missing; warn if it exists with other settings."),
+    key("shipping.nats.stream_max_age_days", Kind::Integer, int(1, 3650), "days",
+        "A created stream drops messages older than this."),
+    key("shipping.nats.stream_max_gb", Kind::Number,
+        Some(Range { min: 0.0, max: 100_000.0, min_open: true }), "GiB",
+        "A created stream's size cap."),
+    key("shipping.nats.duplicate_window_s", Kind::Integer, int(1, 86_400), "s",
+        "The server drops a resent message (same Nats-Msg-Id) within this window."),
+    key("shipping.nats.compression", Kind::Enum { values: &["none", "gzip"] }, None, "",
+        "Message body encoding."),
+    key("shipping.nats.max_unshipped_gb", Kind::Number,
+        Some(Range { min: 0.0, max: 100_000.0, min_open: true }), "GiB",
+        "Unshipped data is kept past retention up to this; past it the oldest is deleted (a gap)."),
+    key("shipping.nats.shutdown_timeout_ms", Kind::Integer, int(0, 600_000), "ms",
+        "At shutdown, pending batches keep shipping for at most this long."),
+    optional(key("shipping.nats.credentials_file", Kind::Text, None, "",
+        "A NATS .creds file (mode 0600).")),
+    optional(key("shipping.nats.user", Kind::Text, None, "",
+        "User name, with password_file.")),
+    optional(key("shipping.nats.password_file", Kind::Text, None, "",
+        "A file holding the user's password (mode 0600).")),
+    optional(key("shipping.nats.token_file", Kind::Text, None, "",
+        "A file holding an authentication token (mode 0600).")),
+    optional(key("shipping.nats.tls.ca_file", Kind::Text, None, "",
+        "CA certificate(s) the server must chain to; null: the system's roots.")),
+    optional(key("shipping.nats.tls.cert_file", Kind::Text, None, "",
+        "Client certificate (PEM), with key_file.")),
+    optional(key("shipping.nats.tls.key_file", Kind::Text, None, "",
+        "The client certificate's private key (PEM, mode 0600).")),
 ];
 
 /// The table's entry for a dotted key.

@@ -13,8 +13,10 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +123,78 @@ pub trait Sink: Send + 'static {
     /// Runs until `ctx.batches` closes (or the sink gives up within its own
     /// time limit once `ctx.stop` is cancelled).
     fn run(self: Box<Self>, ctx: SinkContext) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// A shipping sink's live state, for the engine's status.
+    fn shipping_status(&self) -> Option<Arc<ShipState>> {
+        None
+    }
+}
+
+/// What a shipping sink reports, updated as it works (cheap to read once a
+/// second).
+#[derive(Debug, Default)]
+pub struct ShipState {
+    pub connected: AtomicBool,
+    pub shipped_batches: AtomicU64,
+    pub shipped_events: AtomicU64,
+    /// Message bytes acknowledged (as sent, after compression).
+    pub shipped_bytes: AtomicU64,
+    /// Messages the server acknowledged as duplicates (resent after a
+    /// crash or an outage, dropped by the server).
+    pub duplicates: AtomicU64,
+    /// Unshipped batches deleted before they were acknowledged.
+    pub gaps: AtomicU64,
+    pub pending_batches: AtomicU64,
+    pub pending_bytes: AtomicU64,
+    /// Start time of the oldest pending batch (ms since the epoch; 0: none).
+    pub oldest_pending_ms: AtomicU64,
+    /// Last acknowledgement (ms since the epoch; 0: none yet).
+    pub last_ack_ms: AtomicU64,
+    /// The last error in words, cleared by the next acknowledgement.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ShipState {
+    pub fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    pub fn snapshot(&self) -> ShippingStatus {
+        ShippingStatus {
+            connected: self.connected.load(Relaxed),
+            shipped_batches: self.shipped_batches.load(Relaxed),
+            shipped_events: self.shipped_events.load(Relaxed),
+            shipped_bytes: self.shipped_bytes.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            gaps: self.gaps.load(Relaxed),
+            pending_batches: self.pending_batches.load(Relaxed),
+            pending_bytes: self.pending_bytes.load(Relaxed),
+            oldest_pending_ms: Some(self.oldest_pending_ms.load(Relaxed)).filter(|v| *v > 0),
+            last_ack_ms: Some(self.last_ack_ms.load(Relaxed)).filter(|v| *v > 0),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// [`ShipState`] read at one moment, for status files and displays.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShippingStatus {
+    pub connected: bool,
+    pub shipped_batches: u64,
+    pub shipped_events: u64,
+    pub shipped_bytes: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+    pub pending_batches: u64,
+    pub pending_bytes: u64,
+    pub oldest_pending_ms: Option<u64>,
+    pub last_ack_ms: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 /// Creates the link between the writer and one sink.
