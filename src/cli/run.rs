@@ -59,8 +59,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        let mut sinks: Vec<Box<dyn edr_store::sink::Sink>> = Vec::new();
+        if config.shipping.nats.enabled {
+            let host = edr_model::event::Host::detect().name;
+            let sink = edr_ship::NatsSink::new(config.shipping.nats.clone(), &config.data_dir(), &host)
+                .context("cannot start shipping")?;
+            sinks.push(Box::new(sink));
+        }
         let opts = EngineOptions {
             config_source: source,
+            sinks,
             ..EngineOptions::default()
         };
         let engine = EngineHandle::start(config, opts, shutdown.clone())?;

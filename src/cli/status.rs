@@ -193,6 +193,23 @@ fn print_human(
     } else {
         out(format_args!("detection:   off\n"))?;
     }
+    if let Some(sh) = &s.shipping {
+        let state = match (&sh.last_error, sh.connected) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, true) => "connected".to_string(),
+            (None, false) => "not connected".to_string(),
+        };
+        out(format_args!(
+            "shipping:    {state}; {} batches ({} events, {}) shipped, {} pending ({}), {} duplicates, {} gaps\n",
+            sh.shipped_batches,
+            sh.shipped_events,
+            human_bytes(sh.shipped_bytes),
+            sh.pending_batches,
+            human_bytes(sh.pending_bytes),
+            sh.duplicates,
+            sh.gaps
+        ))?;
+    }
     if s.alerts.is_empty() {
         out(format_args!("alerts:      none\n"))?;
     } else {

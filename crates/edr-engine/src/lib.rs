@@ -139,6 +139,9 @@ pub struct Snapshot {
     /// Rules and alerts of the detection stage.
     #[serde(default)]
     pub detection: edr_detect::DetectionStatus,
+    /// A shipping sink's state (None: nothing ships).
+    #[serde(default)]
+    pub shipping: Option<edr_store::sink::ShippingStatus>,
 }
 
 /// What an engine is doing, from a [`Snapshot`].
@@ -182,6 +185,7 @@ struct Shared {
     config_file: Option<PathBuf>,
     config_error: Mutex<Option<String>>,
     detection: Mutex<Option<Arc<edr_detect::DetectionShared>>>,
+    shipping: Option<Arc<edr_store::sink::ShipState>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,6 +246,7 @@ impl EngineHandle {
             config_file: opts.config_source.file.clone(),
             config_error: Mutex::new(None),
             detection: Mutex::new(None),
+            shipping: opts.sinks.iter().find_map(|s| s.shipping_status()),
         });
         let handle = EngineHandle {
             shared: Arc::clone(&shared),
@@ -480,6 +485,7 @@ fn build_snapshot(shared: &Shared, config: &Config, paused: bool, running: bool)
             .as_ref()
             .map(|d| d.status())
             .unwrap_or_default(),
+        shipping: shared.shipping.as_ref().map(|s| s.snapshot()),
     }
 }
 
