@@ -414,10 +414,12 @@ async fn connect(config: &NatsConfig, state: &Arc<ShipState>) -> Result<Session,
             async move {
                 match ev {
                     async_nats::Event::Connected => st.connected.store(true, Relaxed),
-                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                    async_nats::Event::Disconnected => {
                         st.connected.store(false, Relaxed);
                         st.set_error(Some("disconnected from the NATS server".to_string()));
                     }
+                    // Closed by us, as the sink stops: not an error.
+                    async_nats::Event::Closed => st.connected.store(false, Relaxed),
                     async_nats::Event::ServerError(e) => {
                         st.set_error(Some(format!("NATS server error: {e}")));
                     }
@@ -702,6 +704,7 @@ impl Worker {
             // Let the client send what it buffered (acks are not awaited).
             let _ = tokio::time::timeout(Duration::from_secs(1), s.client.flush()).await;
         }
+        self.sink.state.connected.store(false, Relaxed);
         tracing::info!(
             cursor = self.sink.cursor,
             pending = self.pending.len(),
