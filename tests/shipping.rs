@@ -335,6 +335,46 @@ async fn pending_grows_while_the_broker_is_down_then_drains() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_keeps_unshipped_data_within_its_cap_and_reports_the_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = NatsServer::new(dir.path(), None);
+    let mut c = ship_config(dir.path(), &server.url());
+    // About 3 KB: a few batches of 10 file events (gzip, ~0.5-1 KB each).
+    c.shipping.nats.max_unshipped_gb = 3e-6;
+    let cap = c.shipping.nats.max_unshipped_bytes();
+    let data = c.data_dir();
+    let (engine, state) = start_shipping(c);
+    wait_watching(&engine).await;
+    for round in 0..6 {
+        touch_files(&watched(dir.path()), &format!("o{round}"), 10);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let over = wait_for_async(Duration::from_secs(20), || {
+        (engine.snapshot().totals.retention_deleted_files > 0).then_some(())
+    })
+    .await;
+    assert!(over.is_some(), "the cap never deleted anything");
+    let held: u64 = list_batches(&data)
+        .expect("list")
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    assert!(held <= cap, "{held} bytes unshipped, cap {cap}");
+    server.launch();
+    wait_drained(&state, "after the outage").await;
+    engine.shutdown().await;
+    let s = state.snapshot();
+    let deleted = engine.snapshot().totals.retention_deleted_files;
+    // Every batch deleted unshipped is reported as a gap, every other one
+    // was shipped: together, every batch ever committed.
+    assert_eq!(s.gaps, deleted, "{s:?}");
+    let got = read_stream(&server.url()).await;
+    let shipped = assert_stream_matches(&data, &got);
+    let last = *shipped.keys().last().expect("something shipped");
+    assert_eq!(s.shipped_batches + s.gaps, last, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_max_payload_is_split_and_reassembled() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Small enough that a batch of 40 file events (~ 600 bytes each) needs

@@ -535,6 +535,18 @@ impl Worker {
     }
 
     fn enqueue_one(&mut self, b: CommittedBatch) {
+        // Numbers missing on disk after something was shipped: deleted
+        // unshipped (the `max_unshipped_gb` cap). Before the first
+        // shipment, older batches are simply from before shipping.
+        if self.last_known > 0 && b.seq > self.last_known + 1 {
+            let missing = b.seq - self.last_known - 1;
+            self.sink.state.gaps.fetch_add(missing, Relaxed);
+            tracing::warn!(
+                from = self.last_known + 1,
+                to = b.seq - 1,
+                "batches deleted before they were shipped (a gap)"
+            );
+        }
         if b.seq > self.last_known {
             self.last_known = b.seq;
             self.pending.push_back(b);

@@ -527,6 +527,49 @@ impl Store {
         }
         deleted
     }
+
+    /// The hard cap on what sinks hold: while the batches from `keep_from`
+    /// on (not yet done with by a sink, kept past retention) total more
+    /// than `max_held_bytes`, the oldest of them is deleted. Returns how
+    /// many were: each is a gap in what the sinks deliver.
+    pub fn enforce_held_cap(&mut self, keep_from: u64, max_held_bytes: u64) -> usize {
+        let mut held: u64 = self
+            .files
+            .iter()
+            .filter(|f| f.seq >= keep_from)
+            .map(|f| f.size)
+            .sum();
+        let mut deleted = 0;
+        while held > max_held_bytes {
+            let Some(i) = self.files.iter().position(|f| f.seq >= keep_from) else {
+                break;
+            };
+            if let Err(e) = self.persist_seq() {
+                tracing::warn!(error = %e, "cannot record the batch sequence; the unshipped cap waits");
+                break;
+            }
+            let Some(f) = self.files.remove(i) else {
+                break;
+            };
+            match fs::remove_file(&f.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %f.path.display(), error = %e, "cannot delete an unshipped batch over the cap");
+                    self.files.insert(i, f);
+                    break;
+                }
+            }
+            tracing::warn!(seq = f.seq, bytes = f.size, "unshipped data over its cap: oldest unshipped batch deleted (a gap)");
+            held = held.saturating_sub(f.size);
+            self.total_bytes = self.total_bytes.saturating_sub(f.size);
+            deleted += 1;
+            if let Some(dir) = f.path.parent() {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        deleted
+    }
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
@@ -888,6 +931,26 @@ mod tests {
         assert_eq!(left, [2, 3, 4]);
         // Released: the cap applies again.
         assert_eq!(store.enforce_retention(now, Duration::MAX, 0, u64::MAX), 3);
+    }
+
+    #[test]
+    fn held_batches_are_capped_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let now = Timestamp::now();
+        for _ in 0..5 {
+            commit_one(&mut store, now);
+        }
+        let size = store.files().next().expect("a file").size;
+        // Batch 1 is done with; 2..=5 are held, room for two of them.
+        assert_eq!(store.enforce_held_cap(2, 2 * size), 2);
+        let left: Vec<u64> = store.files().map(|f| f.seq).collect();
+        assert_eq!(left, [1, 4, 5]);
+        assert_eq!(list_batches(dir.path()).expect("list").len(), 3);
+        assert_eq!(store.total_bytes(), 3 * size);
+        // Within the cap: nothing more goes.
+        assert_eq!(store.enforce_held_cap(2, 2 * size), 0);
+        assert_eq!(store.enforce_held_cap(u64::MAX, 0), 0);
     }
 
     #[test]

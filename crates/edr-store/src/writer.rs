@@ -83,6 +83,9 @@ struct Settings {
     codec: Codec,
     retention: Duration,
     max_bytes: u64,
+    /// What sinks hold is kept past retention up to this (shipping's
+    /// `max_unshipped_gb`; no cap without shipping).
+    max_held_bytes: u64,
 }
 
 impl Settings {
@@ -110,6 +113,11 @@ impl Settings {
             },
             retention: Duration::from_secs(u64::from(c.storage.retention_days) * 86_400),
             max_bytes: c.max_storage_bytes(),
+            max_held_bytes: if c.shipping.nats.enabled {
+                c.shipping.nats.max_unshipped_bytes()
+            } else {
+                u64::MAX
+            },
         }
     }
 
@@ -370,6 +378,10 @@ impl BatchWriter {
             self.settings.max_bytes,
             sink::keep_from(&self.sinks),
         );
+        let deleted = deleted
+            + self
+                .store
+                .enforce_held_cap(sink::keep_from(&self.sinks), self.settings.max_held_bytes);
         if deleted > 0 {
             self.counters
                 .retention_deleted_files
