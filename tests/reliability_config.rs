@@ -163,6 +163,7 @@ fn config() -> impl Strategy<Value = Config> {
                 alerts,
                 filters,
                 detection: Default::default(),
+                shipping: Default::default(),
             }
         },
     )
