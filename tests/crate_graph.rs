@@ -15,6 +15,7 @@ const LIBRARIES: &[&str] = &[
     "edr-metrics",
     "edr-detect",
     "edr-engine",
+    "edr-ship",
 ];
 
 /// Crates none of them may depend on, directly or not.

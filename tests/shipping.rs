@@ -470,6 +470,17 @@ fn an_agent_killed_and_restarted_resends_as_duplicates_only() {
     });
     let sh = s.shipping.expect("shipping status");
     assert_eq!(sh.shipped_batches, at - 1, "only the rewound batches were resent");
+    let out = common::agent::bin()
+        .args(["status", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("shipping:"))
+        .unwrap_or_else(|| panic!("no shipping line: {text}"));
+    assert!(line.contains("connected") && line.contains("duplicates"), "{line}");
     touch_files(&watched(dir.path()), "second", 20);
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");

@@ -955,6 +955,55 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_becomes_event_parts_and_one_message_per_alert() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = edr_store::Store::open(dir.path()).expect("store");
+        let mut b = store
+            .open_batch(
+                edr_model::event::Timestamp::now(),
+                edr_store::Codec::Gzip { level: 6 },
+            )
+            .expect("batch");
+        let lines = [
+            r#"{"event":{"kind":"event","action":"file-created"},"n":1}"#,
+            r#"{"event":{"kind":"alert"},"rule":{"name":"x"},"n":2}"#,
+            r#"{"event":{"kind":"event"},"note":"\"alert\" in text","n":3}"#,
+        ];
+        for l in lines {
+            b.append(l.as_bytes()).expect("append");
+        }
+        let f = b.commit().expect("commit");
+        let batch = CommittedBatch {
+            seq: f.seq,
+            path: f.path.clone(),
+            events: Some(3),
+            bytes: f.size,
+            started: f.started,
+        };
+        let names = Names {
+            prefix: "edr",
+            host: "h1",
+            agent_id: "abc",
+        };
+        let Loaded::Ready(p) = prepare(&batch, &names, 1 << 20, ShipCompression::None) else {
+            panic!("batch not readable");
+        };
+        assert_eq!(p.events, 3);
+        assert_eq!(p.messages.len(), 2);
+        let ev = &p.messages[0];
+        assert_eq!(ev.subject, "edr.h1.events");
+        assert_eq!(ev.payload, format!("{}\n", lines.join("\n")).into_bytes());
+        let id = format!("abc-{}-0", f.seq);
+        assert_eq!(ev.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(id.as_str()));
+        assert_eq!(ev.headers.get("Edr-Events").map(|v| v.as_str()), Some("3"));
+        let al = &p.messages[1];
+        assert_eq!(al.subject, "edr.h1.alerts");
+        assert_eq!(al.payload, format!("{}\n", lines[1]).into_bytes());
+        let id = format!("abc-{}-a0", f.seq);
+        assert_eq!(al.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(id.as_str()));
+    }
+
+    #[test]
     fn the_agent_id_and_cursor_persist() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = agent_id(dir.path()).expect("id");
