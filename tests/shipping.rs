@@ -73,11 +73,21 @@ impl NatsServer {
         if let Some(c) = &self.conf {
             cmd.arg("-c").arg(c);
         }
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.child = Some(cmd.spawn().expect("nats-server runs (scripts/setup.sh installs it)"));
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(&self.store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.child = Some(
+            cmd.spawn()
+                .expect("nats-server runs (scripts/setup.sh installs it)"),
+        );
         // It listens within a second; 15 s is for a loaded machine.
         let up = wait_for(Duration::from_secs(15), || {
             TcpStream::connect(("127.0.0.1", self.port)).ok()
@@ -209,7 +219,11 @@ fn assert_stream_matches(data: &Path, got: &[Received]) -> BTreeMap<u64, usize> 
     for (seq, mut ps) in parts {
         ps.sort_by_key(|m| m.part.parse::<u64>().expect("a numbered part"));
         let numbers: Vec<u64> = ps.iter().map(|m| m.part.parse().expect("n")).collect();
-        assert_eq!(numbers, (0..ps.len() as u64).collect::<Vec<_>>(), "parts of {seq}");
+        assert_eq!(
+            numbers,
+            (0..ps.len() as u64).collect::<Vec<_>>(),
+            "parts of {seq}"
+        );
         let joined: Vec<u8> = ps.iter().flat_map(|m| m.body.iter().copied()).collect();
         assert_eq!(joined, disk[&seq], "batch {seq} reassembled");
         counts.insert(seq, ps.len());
@@ -229,8 +243,8 @@ fn ship_config(root: &Path, url: &str) -> Config {
 }
 
 fn start_shipping(c: Config) -> (EngineHandle, Arc<ShipState>) {
-    let sink = edr_ship::NatsSink::new(c.shipping.nats.clone(), &c.data_dir(), "test-host")
-        .expect("sink");
+    let sink =
+        edr_ship::NatsSink::new(c.shipping.nats.clone(), &c.data_dir(), "test-host").expect("sink");
     let state = sink.state();
     let opts = EngineOptions {
         sinks: vec![Box::new(sink)],
@@ -249,7 +263,11 @@ async fn wait_drained(state: &ShipState, what: &str) {
         (s.pending_batches == 0 && s.shipped_batches > 0).then_some(())
     })
     .await;
-    assert!(ok.is_some(), "{what}: never drained: {:?}", state.snapshot());
+    assert!(
+        ok.is_some(),
+        "{what}: never drained: {:?}",
+        state.snapshot()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +280,10 @@ async fn every_event_arrives_once_with_its_headers() {
     wait_watching(&engine).await;
     touch_files(&watched(dir.path()), "a", 45);
     wait_drained(&state, "normal shipping").await;
-    let live = engine.snapshot().shipping.expect("the engine reports shipping");
+    let live = engine
+        .snapshot()
+        .shipping
+        .expect("the engine reports shipping");
     assert!(live.connected && live.last_error.is_none(), "{live:?}");
     engine.shutdown().await;
     let got = read_stream(&server.url()).await;
@@ -393,7 +414,10 @@ async fn a_batch_larger_than_max_payload_is_split_and_reassembled() {
     let got = read_stream(&server.url()).await;
     assert!(got.iter().all(|m| m.body.len() <= 4096));
     let parts = assert_stream_matches(&data, &got);
-    assert!(parts.values().any(|n| *n > 2), "no batch was split: {parts:?}");
+    assert!(
+        parts.values().any(|n| *n > 2),
+        "no batch was split: {parts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +493,11 @@ fn an_agent_killed_and_restarted_resends_as_duplicates_only() {
             .is_some_and(|s| s.duplicates >= at - 1 && s.pending_batches == 0)
     });
     let sh = s.shipping.expect("shipping status");
-    assert_eq!(sh.shipped_batches, at - 1, "only the rewound batches were resent");
+    assert_eq!(
+        sh.shipped_batches,
+        at - 1,
+        "only the rewound batches were resent"
+    );
     let out = common::agent::bin()
         .args(["status", "--data-dir"])
         .arg(&data)
@@ -480,7 +508,10 @@ fn an_agent_killed_and_restarted_resends_as_duplicates_only() {
         .lines()
         .find(|l| l.starts_with("shipping:"))
         .unwrap_or_else(|| panic!("no shipping line: {text}"));
-    assert!(line.contains("connected") && line.contains("duplicates"), "{line}");
+    assert!(
+        line.contains("connected") && line.contains("duplicates"),
+        "{line}"
+    );
     touch_files(&watched(dir.path()), "second", 20);
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");

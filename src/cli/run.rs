@@ -62,8 +62,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut sinks: Vec<Box<dyn edr_store::sink::Sink>> = Vec::new();
         if config.shipping.nats.enabled {
             let host = edr_model::event::Host::detect().name;
-            let sink = edr_ship::NatsSink::new(config.shipping.nats.clone(), &config.data_dir(), &host)
-                .context("cannot start shipping")?;
+            let sink =
+                edr_ship::NatsSink::new(config.shipping.nats.clone(), &config.data_dir(), &host)
+                    .context("cannot start shipping")?;
             sinks.push(Box::new(sink));
         }
         let opts = EngineOptions {

@@ -268,6 +268,9 @@ fn is_alert(line: &[u8]) -> bool {
         .is_some_and(|v| v["event"]["kind"] == "alert")
 }
 
+/// A message body and the number of lines in it.
+type Part = (Vec<u8>, usize);
+
 /// Cuts the lines into bodies of at most `budget` bytes (as sent, after
 /// compression), on line boundaries. A single line that does not fit even
 /// alone is left out and counted.
@@ -275,7 +278,7 @@ fn split_parts(
     lines: &[Vec<u8>],
     budget: usize,
     gz: bool,
-) -> std::io::Result<(Vec<(Vec<u8>, usize)>, usize)> {
+) -> std::io::Result<(Vec<Part>, usize)> {
     let mut out = Vec::new();
     let mut too_big = 0;
     let mut stack: Vec<&[Vec<u8>]> = Vec::new();
@@ -791,11 +794,12 @@ impl Worker {
                     }
                 }
                 let bytes = m.payload.len() as u64;
-                let fut = s
-                    .js
-                    .send_publish(
+                let fut =
+                    s.js.send_publish(
                         m.subject,
-                        PublishMessage::build().headers(m.headers).payload(m.payload.into()),
+                        PublishMessage::build()
+                            .headers(m.headers)
+                            .payload(m.payload.into()),
                     )
                     .await
                     .map_err(|e| publish_error(&e))?;
@@ -859,7 +863,11 @@ impl Worker {
         match lost {
             Some(why) => {
                 st.gaps.fetch_add(1, Relaxed);
-                tracing::warn!(seq, reason = why, "batch deleted or unreadable before it was shipped (a gap)");
+                tracing::warn!(
+                    seq,
+                    reason = why,
+                    "batch deleted or unreadable before it was shipped (a gap)"
+                );
             }
             None => {
                 st.shipped_batches.fetch_add(1, Relaxed);
@@ -994,13 +1002,19 @@ mod tests {
         assert_eq!(ev.subject, "edr.h1.events");
         assert_eq!(ev.payload, format!("{}\n", lines.join("\n")).into_bytes());
         let id = format!("abc-{}-0", f.seq);
-        assert_eq!(ev.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(id.as_str()));
+        assert_eq!(
+            ev.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(id.as_str())
+        );
         assert_eq!(ev.headers.get("Edr-Events").map(|v| v.as_str()), Some("3"));
         let al = &p.messages[1];
         assert_eq!(al.subject, "edr.h1.alerts");
         assert_eq!(al.payload, format!("{}\n", lines[1]).into_bytes());
         let id = format!("abc-{}-a0", f.seq);
-        assert_eq!(al.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(id.as_str()));
+        assert_eq!(
+            al.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(id.as_str())
+        );
     }
 
     #[test]

@@ -560,7 +560,11 @@ impl Store {
                     break;
                 }
             }
-            tracing::warn!(seq = f.seq, bytes = f.size, "unshipped data over its cap: oldest unshipped batch deleted (a gap)");
+            tracing::warn!(
+                seq = f.seq,
+                bytes = f.size,
+                "unshipped data over its cap: oldest unshipped batch deleted (a gap)"
+            );
             held = held.saturating_sub(f.size);
             self.total_bytes = self.total_bytes.saturating_sub(f.size);
             deleted += 1;
