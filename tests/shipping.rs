@@ -130,7 +130,11 @@ fn header(m: &async_nats::HeaderMap, name: &str) -> String {
 
 /// Every message of stream `EDR`, in stream order.
 async fn read_stream(url: &str) -> Vec<Received> {
-    let client = async_nats::connect(url).await.expect("consumer connects");
+    read_stream_with(url, async_nats::ConnectOptions::new()).await
+}
+
+async fn read_stream_with(url: &str, opts: async_nats::ConnectOptions) -> Vec<Received> {
+    let client = opts.connect(url).await.expect("consumer connects");
     let js = jetstream::new(client);
     let mut stream = js.get_stream("EDR").await.expect("the stream exists");
     let (messages, first, last) = {
@@ -461,6 +465,148 @@ async fn wrong_credentials_are_a_clear_status_error() {
     assert!(s.pending_batches > 0);
     assert!(!batches_on_disk(&data).is_empty());
     assert!(!edr_ship::cursor_path(&data).exists());
+}
+
+fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_authenticates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = NatsServer::start(
+        dir.path(),
+        Some("authorization {\n  token: s3cret-token\n}\n"),
+    );
+    let token = dir.path().join("token");
+    private_file(&token, "s3cret-token\n");
+    let mut c = ship_config(dir.path(), &server.url());
+    c.shipping.nats.token_file = Some(token.display().to_string());
+    c.validate().expect("a valid config");
+    let data = c.data_dir();
+    let (engine, state) = start_shipping(c);
+    wait_watching(&engine).await;
+    touch_files(&watched(dir.path()), "tok", 25);
+    wait_drained(&state, "with a token").await;
+    engine.shutdown().await;
+    let opts = async_nats::ConnectOptions::with_token("s3cret-token".to_string());
+    assert_stream_matches(&data, &read_stream_with(&server.url(), opts).await);
+}
+
+/// Runs openssl, panicking with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate,
+/// all signed by the CA (P-256 keys).
+fn make_certs(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edr-test-ca",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN=edr-test-{name}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        let pem = format!("{name}.pem");
+        let extfile = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("certs dir");
+    make_certs(&certs);
+    let p = |n: &str| certs.join(n).display().to_string();
+    // verify: the server refuses clients without a certificate from the CA.
+    let conf = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem")
+    );
+    let server = NatsServer::start(dir.path(), Some(&conf));
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let mut c = ship_config(dir.path(), &url);
+    c.shipping.nats.tls.ca_file = Some(p("ca.pem"));
+    c.shipping.nats.tls.cert_file = Some(p("client.pem"));
+    c.shipping.nats.tls.key_file = Some(p("client.key"));
+    c.validate().expect("a valid config");
+    let data = c.data_dir();
+    let (engine, state) = start_shipping(c);
+    wait_watching(&engine).await;
+    touch_files(&watched(dir.path()), "tls", 25);
+    wait_drained(&state, "over TLS").await;
+    engine.shutdown().await;
+    let opts = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(certs.join("ca.pem"))
+        .add_client_certificate(certs.join("client.pem"), certs.join("client.key"));
+    assert_stream_matches(&data, &read_stream_with(&url, opts).await);
 }
 
 #[test]

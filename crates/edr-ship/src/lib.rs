@@ -274,11 +274,7 @@ type Part = (Vec<u8>, usize);
 /// Cuts the lines into bodies of at most `budget` bytes (as sent, after
 /// compression), on line boundaries. A single line that does not fit even
 /// alone is left out and counted.
-fn split_parts(
-    lines: &[Vec<u8>],
-    budget: usize,
-    gz: bool,
-) -> std::io::Result<(Vec<Part>, usize)> {
+fn split_parts(lines: &[Vec<u8>], budget: usize, gz: bool) -> std::io::Result<(Vec<Part>, usize)> {
     let mut out = Vec::new();
     let mut too_big = 0;
     let mut stack: Vec<&[Vec<u8>]> = Vec::new();
