@@ -467,6 +467,56 @@ async fn wrong_credentials_are_a_clear_status_error() {
     assert!(!edr_ship::cursor_path(&data).exists());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_holds_the_cursor_and_drops_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = NatsServer::start(dir.path(), None);
+    let js = jetstream::new(
+        async_nats::connect(server.url())
+            .await
+            .expect("admin connects"),
+    );
+    // Room for two messages, then the server refuses new ones.
+    let mut full = async_nats::jetstream::stream::Config {
+        name: "EDR".to_string(),
+        subjects: vec!["edr.>".to_string()],
+        max_messages: 2,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    };
+    js.create_stream(full.clone()).await.expect("stream");
+    let c = ship_config(dir.path(), &server.url());
+    let data = c.data_dir();
+    let cursor = edr_ship::cursor_path(&data);
+    let (engine, state) = start_shipping(c);
+    wait_watching(&engine).await;
+    touch_files(&watched(dir.path()), "full", 50);
+    let held = wait_for_async(Duration::from_secs(20), || {
+        let s = state.snapshot();
+        (s.shipped_batches == 2 && s.pending_batches >= 2)
+            .then_some(s)
+            .filter(|s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("maximum"))
+            })
+    })
+    .await;
+    let held =
+        held.unwrap_or_else(|| panic!("the full stream was not reported: {:?}", state.snapshot()));
+    // Refused, not lost: the connection stays up.
+    assert!(held.connected, "{held:?}");
+    let at = edr_ship::read_cursor(&cursor).expect("cursor");
+    // The batches are numbered from 1: two acknowledged, the cursor there.
+    assert_eq!(at, 2, "the cursor moved past a refused batch");
+    full.max_messages = -1;
+    js.update_stream(&full).await.expect("room again");
+    wait_drained(&state, "after the stream had room again").await;
+    engine.shutdown().await;
+    assert_stream_matches(&data, &read_stream(&server.url()).await);
+}
+
 fn private_file(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).expect("write");

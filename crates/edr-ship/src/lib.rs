@@ -887,7 +887,8 @@ fn publish_error(e: &jetstream::context::PublishError) -> String {
     match e.kind() {
         K::StreamNotFound => "no stream takes the subject (no responders)".to_string(),
         K::TimedOut => "timed out waiting for the server's acknowledgement".to_string(),
-        _ => format!("publish failed: {e}"),
+        // "publish failed: <the server's reason>".
+        _ => e.to_string(),
     }
 }
 
