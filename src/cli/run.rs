@@ -57,16 +57,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Reads its cursor and agent id: before the runtime, which must not
+    // block on files.
+    let mut sinks: Vec<Box<dyn edr_store::sink::Sink>> = Vec::new();
+    if config.shipping.nats.enabled {
+        let host = edr_model::event::Host::detect().name;
+        let sink = edr_ship::NatsSink::new(config.shipping.nats.clone(), &config.data_dir(), &host)
+            .context("cannot start shipping")?;
+        sinks.push(Box::new(sink));
+    }
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let mut sinks: Vec<Box<dyn edr_store::sink::Sink>> = Vec::new();
-        if config.shipping.nats.enabled {
-            let host = edr_model::event::Host::detect().name;
-            let sink =
-                edr_ship::NatsSink::new(config.shipping.nats.clone(), &config.data_dir(), &host)
-                    .context("cannot start shipping")?;
-            sinks.push(Box::new(sink));
-        }
         let opts = EngineOptions {
             config_source: source,
             sinks,
