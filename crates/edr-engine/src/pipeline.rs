@@ -2,7 +2,7 @@
 //! the batch writer.
 //!
 //! ```text
-//! queue ─► filter ─► detection ─► recent-events tap ─► batch writer ─► sinks
+//! queue ─► filter ─► detection ─► taps (recent events, alerts) ─► batch writer ─► sinks
 //! ```
 //!
 //! One thread does all of it because every step is synchronous CPU or disk
