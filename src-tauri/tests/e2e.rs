@@ -812,3 +812,229 @@ fn an_alert_shows_in_the_banner_with_value_and_threshold() {
         assert_eq!(still, json!(1), "one memory alert, however many ticks");
     });
 }
+
+/// The built-in rule "Base64-Decoded Payload Piped to a Shell or
+/// Interpreter" (`rules/common/process_creation/`).
+const BASE64_RULE: &str = "19bc17cb-cd87-4d05-9ed0-e1e2297bdfb7";
+const BASE64_TITLE: &str = "Base64-Decoded Payload Piped to a Shell or Interpreter";
+
+/// Runs the suspicious one-liner the rule describes (the payload is `id`),
+/// tagged with `tag`, and waits for it. The shell stays alive a moment
+/// after the pipe so its command line can still be read when its start is
+/// seen, and ends on a builtin so it is not replaced by `sleep`.
+fn run_base64_to_shell(tag: &str) -> u32 {
+    let mut child = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(format!(
+            "echo aWQK | base64 -d | sh >/dev/null; sleep 1; : {tag}"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("bash");
+    let pid = child.id();
+    let status = child.wait().expect("bash ran");
+    assert!(status.success(), "{status}");
+    pid
+}
+
+/// The Alerts view's rows for `rule` as (pid text, row text).
+async fn alert_rows(c: &Client, rule: &str) -> Vec<String> {
+    let v = js(
+        c,
+        &format!(
+            "return [...document.querySelectorAll('#alert-items li[data-rule=\"{rule}\"]')].map(li => li.textContent)"
+        ),
+    )
+    .await;
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+/// The engine's (alerts raised, matches excepted), from its status file.
+fn detection(fx: &Fixture) -> Option<(u64, u64)> {
+    fx.status()
+        .map(|s| (s.detection.alerts_raised, s.detection.alerts_excepted))
+}
+
+#[test]
+fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next() {
+    // No suppression window: without the exception the second run would
+    // be a new alert, so its absence is the exception's doing (and the
+    // engine's excepted counter says so).
+    let fx = Fixture::with(|data, watch| {
+        format!(
+            "collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
+             file_monitor:\n    watch_paths: [\"{watch}\"]\n    calculate_hashes: false\n\
+             storage:\n  local_storage:\n    data_dir: \"{data}\"\n\
+             detection:\n  suppress_window_ms: 0\n"
+        )
+    });
+    with_app(fx, |c, fx| async move {
+        eventually("the rules and the process collector", START, || async {
+            let s = fx.status()?;
+            (s.detection.rules_loaded > 0 && s.coverage.process_source.is_some()).then_some(())
+        })
+        .await;
+        // The process collector needs a moment after it reports its source.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        click(&c, "#tab-alerts").await;
+
+        let first_pid = tokio::task::spawn_blocking(|| run_base64_to_shell("edr-e2e-first"))
+            .await
+            .expect("first run");
+        let needle = format!("(pid {first_pid})");
+        let row = eventually("the alert in the Alerts view", SOON, || async {
+            alert_rows(&c, BASE64_RULE)
+                .await
+                .into_iter()
+                .find(|r| r.contains(&needle))
+        })
+        .await;
+        assert!(row.contains(BASE64_TITLE), "{row}");
+        assert!(row.contains("bash"), "the program: {row}");
+        assert!(row.to_lowercase().contains("high"), "the severity: {row}");
+
+        // The detail: the tree down to our shell, its command line, the
+        // matched fields and the rule's own words.
+        c.find(Locator::Css(&format!(
+            "#alert-items li[data-rule=\"{BASE64_RULE}\"]"
+        )))
+        .await
+        .expect("row")
+        .click()
+        .await
+        .expect("select");
+        let detail = eventually("the detail", SOON, || async {
+            let t = text(&c, "#alert-detail-body").await;
+            t.contains("edr-e2e-first").then_some(t)
+        })
+        .await;
+        assert!(detail.contains(BASE64_TITLE), "{detail}");
+        assert!(detail.contains("process.command_line"), "{detail}");
+        assert!(detail.contains("edr-agent project"), "the author: {detail}");
+        assert!(
+            detail.contains("https://attack.mitre.org/techniques/T1140/"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("Installers that ship"),
+            "false positives: {detail}"
+        );
+        let tree = js(
+            &c,
+            "return [...document.querySelectorAll('#ad-tree .node')].map(n => n.querySelector('.pid').textContent)",
+        )
+        .await;
+        let tree: Vec<String> = serde_json::from_value(tree).expect("tree");
+        assert_eq!(
+            tree.last().map(String::as_str),
+            Some(format!("pid {first_pid}").as_str()),
+            "the shell is the last node of {tree:?}"
+        );
+        let me = format!("pid {}", std::process::id());
+        assert!(tree.contains(&me), "the test ({me}) started it: {tree:?}");
+        if let Some(path) = std::env::var_os("EDR_E2E_SCREENSHOT") {
+            let shot = Command::new("import")
+                .args(["-window", "root"])
+                .arg(&path)
+                .status();
+            eprintln!("screenshot {}: {shot:?}", Path::new(&path).display());
+        }
+        let executable = js(
+            &c,
+            "return document.getElementById('allow-btn').disabled ? null : document.querySelector('#ad-tree .node.self .prog').textContent",
+        )
+        .await;
+        let executable = executable.as_str().expect("the shell's path").to_string();
+        assert!(executable.ends_with("/bash"), "{executable}");
+
+        click(&c, "#allow-btn").await;
+        let said = eventually("the outcome", SOON, || async {
+            let m = text(&c, "#alert-message").await;
+            (!m.is_empty() && m != "Saving…").then_some(m)
+        })
+        .await;
+        assert!(said.starts_with("Allowed"), "{said}");
+        let on_disk = Config::from_file(&fx.config).expect("config file loads");
+        assert_eq!(
+            on_disk.detection.exceptions,
+            [edr_config::DetectionException {
+                rule_id: Some(BASE64_RULE.into()),
+                executable: Some(executable.clone()),
+                command_line_contains: None,
+            }]
+        );
+        let mode = std::fs::metadata(&fx.config)
+            .expect("config")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "config mode {mode:o}");
+        assert!(
+            config_text(&fx).contains("suppress_window_ms: 0"),
+            "the file was edited, not replaced"
+        );
+
+        // The same behaviour again: the engine sees the match and turns it
+        // away (its excepted counter grows), and no row appears.
+        let before = detection(&fx).expect("status");
+        let rows_before = alert_rows(&c, BASE64_RULE).await.len();
+        let second_pid = tokio::task::spawn_blocking(|| run_base64_to_shell("edr-e2e-second"))
+            .await
+            .expect("second run");
+        let after = eventually("the engine to except the match", SOON, || async {
+            detection(&fx).filter(|d| d.1 > before.1)
+        })
+        .await;
+        // Well past the time the first alert took to show.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rows = alert_rows(&c, BASE64_RULE).await;
+        assert_eq!(rows.len(), rows_before, "a new alert: {rows:?}");
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.contains(&format!("(pid {second_pid})"))),
+            "{rows:?}"
+        );
+        let now = detection(&fx).expect("status");
+        assert_eq!(now.0, before.0, "alerts raised (then {after:?})");
+
+        // Undo from Settings: the exception goes from the list and the
+        // file, and the behaviour alerts again.
+        click(&c, "#tab-settings").await;
+        let remove = format!("#exceptions-list li[data-rule=\"{BASE64_RULE}\"] .remove-exception");
+        eventually("the exception in Settings", SOON, || async {
+            c.find(Locator::Css(&remove)).await.ok().map(|_| ())
+        })
+        .await;
+        click(&c, &remove).await;
+        eventually("the list to empty", SOON, || async {
+            (text(&c, "#exceptions-message").await == "Removed and saved."
+                && c.find(Locator::Css("#exceptions-list li")).await.is_err())
+            .then_some(())
+        })
+        .await;
+        let on_disk = Config::from_file(&fx.config).expect("config file loads");
+        assert!(
+            on_disk.detection.exceptions.is_empty(),
+            "{:?}",
+            on_disk.detection.exceptions
+        );
+        click(&c, "#tab-alerts").await;
+        let third_pid = tokio::task::spawn_blocking(|| run_base64_to_shell("edr-e2e-third"))
+            .await
+            .expect("third run");
+        let needle = format!("(pid {third_pid})");
+        eventually(
+            "an alert again once the exception is gone",
+            SOON,
+            || async {
+                alert_rows(&c, BASE64_RULE)
+                    .await
+                    .into_iter()
+                    .find(|r| r.contains(&needle))
+            },
+        )
+        .await;
+    });
+}

@@ -234,6 +234,7 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
         [
             "Pause",
             "Open Dashboard",
+            "Alerts",
             "Settings…",
             "Open Data Folder",
             "Quit"

@@ -9,9 +9,9 @@
 //! finish, then the sampler writes a last status and the data-dir lock is
 //! released.
 
+pub mod alerts;
 pub mod logging;
 pub mod pipeline;
-pub mod alerts;
 pub mod recent;
 
 use std::fs::{File, OpenOptions};
@@ -40,8 +40,8 @@ use edr_store::sink::Sink;
 use edr_store::writer::WriterShared;
 use edr_store::{self as storage, StorageError, Store};
 
-use crate::pipeline::Pipeline;
 use crate::alerts::{AlertRing, AlertTap, AlertsSince, ALERT_RING};
+use crate::pipeline::Pipeline;
 use crate::recent::{RecentEvent, RecentEvents, RecentTap};
 
 /// File in the data dir holding the running agent's lock (and pid).
