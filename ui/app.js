@@ -255,6 +255,7 @@ function renderAlertList() {
     li.dataset.seq = String(a.seq);
     li.dataset.rule = a.ruleId;
     li.dataset.level = levelOf(a);
+    if (a.pid != null) li.dataset.pid = String(a.pid);
     li.setAttribute('role', 'option');
     li.tabIndex = 0;
     li.setAttribute('aria-selected', String(a.seq === ui.selected));

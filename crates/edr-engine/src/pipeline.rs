@@ -91,7 +91,12 @@ impl Pipeline {
         let mut pending = VecDeque::new();
         loop {
             match self.rx.recv_timeout(self.writer.due_in(IDLE_TICK)) {
-                Ok(event) => self.process(event, &mut pending),
+                Ok(event) => {
+                    // A change made while the queue was quiet applies to
+                    // the event that ends the quiet, not only to the next.
+                    self.apply_config_change();
+                    self.process(event, &mut pending)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -132,12 +137,16 @@ impl Pipeline {
         }
     }
 
-    fn housekeeping(&mut self) {
+    fn apply_config_change(&mut self) {
         if self.config.has_changed().unwrap_or(false) {
             let c = Arc::clone(&self.config.borrow_and_update());
             self.chain.reconfigure(&c);
             self.writer.reconfigure(&c);
         }
+    }
+
+    fn housekeeping(&mut self) {
+        self.apply_config_change();
         self.writer.tick();
     }
 }
