@@ -985,6 +985,8 @@ fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next()
         let me = format!("pid {}", std::process::id());
         assert!(tree.contains(&me), "the test ({me}) started it: {tree:?}");
         if let Some(path) = std::env::var_os("EDR_E2E_SCREENSHOT") {
+            // WebKit paints a moment after the DOM changes.
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let shot = Command::new("import")
                 .args(["-window", "root"])
                 .arg(&path)
