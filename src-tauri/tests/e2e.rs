@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_file_events_stay, descendants_named, one_app_at_a_time, wait_for, FileActivity, Fixture,
-    APP,
+    assert_file_events_stay, descendants_named, one_app_at_a_time, run_base64_to_shell, wait_for,
+    FileActivity, Fixture, APP, BASE64_TITLE,
 };
 use edr_config::Config;
 use edr_model::event::Timestamp;
@@ -839,30 +839,8 @@ fn an_alert_shows_in_the_banner_with_value_and_threshold() {
     });
 }
 
-/// The built-in rule "Base64-Decoded Payload Piped to a Shell or
-/// Interpreter" (`rules/common/process_creation/`).
+/// The id of the rule [`run_base64_to_shell`] trips.
 const BASE64_RULE: &str = "19bc17cb-cd87-4d05-9ed0-e1e2297bdfb7";
-const BASE64_TITLE: &str = "Base64-Decoded Payload Piped to a Shell or Interpreter";
-
-/// Runs the suspicious one-liner the rule describes (the payload is `id`),
-/// tagged with `tag`, and waits for it. The shell stays alive a moment
-/// after the pipe so its command line can still be read when its start is
-/// seen, and ends on a builtin so it is not replaced by `sleep`.
-fn run_base64_to_shell(tag: &str) -> u32 {
-    let mut child = Command::new("/bin/bash")
-        .arg("-c")
-        .arg(format!(
-            "echo aWQK | base64 -d | sh >/dev/null; sleep 1; : {tag}"
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("bash");
-    let pid = child.id();
-    let status = child.wait().expect("bash ran");
-    assert!(status.success(), "{status}");
-    pid
-}
 
 /// The Alerts view's rows for `rule` as (pid text, row text).
 async fn alert_rows(c: &Client, rule: &str) -> Vec<String> {
