@@ -7,6 +7,8 @@ const COMMANDS: &[&str] = &[
     "apply_settings",
     "set_paused",
     "open_data_folder",
+    "add_exception",
+    "remove_exception",
 ];
 
 fn main() {

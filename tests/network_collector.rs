@@ -334,3 +334,62 @@ fn stops_when_cancelled() {
         c.rt.block_on(async { tokio::time::timeout(DEADLINE, task).await });
     assert!(matches!(finished, Ok(Ok(()))), "{finished:?}");
 }
+
+/// A connection that closed between two scans lingers in a closing state
+/// (the side that closed first stays in TIME_WAIT for a minute), so a
+/// polling scan still records it. Before closing states were listed, a
+/// 1 s scan saw almost none of these.
+#[test]
+fn short_connections_of_short_processes_are_recorded_by_polling() {
+    const CONNECTIONS: usize = 20;
+    let common::Harness { rt, rx, ctx } = common::harness();
+    let cancel = ctx.cancel.clone();
+    let cfg = NetworkMonitorConfig {
+        enabled: true,
+        scan_interval_ms: 1000,
+        max_scan_interval_ms: 1000,
+    };
+    let task = rt.spawn(network::run(cfg, ctx));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // The server reads to the end before it closes, so the client closes
+    // first and its side is the one left in TIME_WAIT.
+    let server = std::thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            let (mut s, _) = listener.accept().expect("accept");
+            let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+        }
+    });
+    // Let the first scan (the inventory) pass, so these are new.
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..CONNECTIONS {
+        let status = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-"))
+            .status()
+            .expect("bash runs");
+        assert!(status.success());
+    }
+    server.join().expect("server");
+    // Every connection is over before a scan can see it open. Three scan
+    // intervals and the agent's queue are far inside TIME_WAIT's minute;
+    // 20 s is the margin for a loaded machine.
+    let mut seen = std::collections::HashSet::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while seen.len() < CONNECTIONS {
+        let left = end.saturating_duration_since(Instant::now());
+        let Ok(event) = rx.recv_timeout(left) else {
+            break;
+        };
+        let v = serde_json::to_value(&event).expect("serializes");
+        if v["event"]["action"] == "connection-opened"
+            && v["destination"]["port"] == port
+            && v["network"]["direction"] == "outbound"
+        {
+            seen.insert(v["source"]["port"].as_u64().expect("source port"));
+        }
+    }
+    cancel.cancel();
+    rt.block_on(task).expect("collector");
+    assert_eq!(seen.len(), CONNECTIONS, "recorded {seen:?}");
+}

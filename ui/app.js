@@ -7,6 +7,9 @@ const { invoke } = window.__TAURI__.core;
 const POLL_MS = 1000;
 const CHART_HEIGHT = 230;
 const EVENT_ROWS = 200;
+// Alerts the window keeps (the engine's ring holds as many).
+const ALERTS_KEPT = 200;
+const VIEWS = ['dashboard', 'alerts', 'settings'];
 
 // Content-Security-Policy violations, kept so the tests can assert none.
 window.edrCspViolations = [];
@@ -23,19 +26,23 @@ const el = (tag, cls, text) => {
 };
 
 const ui = {
-  view: location.hash === '#settings' ? 'settings' : 'dashboard',
+  view: VIEWS.includes(location.hash.slice(1)) ? location.hash.slice(1) : 'dashboard',
   windowSecs: 60,
   engine: null,
   polling: false,
   settingsLoaded: false,
+  // Detection alerts, newest first; the poll asks for those after `alertsSince`.
+  alerts: [],
+  alertsSince: 0,
+  selected: null,
+  exceptions: [],
 };
 
 // ---------- views ----------
 
 function showView(view) {
-  ui.view = view === 'settings' ? 'settings' : 'dashboard';
-  $('view-dashboard').classList.toggle('hidden', ui.view !== 'dashboard');
-  $('view-settings').classList.toggle('hidden', ui.view !== 'settings');
+  ui.view = VIEWS.includes(view) ? view : 'dashboard';
+  for (const v of VIEWS) $(`view-${v}`).classList.toggle('hidden', ui.view !== v);
   for (const t of document.querySelectorAll('.tab')) {
     if (t.dataset.view === ui.view) t.setAttribute('aria-current', 'page');
     else t.removeAttribute('aria-current');
@@ -67,6 +74,8 @@ async function poll() {
         chartWidth: chartWidth(),
         chartHeight: CHART_HEIGHT,
         events: { limit: EVENT_ROWS, kind: kind || null, text: $('event-text').value },
+        alertsSince: ui.alertsSince,
+        alertsOpen: ui.view === 'alerts' && document.visibilityState !== 'hidden',
       },
     });
     render(d);
@@ -85,6 +94,7 @@ function render(d) {
   setStatus(d.engine);
   renderEngineBanner(d.engine);
   renderAlerts(d.alerts);
+  renderDetections(d.detections);
   if (ui.view === 'dashboard') {
     renderCharts(d.charts);
     renderTotals(d.totals);
@@ -211,6 +221,184 @@ function renderEvents(rows, held) {
   $('events-count').textContent = held ? `Showing ${rows.length} of the latest ${held} stored events.` : '';
 }
 
+// ---------- detection alerts ----------
+
+const LEVELS = ['informational', 'low', 'medium', 'high', 'critical'];
+const levelOf = (a) => (LEVELS.includes(a.level) ? a.level : 'low');
+
+function renderDetections(d) {
+  if (!d) return;
+  if (d.lastSeq < ui.alertsSince) {
+    // The engine started over (it is numbered from 1 again).
+    ui.alerts = [];
+    ui.selected = null;
+  }
+  const fresh = d.alerts.filter((a) => !ui.alerts.some((b) => b.seq === a.seq));
+  ui.alertsSince = d.lastSeq;
+  const badge = $('alerts-unseen');
+  badge.textContent = d.unseen > 0 ? String(d.unseen) : '';
+  badge.classList.toggle('hidden', d.unseen === 0);
+  $('tab-alerts').title = d.unseen > 0 ? `${d.unseen} unseen` : '';
+  const n = (x) => x.toLocaleString('en-US');
+  $('detection-stats').textContent = `${n(d.rulesLoaded)} rules · ${n(d.raised)} raised · ${n(d.suppressed)} repeats folded · ${n(d.excepted)} excepted`;
+  const box = $('alert-items');
+  box.dataset.excepted = String(d.excepted);
+  if (fresh.length === 0 && box.childElementCount === ui.alerts.length) return;
+  ui.alerts = fresh.concat(ui.alerts).slice(0, ALERTS_KEPT);
+  renderAlertList();
+}
+
+function renderAlertList() {
+  const box = $('alert-items');
+  box.replaceChildren(...ui.alerts.map((a) => {
+    const li = el('li', 'alert-item');
+    li.dataset.seq = String(a.seq);
+    li.dataset.rule = a.ruleId;
+    li.dataset.level = levelOf(a);
+    if (a.pid != null) li.dataset.pid = String(a.pid);
+    li.setAttribute('role', 'option');
+    li.tabIndex = 0;
+    li.setAttribute('aria-selected', String(a.seq === ui.selected));
+    const t = new Date(a.time);
+    const time = el('span', 'time', Number.isNaN(t.getTime()) ? a.time : timeFormat.format(t));
+    time.title = a.time;
+    const top = el('div', 'line');
+    top.append(el('span', `sev ${levelOf(a)}`, a.level), el('span', 'rule', a.ruleName), time);
+    const who = el('div', 'program', a.pid != null ? `${a.program} (pid ${a.pid})` : a.program);
+    if (a.count > 1) who.append(el('span', 'muted', ` · ×${a.count}`));
+    li.append(top, who);
+    li.addEventListener('click', () => selectAlert(a.seq));
+    li.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); selectAlert(a.seq); } });
+    return li;
+  }));
+  $('alert-items-empty').classList.toggle('hidden', ui.alerts.length > 0);
+  const still = ui.alerts.find((a) => a.seq === ui.selected);
+  if (!still) showAlertDetail(null);
+}
+
+function selectAlert(seq) {
+  ui.selected = seq;
+  for (const li of $('alert-items').children) li.setAttribute('aria-selected', String(Number(li.dataset.seq) === seq));
+  showAlertDetail(ui.alerts.find((a) => a.seq === seq) || null);
+  $('alert-message').textContent = '';
+}
+
+function kv(box, pairs) {
+  box.replaceChildren(...pairs.flatMap(([k, v]) => [el('dt', null, k), el('dd', 'mono', v)]));
+}
+
+function showAlertDetail(a) {
+  $('alert-detail-empty').classList.toggle('hidden', Boolean(a));
+  $('alert-detail-body').classList.toggle('hidden', !a);
+  if (!a) {
+    ui.selected = null;
+    return;
+  }
+  const lvl = $('ad-level');
+  lvl.className = `sev ${levelOf(a)}`;
+  lvl.textContent = `${a.level} · ${a.severity}`;
+  $('ad-rule').textContent = a.ruleName;
+  const t = new Date(a.time);
+  const when = Number.isNaN(t.getTime()) ? a.time : t.toLocaleString();
+  $('ad-when').textContent = `${when}${a.count > 1 ? ` · ${a.count} times` : ''}${a.user ? ` · user ${a.user}` : ''} · rule ${a.ruleId}`;
+  $('ad-description').textContent = a.description || '';
+  // The process tree, oldest ancestor first, each level indented under
+  // the one that started it; the alert's own process is last.
+  $('ad-tree').replaceChildren(...a.tree.map((node, depth) => {
+    const li = el('li', depth === a.tree.length - 1 ? 'node self' : 'node');
+    li.style.setProperty('--depth', String(depth));
+    const head = el('div', 'who');
+    head.append(el('span', 'prog', node.program), el('span', 'pid', `pid ${node.pid}`));
+    li.append(head);
+    if (node.commandLine) li.append(el('code', 'cmd', node.commandLine));
+    if (node.entityId) li.title = `entity ${node.entityId}`;
+    return li;
+  }));
+  kv($('ad-matched'), a.matchedFields.map((m) => [m.field, m.value]));
+  const other = [];
+  if (a.filePath) other.push(['file.path', a.filePath]);
+  if (a.destination) other.push(['destination', a.destination]);
+  kv($('ad-other'), other);
+  $('ad-other-wrap').classList.toggle('hidden', other.length === 0);
+  $('ad-fp').replaceChildren(...a.falsepositives.map((f) => el('li', null, f)));
+  $('ad-fp-wrap').classList.toggle('hidden', a.falsepositives.length === 0);
+  // Shown as text to copy: the window opens nothing remote.
+  $('ad-refs').replaceChildren(...a.references.map((r) => {
+    const li = el('li');
+    const link = el('span', /^https?:\/\//.test(r) ? 'link' : null, r);
+    link.title = 'Copy this address into a browser to open it';
+    li.append(link);
+    return li;
+  }));
+  $('ad-refs-wrap').classList.toggle('hidden', a.references.length === 0);
+  $('ad-rule-meta').textContent = `Rule by ${a.author || 'unknown'}${a.license ? ` · license ${a.license}` : ''}`;
+  $('allow-btn').disabled = !a.executable;
+  $('allow-btn').title = a.executable ? `No alert from this rule for ${a.executable}` : 'The program’s path is not known';
+}
+
+async function addException(allowProgram) {
+  const a = ui.alerts.find((x) => x.seq === ui.selected);
+  if (!a) return;
+  const m = $('alert-message');
+  m.className = 'message';
+  m.textContent = 'Saving…';
+  const exception = { ruleId: a.ruleId, executable: allowProgram ? a.executable : null };
+  try {
+    renderExceptions(await invoke('add_exception', { exception }));
+    m.className = 'message ok';
+    m.textContent = allowProgram ? `Allowed: ${a.executable} no longer raises this alert. Undo in Settings.` : 'Silenced: this rule no longer raises alerts. Undo in Settings.';
+  } catch (e) {
+    m.className = 'message bad';
+    m.textContent = errorText(e);
+  }
+}
+
+function ruleName(id) {
+  const a = ui.alerts.find((x) => x.ruleId === id);
+  return a ? a.ruleName : null;
+}
+
+function renderExceptions(list) {
+  ui.exceptions = list || [];
+  $('exceptions-list').replaceChildren(...ui.exceptions.map((x, i) => {
+    const li = el('li', 'exception');
+    li.dataset.rule = x.ruleId || '';
+    li.dataset.executable = x.executable || '';
+    const what = el('div', 'what');
+    if (x.ruleId) {
+      const name = ruleName(x.ruleId);
+      what.append(el('span', 'rule', name || 'Rule'), el('code', null, x.ruleId));
+    } else {
+      what.append(el('span', 'rule', 'Every rule'));
+    }
+    const scope = [];
+    if (x.executable) scope.push(`program ${x.executable}`);
+    if (x.commandLineContains) scope.push(`command line containing “${x.commandLineContains}”`);
+    what.append(el('span', 'scope muted', scope.length ? scope.join(', ') : 'every program'));
+    const rm = el('button', 'btn subtle remove-exception', 'Remove');
+    rm.type = 'button';
+    rm.dataset.index = String(i);
+    rm.addEventListener('click', () => removeException(x));
+    li.append(what, rm);
+    return li;
+  }));
+  $('exceptions-empty').classList.toggle('hidden', ui.exceptions.length > 0);
+}
+
+async function removeException(x) {
+  const m = $('exceptions-message');
+  m.className = 'message';
+  m.textContent = 'Removing…';
+  try {
+    renderExceptions(await invoke('remove_exception', { exception: x }));
+    m.className = 'message ok';
+    m.textContent = 'Removed and saved.';
+  } catch (e) {
+    m.className = 'message bad';
+    m.textContent = errorText(e);
+  }
+}
+
 // ---------- settings ----------
 
 function fields() {
@@ -309,6 +497,7 @@ async function loadSettings() {
     const settings = await invoke('get_settings');
     renderSchema(settings.schema);
     fillForm(settings);
+    renderExceptions(settings.exceptions);
     ui.settingsLoaded = true;
     say('');
   } catch (e) {
@@ -374,6 +563,8 @@ function init() {
   $('settings-form').addEventListener('submit', applySettings);
   $('revert-btn').addEventListener('click', loadSettings);
   $('preset-btn').addEventListener('click', fillPreset);
+  $('silence-btn').addEventListener('click', () => addException(false));
+  $('allow-btn').addEventListener('click', () => addException(true));
   window.addEventListener('hashchange', () => showView(location.hash.slice(1)));
   showView(ui.view);
   setInterval(poll, POLL_MS);

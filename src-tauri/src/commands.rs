@@ -8,6 +8,7 @@
 use edr_config as config;
 use tauri::{AppHandle, Manager, State};
 
+use crate::alerts::{self, AddException, ExceptionView};
 use crate::error::CommandError;
 use crate::settings::{self, Form};
 use crate::state::AppState;
@@ -36,7 +37,15 @@ pub async fn dashboard(
     request: DashboardRequest,
 ) -> Result<DashboardView, CommandError> {
     request.validate()?;
-    blocking(move || view::dashboard(&app.state::<AppState>(), &request)).await
+    let open = request.alerts_open;
+    let app2 = app.clone();
+    let view = blocking(move || view::dashboard(&app2.state::<AppState>(), &request)).await?;
+    if open {
+        // The alerts just counted as seen: the tray drops its mark now,
+        // not at its next tick.
+        tray::refresh(&app);
+    }
+    Ok(view)
 }
 
 /// The settings form filled from the running config, with the schema
@@ -109,4 +118,49 @@ pub async fn set_paused(
 #[tauri::command]
 pub async fn open_data_folder(state: State<'_, AppState>) -> Result<(), CommandError> {
     window::open_folder(engine(&state)?.data_dir()).map_err(|e| CommandError::Failed(e.to_string()))
+}
+
+/// Builds a new config from the running one with `edit` applied to its
+/// `detection.exceptions`, applies it live, then saves it to the config
+/// file (editing the user's document, comments kept). A refused config
+/// applies and writes nothing. Returns the exceptions now in force.
+async fn edit_exceptions(
+    state: &AppState,
+    edit: impl FnOnce(&mut Vec<config::DetectionException>) -> Result<(), CommandError>,
+) -> Result<Vec<ExceptionView>, CommandError> {
+    let engine = engine(state)?;
+    let _one_edit = state.config_edit.lock().await;
+    let mut new = (*engine.config()).clone();
+    edit(&mut new.detection.exceptions)?;
+    engine
+        .apply_config(new.clone())
+        .map_err(settings::refused)?;
+    let list = alerts::exceptions_view(&new.detection.exceptions);
+    let path = state.config_path.clone();
+    blocking(move || new.save(&path)).await?.map_err(|e| {
+        CommandError::Failed(format!(
+            "Applied, but not saved (it will be lost on restart): {e}"
+        ))
+    })?;
+    tracing::info!(path = %state.config_path.display(), exceptions = list.len(), "detection exceptions applied and saved");
+    Ok(list)
+}
+
+/// "Silence this rule" (a rule id) or "Allow this program" (a rule id and
+/// the program's path): adds the exception to `detection.exceptions`.
+#[tauri::command]
+pub async fn add_exception(
+    state: State<'_, AppState>,
+    exception: AddException,
+) -> Result<Vec<ExceptionView>, CommandError> {
+    edit_exceptions(&state, |list| alerts::add_exception(list, &exception)).await
+}
+
+/// Removes an entry of `detection.exceptions` as Settings listed it (undo).
+#[tauri::command]
+pub async fn remove_exception(
+    state: State<'_, AppState>,
+    exception: ExceptionView,
+) -> Result<Vec<ExceptionView>, CommandError> {
+    edit_exceptions(&state, |list| alerts::remove_exception(list, &exception)).await
 }

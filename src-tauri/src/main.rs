@@ -4,6 +4,7 @@
 //! The engine knows nothing of this crate: here we only translate between
 //! its handle and the window (commands, view types) and the tray.
 
+mod alerts;
 mod commands;
 mod error;
 mod settings;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
             commands::apply_settings,
             commands::set_paused,
             commands::open_data_folder,
+            commands::add_exception,
+            commands::remove_exception,
         ])
         .setup(move |app| {
             setup(app.handle(), minimized)?;

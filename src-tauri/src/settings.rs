@@ -84,6 +84,8 @@ pub struct SettingsView {
     #[serde(flatten)]
     pub form: Form,
     pub schema: Schema,
+    /// `detection.exceptions`, listed with a remove button each.
+    pub exceptions: Vec<crate::alerts::ExceptionView>,
 }
 
 /// The form's schema.
@@ -119,6 +121,7 @@ pub fn settings_view(config: &Config) -> Result<SettingsView, CommandError> {
     Ok(SettingsView {
         form: to_form(config)?,
         schema: schema(),
+        exceptions: crate::alerts::exceptions_view(&config.detection.exceptions),
     })
 }
 

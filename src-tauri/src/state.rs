@@ -9,6 +9,8 @@ use edr_config::{self as config, Config, ConfigError, ConfigSource};
 use edr_engine::{EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::AlertMarks;
+
 /// Latest stored events kept for the dashboard's table.
 pub const RECENT_EVENTS: usize = 300;
 
@@ -24,6 +26,12 @@ pub enum Engine {
 pub struct AppState {
     pub engine: Engine,
     pub config_path: PathBuf,
+    /// Which detection alerts the person has seen.
+    pub marks: AlertMarks,
+    /// Held while an edit of the config is applied and saved, so two
+    /// edits from the window cannot both start from the same config and
+    /// lose one.
+    pub config_edit: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -50,6 +58,8 @@ impl AppState {
         AppState {
             engine,
             config_path,
+            marks: AlertMarks::default(),
+            config_edit: tokio::sync::Mutex::new(()),
         }
     }
 

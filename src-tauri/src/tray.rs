@@ -15,6 +15,7 @@ use tauri::{include_image, AppHandle, Manager, Wry};
 use tauri_plugin_notification::NotificationExt;
 use tokio::sync::Notify;
 
+use crate::alerts;
 use crate::state::AppState;
 use crate::view::{self, EngineState, EngineView};
 use crate::window::{self, View};
@@ -32,6 +33,7 @@ mod id {
     pub const STATUS: &str = "status";
     pub const PAUSE: &str = "pause";
     pub const OPEN: &str = "open";
+    pub const ALERTS: &str = "alerts";
     pub const SETTINGS: &str = "settings";
     pub const DATA: &str = "data";
     pub const QUIT: &str = "quit";
@@ -51,6 +53,7 @@ struct Shown {
     status: String,
     pause_label: &'static str,
     pause_enabled: bool,
+    alerts_label: String,
     icon: IconKind,
 }
 
@@ -62,12 +65,14 @@ struct Items {
     tray: TrayIcon,
     status: MenuItem<Wry>,
     pause: MenuItem<Wry>,
+    alerts: MenuItem<Wry>,
 }
 
 /// Builds the tray and starts the task that keeps it current.
 pub fn build(app: &AppHandle) -> tauri::Result<()> {
     let status = MenuItem::with_id(app, id::STATUS, "Starting…", false, None::<&str>)?;
     let pause = MenuItem::with_id(app, id::PAUSE, LABEL_PAUSE, true, None::<&str>)?;
+    let alerts = MenuItem::with_id(app, id::ALERTS, alerts_label(0), true, None::<&str>)?;
     let menu = Menu::with_items(
         app,
         &[
@@ -75,6 +80,7 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
             &PredefinedMenuItem::separator(app)?,
             &pause,
             &MenuItem::with_id(app, id::OPEN, "Open Dashboard", true, None::<&str>)?,
+            &alerts,
             &MenuItem::with_id(app, id::SETTINGS, "Settings…", true, None::<&str>)?,
             &MenuItem::with_id(app, id::DATA, "Open Data Folder", true, None::<&str>)?,
             &PredefinedMenuItem::separator(app)?,
@@ -99,6 +105,7 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
         tray,
         status,
         pause,
+        alerts,
     };
     tauri::async_runtime::spawn(update_loop(app.clone(), items, wake));
     Ok(())
@@ -124,6 +131,7 @@ fn on_menu_event(app: &AppHandle, event: MenuEvent) {
             refresh(app);
         }
         id::OPEN => window::show(app, View::Dashboard),
+        id::ALERTS => window::show(app, View::Alerts),
         id::SETTINGS => window::show(app, View::Settings),
         id::DATA => {
             if let Some(engine) = app.state::<AppState>().handle() {
@@ -140,6 +148,12 @@ fn on_menu_event(app: &AppHandle, event: MenuEvent) {
 async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
     let mut shown: Option<Shown> = None;
     let mut alerts: Vec<AlertKind> = Vec::new();
+    // Detection alerts numbered up to this were notified; those raised
+    // before the app started are the engine's, not news.
+    let mut notified_seq = app
+        .state::<AppState>()
+        .handle()
+        .map_or(0, |h| h.alerts(u64::MAX, 0).last_seq);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,7 +163,10 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
         }
         let state = app.state::<AppState>();
         let engine = view::engine_view(&state);
-        let want = wanted(&engine);
+        let last_seq = state
+            .handle()
+            .map_or(notified_seq, |h| h.alerts(u64::MAX, 0).last_seq);
+        let want = wanted(&engine, state.marks.unseen(last_seq));
         if shown.as_ref() != Some(&want) {
             let (items, was, now) = (items.clone(), shown.clone(), want.clone());
             let sent = app.run_on_main_thread(move || {
@@ -164,12 +181,24 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
         }
         if let Some(h) = state.handle() {
             notify_new_alerts(&app, &h.snapshot().alerts, &mut alerts);
+            notify_detections(&app, h, &mut notified_seq);
         }
     }
 }
 
-fn wanted(engine: &EngineView) -> Shown {
+/// The menu item that opens the Alerts view.
+fn alerts_label(unseen: u64) -> String {
+    if unseen == 0 {
+        "Alerts".to_string()
+    } else {
+        format!("Alerts ({unseen} unseen)")
+    }
+}
+
+/// `unseen`: detection alerts raised since the Alerts view was last open.
+fn wanted(engine: &EngineView, unseen: u64) -> Shown {
     Shown {
+        alerts_label: alerts_label(unseen),
         status: engine.status.clone(),
         pause_label: if engine.state == EngineState::Paused {
             LABEL_RESUME
@@ -177,7 +206,7 @@ fn wanted(engine: &EngineView) -> Shown {
             LABEL_PAUSE
         },
         pause_enabled: matches!(engine.state, EngineState::Running | EngineState::Paused),
-        icon: if engine.alerting {
+        icon: if engine.alerting || unseen > 0 {
             IconKind::Alert
         } else if engine.state == EngineState::Running {
             IconKind::Running
@@ -207,6 +236,9 @@ fn apply(
     if was.map(|w| w.pause_enabled) != Some(want.pause_enabled) {
         items.pause.set_enabled(want.pause_enabled)?;
     }
+    if was.map(|w| &w.alerts_label) != Some(&want.alerts_label) {
+        items.alerts.set_text(&want.alerts_label)?;
+    }
     if was.map(|w| w.icon) != Some(want.icon) {
         let icon = match want.icon {
             IconKind::Running => ICON_RUNNING,
@@ -218,6 +250,26 @@ fn apply(
         items.tray.set_icon_as_template(true)?;
     }
     Ok(())
+}
+
+/// A desktop notification per new detection alert; a burst (more than
+/// a few in one tick) is one "N alerts" notification.
+fn notify_detections(app: &AppHandle, h: &edr_engine::EngineHandle, notified_seq: &mut u64) {
+    let got = h.alerts(*notified_seq, alerts::NOTIFY_EACH_MAX + 1);
+    let total = got.last_seq.saturating_sub(*notified_seq);
+    *notified_seq = got.last_seq;
+    for n in alerts::notices(&got.alerts, total) {
+        tracing::info!(title = %n.title, body = %n.body, "alert notification");
+        let shown = app
+            .notification()
+            .builder()
+            .title(n.title)
+            .body(n.body)
+            .show();
+        if let Err(e) = shown {
+            tracing::warn!(error = %e, "cannot show a notification");
+        }
+    }
 }
 
 /// One desktop notification per raised alert, not one per second.
@@ -285,18 +337,18 @@ mod tests {
 
     #[test]
     fn pause_item_and_icon_follow_the_engine_state() {
-        let running = wanted(&engine(EngineState::Running, false));
+        let running = wanted(&engine(EngineState::Running, false), 0);
         assert_eq!(
             (running.pause_label, running.pause_enabled, running.icon),
             (LABEL_PAUSE, true, IconKind::Running)
         );
-        let paused = wanted(&engine(EngineState::Paused, false));
+        let paused = wanted(&engine(EngineState::Paused, false), 0);
         assert_eq!(
             (paused.pause_label, paused.pause_enabled, paused.icon),
             (LABEL_RESUME, true, IconKind::Paused)
         );
         for state in [EngineState::Off, EngineState::Failed] {
-            let w = wanted(&engine(state, false));
+            let w = wanted(&engine(state, false), 0);
             assert_eq!(
                 (w.pause_label, w.pause_enabled, w.icon),
                 (LABEL_PAUSE, false, IconKind::Paused),
@@ -304,8 +356,20 @@ mod tests {
             );
         }
         assert_eq!(
-            wanted(&engine(EngineState::Running, true)).icon,
+            wanted(&engine(EngineState::Running, true), 0).icon,
             IconKind::Alert
+        );
+    }
+
+    #[test]
+    fn unseen_detection_alerts_mark_the_icon_and_the_menu() {
+        let w = wanted(&engine(EngineState::Running, false), 3);
+        assert_eq!(w.icon, IconKind::Alert);
+        assert_eq!(w.alerts_label, "Alerts (3 unseen)");
+        let w = wanted(&engine(EngineState::Running, false), 0);
+        assert_eq!(
+            (w.icon, w.alerts_label.as_str()),
+            (IconKind::Running, "Alerts")
         );
     }
 }

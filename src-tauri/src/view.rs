@@ -12,6 +12,7 @@ use edr_metrics::{Alert, AlertKind};
 use edr_model::event::EventType;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{self as detections, DetectionsView, MAX_ALERTS_PER_POLL};
 use crate::error::CommandError;
 use crate::state::{AppState, Engine, RECENT_EVENTS};
 
@@ -33,6 +34,12 @@ pub struct DashboardRequest {
     pub chart_width: u32,
     pub chart_height: u32,
     pub events: EventQuery,
+    /// Detection alerts numbered above this are sent (0: the latest).
+    #[serde(default)]
+    pub alerts_since: u64,
+    /// The Alerts view is shown: every alert sent counts as seen.
+    #[serde(default)]
+    pub alerts_open: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +98,8 @@ pub struct DashboardView {
     pub engine: EngineView,
     pub charts: Vec<ChartView>,
     pub alerts: Vec<AlertView>,
+    /// Detection alerts (`alerts` are the agent's own threshold alerts).
+    pub detections: DetectionsView,
     pub coverage: Option<CoverageView>,
     pub totals: Option<TotalsView>,
     pub events: Vec<EventRow>,
@@ -239,6 +248,7 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
             engine,
             charts: Vec::new(),
             alerts: Vec::new(),
+            detections: DetectionsView::default(),
             coverage: None,
             totals: None,
             events: Vec::new(),
@@ -252,10 +262,30 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
         Vec::new()
     };
     let lines = h.recent_events(RECENT_EVENTS);
+    let got = h.alerts(req.alerts_since, MAX_ALERTS_PER_POLL);
+    if req.alerts_open {
+        state.marks.mark_seen(got.last_seq);
+    }
+    let d = &snap.detection;
+    let detections = DetectionsView {
+        last_seq: got.last_seq,
+        alerts: got
+            .alerts
+            .iter()
+            .rev()
+            .map(detections::alert_view)
+            .collect(),
+        unseen: state.marks.unseen(got.last_seq),
+        rules_loaded: d.rules_loaded,
+        raised: d.alerts_raised,
+        suppressed: d.alerts_suppressed,
+        excepted: d.alerts_excepted,
+    };
     DashboardView {
         engine,
         charts,
         alerts: snap.alerts.iter().map(alert_view).collect(),
+        detections,
         coverage: Some(coverage_view(&snap.coverage)),
         totals: Some(totals_view(&snap)),
         events: filter_events(&lines, &req.events),
@@ -525,6 +555,8 @@ mod tests {
             chart_width: 480,
             chart_height: 200,
             events: query(None, ""),
+            alerts_since: 0,
+            alerts_open: false,
         };
         assert!(ok.validate().is_ok());
         let bad = [

@@ -12,6 +12,7 @@ pub const LABEL: &str = "main";
 pub enum View {
     Dashboard,
     Settings,
+    Alerts,
 }
 
 impl View {
@@ -19,6 +20,7 @@ impl View {
         match self {
             View::Dashboard => "dashboard",
             View::Settings => "settings",
+            View::Alerts => "alerts",
         }
     }
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_file_events_stay, descendants_named, one_app_at_a_time, wait_for, FileActivity, Fixture,
-    APP,
+    assert_file_events_stay, descendants_named, one_app_at_a_time, run_base64_to_shell, wait_for,
+    FileActivity, Fixture, APP, BASE64_TITLE,
 };
 use edr_config::Config;
 use edr_model::event::Timestamp;
@@ -502,11 +502,37 @@ fn charts_appear_and_follow_the_engine() {
             .await
             .expect_err("a paused that is not a boolean refused");
         assert!(e.to_string().contains("invalid args `paused`"), "{e}");
+        let e = invoke(
+            &c,
+            "add_exception",
+            json!({ "exception": { "ruleId": "no such; rule", "executable": null } }),
+        )
+        .await
+        .expect_err("a malformed rule id refused");
+        assert!(message(&e).contains("ruleId must be"), "{e}");
+        let e = invoke(
+            &c,
+            "add_exception",
+            json!({ "exception": { "ruleId": "r1", "executable": "relative" } }),
+        )
+        .await
+        .expect_err("a relative program path refused");
+        assert!(message(&e).contains("absolute path"), "{e}");
+        let e = invoke(
+            &c,
+            "remove_exception",
+            json!({ "exception": { "ruleId": "r1", "executable": null, "commandLineContains": null } }),
+        )
+        .await
+        .expect_err("removing what is not there refused");
+        assert!(message(&e).contains("no such exception"), "{e}");
         for cmd in [
             "dashboard",
             "preset_settings",
             "apply_settings",
             "set_paused",
+            "add_exception",
+            "remove_exception",
         ] {
             let e = invoke(&c, cmd, json!({})).await.expect_err(cmd);
             assert!(e.to_string().contains("invalid args"), "{cmd}: {e}");
@@ -810,5 +836,275 @@ fn an_alert_shows_in_the_banner_with_value_and_threshold() {
         )
         .await;
         assert_eq!(still, json!(1), "one memory alert, however many ticks");
+    });
+}
+
+/// The id of the rule [`run_base64_to_shell`] trips.
+const BASE64_RULE: &str = "19bc17cb-cd87-4d05-9ed0-e1e2297bdfb7";
+
+/// The Alerts view's rows for `rule` as (pid text, row text).
+async fn alert_rows(c: &Client, rule: &str) -> Vec<String> {
+    let v = js(
+        c,
+        &format!(
+            "return [...document.querySelectorAll('#alert-items li[data-rule=\"{rule}\"]')].map(li => li.textContent)"
+        ),
+    )
+    .await;
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+fn dashboard_request(since: u64) -> Value {
+    json!({ "request": {
+        "windowSecs": 60, "charts": false, "chartWidth": 400, "chartHeight": 200,
+        "events": { "limit": 1, "kind": null, "text": "" }, "alertsSince": since } })
+}
+
+/// The number of the newest detection alert (asking for those after the
+/// largest number JavaScript holds exactly: none).
+async fn last_seq(c: &Client) -> u64 {
+    let d = invoke(c, "dashboard", dashboard_request(9_007_199_254_740_991))
+        .await
+        .expect("dashboard");
+    d["detections"]["lastSeq"].as_u64().expect("lastSeq")
+}
+
+/// The detection alerts numbered above `since`, as the dashboard sends them.
+async fn detections_since(c: &Client, since: u64) -> Vec<Value> {
+    let d = invoke(c, "dashboard", dashboard_request(since))
+        .await
+        .expect("dashboard");
+    d["detections"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The engine's (alerts raised, matches excepted), from its status file.
+fn detection(fx: &Fixture) -> Option<(u64, u64)> {
+    fx.status()
+        .map(|s| (s.detection.alerts_raised, s.detection.alerts_excepted))
+}
+
+#[test]
+fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next() {
+    // No suppression window: without the exception the second run would
+    // be a new alert, so its absence is the exception's doing (and the
+    // engine's excepted counter says so).
+    let fx = Fixture::with(|data, watch| {
+        format!(
+            "collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
+             file_monitor:\n    watch_paths: [\"{watch}\"]\n    calculate_hashes: false\n\
+             storage:\n  local_storage:\n    data_dir: \"{data}\"\n\
+             detection:\n  suppress_window_ms: 0\n"
+        )
+    });
+    with_app(fx, |c, fx| async move {
+        eventually("the rules and the process collector", START, || async {
+            let s = fx.status()?;
+            (s.detection.rules_loaded > 0 && s.coverage.process_source.is_some()).then_some(())
+        })
+        .await;
+        // The process collector needs a moment after it reports its source.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        click(&c, "#tab-alerts").await;
+
+        let first_pid = tokio::task::spawn_blocking(|| run_base64_to_shell("edr-e2e-first"))
+            .await
+            .expect("first run");
+        let needle = format!("(pid {first_pid})");
+        let row = eventually("the alert in the Alerts view", SOON, || async {
+            alert_rows(&c, BASE64_RULE)
+                .await
+                .into_iter()
+                .find(|r| r.contains(&needle))
+        })
+        .await;
+        assert!(row.contains(BASE64_TITLE), "{row}");
+        assert!(row.contains("bash"), "the program: {row}");
+        assert!(row.to_lowercase().contains("high"), "the severity: {row}");
+
+        // The detail: the tree down to our shell, its command line, the
+        // matched fields and the rule's own words.
+        // The shell's own row: its pipeline's subshells (forks of it, with
+        // its command line) may raise theirs too.
+        click(
+            &c,
+            &format!("#alert-items li[data-rule=\"{BASE64_RULE}\"][data-pid=\"{first_pid}\"]"),
+        )
+        .await;
+        let detail = eventually("the detail", SOON, || async {
+            let t = text(&c, "#alert-detail-body").await;
+            t.contains("edr-e2e-first").then_some(t)
+        })
+        .await;
+        assert!(detail.contains(BASE64_TITLE), "{detail}");
+        assert!(detail.contains("process.command_line"), "{detail}");
+        assert!(detail.contains("edr-agent project"), "the author: {detail}");
+        assert!(
+            detail.contains("https://attack.mitre.org/techniques/T1140/"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("Installers that ship"),
+            "false positives: {detail}"
+        );
+        let tree = js(
+            &c,
+            "return [...document.querySelectorAll('#ad-tree .node')].map(n => n.querySelector('.pid').textContent)",
+        )
+        .await;
+        let tree: Vec<String> = serde_json::from_value(tree).expect("tree");
+        assert_eq!(
+            tree.last().map(String::as_str),
+            Some(format!("pid {first_pid}").as_str()),
+            "the shell is the last node of {tree:?}"
+        );
+        let me = format!("pid {}", std::process::id());
+        assert!(tree.contains(&me), "the test ({me}) started it: {tree:?}");
+        if let Some(path) = std::env::var_os("EDR_E2E_SCREENSHOT") {
+            // WebKit paints a moment after the DOM changes.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let shot = Command::new("import")
+                .args(["-window", "root"])
+                .arg(&path)
+                .status();
+            eprintln!("screenshot {}: {shot:?}", Path::new(&path).display());
+        }
+        let executable = js(
+            &c,
+            "return document.getElementById('allow-btn').disabled ? null : document.querySelector('#ad-tree .node.self .prog').textContent",
+        )
+        .await;
+        let executable = executable.as_str().expect("the shell's path").to_string();
+        assert!(executable.ends_with("/bash"), "{executable}");
+
+        click(&c, "#allow-btn").await;
+        let said = eventually("the outcome", SOON, || async {
+            let m = text(&c, "#alert-message").await;
+            (!m.is_empty() && m != "Saving…").then_some(m)
+        })
+        .await;
+        assert!(said.starts_with("Allowed"), "{said}");
+        let on_disk = Config::from_file(&fx.config).expect("config file loads");
+        assert_eq!(
+            on_disk.detection.exceptions,
+            [edr_config::DetectionException {
+                rule_id: Some(BASE64_RULE.into()),
+                executable: Some(executable.clone()),
+                command_line_contains: None,
+            }]
+        );
+        let mode = std::fs::metadata(&fx.config)
+            .expect("config")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "config mode {mode:o}");
+        assert!(
+            config_text(&fx).contains("suppress_window_ms: 0"),
+            "the file was edited, not replaced"
+        );
+
+        // The same behaviour again: the engine sees the match and turns it
+        // away (its excepted counter grows), and no row appears.
+        let before = detection(&fx).expect("status");
+        let seq_before = last_seq(&c).await;
+        let second_pid = tokio::task::spawn_blocking(|| run_base64_to_shell("edr-e2e-second"))
+            .await
+            .expect("second run");
+        // The engine saw the second shell start (its event is in the
+        // recent events) and turned a match away. Other programs on the
+        // machine may match the rule meanwhile: only this run's shell, by
+        // its tag, is ours to judge.
+        let second = format!("pid {second_pid}");
+        eventually("the second shell among the recent events", SOON, || async {
+            let d = invoke(
+                &c,
+                "dashboard",
+                json!({ "request": {
+                "windowSecs": 60, "charts": false, "chartWidth": 400, "chartHeight": 200,
+                "events": { "limit": 50, "kind": "process", "text": "edr-e2e-second" } } }),
+            )
+            .await
+            .ok()?;
+            d["events"].as_array().filter(|e| !e.is_empty()).map(|_| ())
+        })
+        .await;
+        let after = eventually("the engine to except the match", SOON, || async {
+            detection(&fx).filter(|d| d.1 > before.1)
+        })
+        .await;
+        // Well past the time the first alert took to show.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rows = alert_rows(&c, BASE64_RULE).await;
+        assert!(
+            !rows.iter().any(|r| r.contains(&format!("({second})"))),
+            "an alert for the allowed program: {rows:?}"
+        );
+        let new_alerts = detections_since(&c, seq_before).await;
+        let ours: Vec<&Value> = new_alerts
+            .iter()
+            .filter(|a| {
+                a["ruleId"] == BASE64_RULE
+                    && a["commandLine"]
+                        .as_str()
+                        .is_some_and(|c| c.contains("edr-e2e-second"))
+            })
+            .collect();
+        assert!(
+            ours.is_empty(),
+            "raised despite the exception: {ours:?} (counters {after:?})"
+        );
+        let others: Vec<(&Value, &Value)> = new_alerts
+            .iter()
+            .map(|a| (&a["ruleName"], &a["program"]))
+            .collect();
+        eprintln!("other alerts meanwhile: {others:?}");
+
+        // Undo from Settings: the exception goes from the list and the
+        // file, and the behaviour alerts again.
+        click(&c, "#tab-settings").await;
+        eventually("the settings to load", SOON, || async {
+            c.find(Locator::Css("#settings-form.ready"))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        let remove = format!("#exceptions-list li[data-rule=\"{BASE64_RULE}\"] .remove-exception");
+        eventually("the exception in Settings", SOON, || async {
+            c.find(Locator::Css(&remove)).await.ok().map(|_| ())
+        })
+        .await;
+        click(&c, &remove).await;
+        eventually("the list to empty", SOON, || async {
+            (text(&c, "#exceptions-message").await == "Removed and saved."
+                && c.find(Locator::Css("#exceptions-list li")).await.is_err())
+            .then_some(())
+        })
+        .await;
+        let on_disk = Config::from_file(&fx.config).expect("config file loads");
+        assert!(
+            on_disk.detection.exceptions.is_empty(),
+            "{:?}",
+            on_disk.detection.exceptions
+        );
+        click(&c, "#tab-alerts").await;
+        let third_pid = tokio::task::spawn_blocking(|| run_base64_to_shell("edr-e2e-third"))
+            .await
+            .expect("third run");
+        let needle = format!("(pid {third_pid})");
+        eventually(
+            "an alert again once the exception is gone",
+            SOON,
+            || async {
+                alert_rows(&c, BASE64_RULE)
+                    .await
+                    .into_iter()
+                    .find(|r| r.contains(&needle))
+            },
+        )
+        .await;
     });
 }

@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_file_events_stay, descendants_named, no_app_on_the_bus, one_app_at_a_time, wait_for,
-    FileActivity, Fixture, APP,
+    assert_file_events_stay, descendants_named, no_app_on_the_bus, one_app_at_a_time,
+    run_base64_to_shell, wait_for, FileActivity, Fixture, APP, BASE64_TITLE,
 };
 use edr_store::{list_batches, open_batch_reader};
 use zbus::blocking::fdo::DBusProxy;
@@ -234,6 +234,7 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
         [
             "Pause",
             "Open Dashboard",
+            "Alerts",
             "Settings…",
             "Open Data Folder",
             "Quit"
@@ -358,6 +359,54 @@ fn the_tray_says_when_the_engine_is_not_running() {
     let menu = tray_of(&conn, &app);
     wait_status(&menu, "an engine-off status", |s| s == "Engine off");
     assert!(!off.data.exists(), "the engine never started");
+    menu.click("Quit");
+    assert_eq!(app.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_detection_alert_is_notified_and_marked_in_the_menu_until_the_alerts_view_opens() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 5000);
+    let conn = session_bus();
+    let mut app = App::launch(&fx, &["--minimized"], &[]);
+    let menu = tray_of(&conn, &app);
+    wait_status(&menu, "a running status", |s| s.starts_with("Running"));
+    wait_for("the rules and the process collector", START, || {
+        fx.status()
+            .filter(|s| s.detection.rules_loaded > 0 && s.coverage.process_source.is_some())
+            .map(|_| ())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = run_base64_to_shell("edr-tray");
+    let label = wait_for("an unseen alert in the menu", SOON, || {
+        menu.labels()
+            .into_iter()
+            .find(|l| l.starts_with("Alerts (") && l.ends_with(" unseen)"))
+    });
+    // The notification names the rule, the severity, the program and its
+    // pid (there is no notification daemon under Xvfb to show it; the app
+    // logs what it sends).
+    let log = std::fs::read_to_string(fx.log_path()).expect("app log");
+    let sent = log
+        .lines()
+        .find(|l| l.contains("alert notification") && l.contains(&format!("(pid {pid})")))
+        .unwrap_or_else(|| panic!("no notification for pid {pid} in\n{log}"));
+    assert!(
+        sent.contains(BASE64_TITLE) && sent.contains("high"),
+        "{sent}"
+    );
+    assert!(sent.contains("bash"), "{sent}");
+
+    assert_eq!(web_processes(app.pid()), 0, "started minimized: no window");
+    menu.click(&label);
+    wait_for("the Alerts view from the menu", START, || {
+        (web_processes(app.pid()) > 0).then_some(())
+    });
+    // Programs elsewhere on the machine may raise alerts too; while the
+    // view is open each is seen within a poll.
+    wait_for("the mark to clear once the view is open", START, || {
+        menu.labels().iter().any(|l| l == "Alerts").then_some(())
+    });
     menu.click("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 }

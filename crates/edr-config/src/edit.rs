@@ -103,7 +103,8 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 /// A config leaf as a value `yaml-edit` can write. Leaves are scalars,
-/// null or lists of strings; anything else does not occur in a `Config`.
+/// null, lists of strings, or lists of small mappings
+/// (`detection.exceptions`).
 fn to_doc_value(v: &Value) -> YamlValue {
     match v {
         Value::Bool(b) => YamlValue::from(*b),
@@ -125,6 +126,11 @@ fn to_doc_value(v: &Value) -> YamlValue {
         }
         Value::String(s) => YamlValue::from(s.as_str()),
         Value::Sequence(items) => YamlValue::Sequence(items.iter().map(to_doc_value).collect()),
+        Value::Mapping(m) => YamlValue::Mapping(
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), to_doc_value(v))))
+                .collect(),
+        ),
         _ => YamlValue::from(ScalarValue::null()),
     }
 }
@@ -205,5 +211,35 @@ mod tests {
             edit_document("# mine\nagent:\nalerts:\n  max_memory_mb: 200\n", &c).expect("edited");
         assert!(out.starts_with("# mine\n"), "{out}");
         assert_eq!(Config::from_yaml("out", &out).expect("loads"), c);
+    }
+
+    #[test]
+    fn exceptions_are_written_as_a_list_of_mappings_and_removed_again() {
+        let mut c = Config::default();
+        c.detection.suppress_window_ms = 0;
+        c.detection.exceptions = vec![
+            crate::DetectionException {
+                rule_id: Some("19bc17cb-cd87-4d05-9ed0-e1e2297bdfb7".into()),
+                executable: Some("/usr/bin/b\\[a\\]sh".into()),
+                command_line_contains: None,
+            },
+            crate::DetectionException {
+                rule_id: Some("r2".into()),
+                ..Default::default()
+            },
+        ];
+        let text = "# mine\ndetection:\n  # window\n  suppress_window_ms: 0\n";
+        let out = edit_document(text, &c).expect("edited");
+        assert!(out.contains("# mine") && out.contains("# window"), "{out}");
+        assert_eq!(Config::from_yaml("out", &out).expect("loads"), c);
+        c.detection.exceptions.remove(0);
+        let out = edit_document(&out, &c).expect("one removed");
+        assert_eq!(Config::from_yaml("out", &out).expect("loads"), c);
+        c.detection.exceptions.clear();
+        let out = edit_document(&out, &c).expect("all removed");
+        assert!(out.contains("# window"), "{out}");
+        assert_eq!(Config::from_yaml("out", &out).expect("loads"), c);
+        let fresh = edit_document(crate::DEFAULT_YAML, &c).expect("defaults");
+        assert_eq!(Config::from_yaml("fresh", &fresh).expect("loads"), c);
     }
 }

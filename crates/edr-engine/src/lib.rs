@@ -9,6 +9,7 @@
 //! finish, then the sampler writes a last status and the data-dir lock is
 //! released.
 
+pub mod alerts;
 pub mod logging;
 pub mod pipeline;
 pub mod recent;
@@ -39,6 +40,7 @@ use edr_store::sink::Sink;
 use edr_store::writer::WriterShared;
 use edr_store::{self as storage, StorageError, Store};
 
+use crate::alerts::{AlertRing, AlertTap, AlertsSince, ALERT_RING};
 use crate::pipeline::Pipeline;
 use crate::recent::{RecentEvent, RecentEvents, RecentTap};
 
@@ -178,6 +180,8 @@ struct Shared {
     counters: Arc<Counters>,
     writer: Arc<WriterShared>,
     recent: Option<Arc<RecentEvents>>,
+    /// Kept with the recent events (for a live view), not by the agent.
+    alerts: Option<Arc<AlertRing>>,
     coverage: Arc<Mutex<Coverage>>,
     metrics: Mutex<MetricsState>,
     started: Timestamp,
@@ -228,6 +232,7 @@ impl EngineHandle {
         let counters = Counters::new();
         let writer_shared = Arc::new(WriterShared::default());
         let recent = (opts.recent_events > 0).then(|| RecentEvents::new(opts.recent_events));
+        let alert_ring = (opts.recent_events > 0).then(|| AlertRing::new(ALERT_RING));
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let (paused_tx, paused_rx) = watch::channel(false);
         let (tx, rx) = edr_pipeline::channel(QUEUE_CAPACITY, Arc::clone(&counters));
@@ -235,6 +240,7 @@ impl EngineHandle {
             counters: Arc::clone(&counters),
             writer: Arc::clone(&writer_shared),
             recent: recent.clone(),
+            alerts: alert_ring.clone(),
             coverage: Arc::new(Mutex::new(Coverage::default())),
             metrics: Mutex::new(MetricsState {
                 sampler: Sampler::default(),
@@ -286,10 +292,13 @@ impl EngineHandle {
             links.push(link);
             sink_tasks.push(tracker.spawn(sink.run(ctx)));
         }
-        let taps: Vec<Box<dyn edr_pipeline::stage::Stage>> = match &recent {
-            Some(r) => vec![Box::new(RecentTap(Arc::clone(r)))],
-            None => Vec::new(),
-        };
+        let mut taps: Vec<Box<dyn edr_pipeline::stage::Stage>> = Vec::new();
+        if let Some(r) = &recent {
+            taps.push(Box::new(RecentTap(Arc::clone(r))));
+        }
+        if let Some(a) = &alert_ring {
+            taps.push(Box::new(AlertTap(Arc::clone(a))));
+        }
         let pipeline = Pipeline::new(
             rx,
             store,
@@ -381,6 +390,17 @@ impl EngineHandle {
             .recent
             .as_ref()
             .map(|r| r.latest(limit))
+            .unwrap_or_default()
+    }
+
+    /// The alerts numbered above `since_seq` (at most `limit`, the
+    /// newest), oldest first. Empty unless `EngineOptions::recent_events`
+    /// > 0.
+    pub fn alerts(&self, since_seq: u64, limit: usize) -> AlertsSince {
+        self.shared
+            .alerts
+            .as_ref()
+            .map(|r| r.since(since_seq, limit))
             .unwrap_or_default()
     }
 

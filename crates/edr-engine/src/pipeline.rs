@@ -2,7 +2,7 @@
 //! the batch writer.
 //!
 //! ```text
-//! queue ─► filter ─► detection ─► recent-events tap ─► batch writer ─► sinks
+//! queue ─► filter ─► detection ─► taps (recent events, alerts) ─► batch writer ─► sinks
 //! ```
 //!
 //! One thread does all of it because every step is synchronous CPU or disk
@@ -91,7 +91,12 @@ impl Pipeline {
         let mut pending = VecDeque::new();
         loop {
             match self.rx.recv_timeout(self.writer.due_in(IDLE_TICK)) {
-                Ok(event) => self.process(event, &mut pending),
+                Ok(event) => {
+                    // A change made while the queue was quiet applies to
+                    // the event that ends the quiet, not only to the next.
+                    self.apply_config_change();
+                    self.process(event, &mut pending)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -132,12 +137,112 @@ impl Pipeline {
         }
     }
 
-    fn housekeeping(&mut self) {
+    fn apply_config_change(&mut self) {
         if self.config.has_changed().unwrap_or(false) {
             let c = Arc::clone(&self.config.borrow_and_update());
             self.chain.reconfigure(&c);
             self.writer.reconfigure(&c);
         }
+    }
+
+    fn housekeeping(&mut self) {
+        self.apply_config_change();
         self.writer.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use edr_model::event::{Action, EventMeta, File, Origin, Timestamp};
+
+    /// Records the batch size in force when each event passes.
+    struct Seen {
+        batch: u32,
+        log: Arc<Mutex<Vec<u32>>>,
+    }
+
+    impl Stage for Seen {
+        fn name(&self) -> &'static str {
+            "seen"
+        }
+
+        fn process(&mut self, _item: &mut Item<'_>, _now: Instant) -> Verdict {
+            self.log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.batch);
+            Verdict::Keep
+        }
+
+        fn reconfigure(&mut self, config: &Config) {
+            self.batch = config.agent.max_events_per_batch;
+        }
+    }
+
+    fn event(n: u32) -> Event {
+        let mut e = Event::new(
+            &Origin::detect(),
+            Timestamp::now(),
+            EventMeta {
+                kind: "event",
+                category: &["file"],
+                types: &["creation"],
+                action: Action::FileCreated,
+                duration: None,
+                severity: None,
+                risk_score: None,
+            },
+        );
+        e.file = Some(Box::new(File {
+            path: format!("/home/u/notes-{n}.txt"),
+            ..File::default()
+        }));
+        e
+    }
+
+    #[test]
+    fn a_change_made_while_quiet_applies_to_the_next_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.detection.enabled = false;
+        let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+        let counters = Counters::new();
+        let (tx, rx) = edr_pipeline::channel(16, Arc::clone(&counters));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = Seen {
+            batch: config.agent.max_events_per_batch,
+            log: Arc::clone(&log),
+        };
+        let pipeline = Pipeline::new(
+            rx,
+            Store::open(dir.path()).expect("store"),
+            config_rx,
+            counters,
+            Arc::new(WriterShared::default()),
+            vec![Box::new(seen)],
+            Vec::new(),
+        );
+        let run = std::thread::spawn(move || pipeline.run());
+        let seen_n = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while log.lock().unwrap_or_else(|p| p.into_inner()).len() < n {
+                assert!(Instant::now() < deadline, "event {n} never passed");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        assert!(tx.send(event(1)));
+        seen_n(1);
+        // The pipeline now waits for the next event (up to its idle tick):
+        // the change and the event arrive during that wait.
+        config.agent.max_events_per_batch = 7;
+        config_tx.send_replace(Arc::new(config));
+        assert!(tx.send(event(2)));
+        seen_n(2);
+        drop(tx);
+        run.join().expect("pipeline thread");
+        assert_eq!(*log.lock().unwrap_or_else(|p| p.into_inner()), [1000, 7]);
     }
 }

@@ -3,6 +3,7 @@
 //! file activity in the watched folder, and one app at a time.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -191,4 +192,28 @@ fn children(pid: u32) -> Vec<u32> {
                 .collect::<Vec<u32>>()
         })
         .collect()
+}
+
+/// The title of the built-in rule `evasion_base64_decoded_payload_to_shell`
+/// (`rules/common/process_creation/`), which [`run_base64_to_shell`] trips.
+pub const BASE64_TITLE: &str = "Base64-Decoded Payload Piped to a Shell or Interpreter";
+
+/// Runs the suspicious one-liner the rule describes (the payload is `id`),
+/// tagged with `tag`, and waits for it. The shell stays alive a moment
+/// after the pipe so its command line can still be read when its start is
+/// seen, and ends on a builtin so it is not replaced by `sleep`.
+pub fn run_base64_to_shell(tag: &str) -> u32 {
+    let mut child = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(format!(
+            "echo aWQK | base64 -d | sh >/dev/null; sleep 1; : {tag}"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("bash");
+    let pid = child.id();
+    let status = child.wait().expect("bash ran");
+    assert!(status.success(), "{status}");
+    pid
 }

@@ -52,14 +52,30 @@ const RECV_TIMEOUT_SECS: libc::time_t = 5;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_SYN_RECV: u8 = 3;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_TIME_WAIT: u8 = 6;
 const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
 const TCP_LISTEN: u8 = 10;
+const TCP_CLOSING: u8 = 11;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
+// The closing states are asked for too: a connection that lived less
+// than a scan interval is often still in one of them (TIME_WAIT lasts a
+// minute) when the next scan comes, and a socket in CLOSE_WAIT is a live
+// connection its program has not closed yet.
 const TCP_STATES: u32 = 1 << TCP_ESTABLISHED
     | 1 << TCP_SYN_SENT
     | 1 << TCP_SYN_RECV
+    | 1 << TCP_FIN_WAIT1
+    | 1 << TCP_FIN_WAIT2
+    | 1 << TCP_TIME_WAIT
+    | 1 << TCP_CLOSE_WAIT
+    | 1 << TCP_LAST_ACK
     | 1 << TCP_LISTEN
+    | 1 << TCP_CLOSING
     | 1 << TCP_NEW_SYN_RECV;
 const UDP_STATES: u32 = 1 << TCP_ESTABLISHED | 1 << TCP_CLOSE;
 
@@ -162,11 +178,14 @@ impl Lister {
     }
 }
 
-/// A socket with inode 0 is in its handshake or waiting in the accept
-/// queue: no process holds it yet, but its listener's owner is the one
-/// that will accept it.
+/// A socket with inode 0 in its handshake or waiting in the accept queue
+/// is held by no process yet, but its listener's owner is the one that
+/// will accept it. (A closing socket with inode 0 has been closed by its
+/// program: its owner is whoever had it before, which the tracker keeps.)
 fn attribute_queued(sockets: &mut [Socket]) {
-    if !sockets.iter().any(|s| s.key.inode == 0) {
+    let queued =
+        |s: &Socket| s.key.inode == 0 && matches!(s.state, Some("SYN_RECV") | Some("ESTABLISHED"));
+    if !sockets.iter().any(queued) {
         return;
     }
     let listeners: HashMap<PortKey, Arc<Owner>> = sockets
@@ -175,7 +194,7 @@ fn attribute_queued(sockets: &mut [Socket]) {
         .filter_map(|s| Some((s.port_key(), s.owner.clone()?)))
         .collect();
     for s in sockets.iter_mut() {
-        if s.key.inode == 0 && s.owner.is_none() {
+        if queued(s) && s.owner.is_none() {
             s.owner = listeners.get(&s.port_key()).cloned();
         }
     }
@@ -402,6 +421,12 @@ fn parse_diag_msg(p: &[u8], transport: Transport) -> Result<Option<Socket>, Scan
         (Transport::Tcp, TCP_SYN_SENT) => Some("SYN_SENT"),
         (Transport::Tcp, TCP_SYN_RECV | TCP_NEW_SYN_RECV) => Some("SYN_RECV"),
         (Transport::Tcp, TCP_LISTEN) => Some("LISTEN"),
+        (Transport::Tcp, TCP_FIN_WAIT1) => Some("FIN_WAIT1"),
+        (Transport::Tcp, TCP_FIN_WAIT2) => Some("FIN_WAIT2"),
+        (Transport::Tcp, TCP_TIME_WAIT) => Some("TIME_WAIT"),
+        (Transport::Tcp, TCP_CLOSE_WAIT) => Some("CLOSE_WAIT"),
+        (Transport::Tcp, TCP_LAST_ACK) => Some("LAST_ACK"),
+        (Transport::Tcp, TCP_CLOSING) => Some("CLOSING"),
         (Transport::Udp, TCP_ESTABLISHED | TCP_CLOSE) => None,
         _ => return Ok(None),
     };
@@ -815,9 +840,24 @@ mod tests {
     }
 
     #[test]
-    fn closing_states_are_skipped() {
+    fn closing_states_are_reported_and_closed_is_skipped() {
+        for (state, name) in [
+            (TCP_FIN_WAIT1, "FIN_WAIT1"),
+            (TCP_FIN_WAIT2, "FIN_WAIT2"),
+            (TCP_TIME_WAIT, "TIME_WAIT"),
+            (TCP_CLOSE_WAIT, "CLOSE_WAIT"),
+            (TCP_LAST_ACK, "LAST_ACK"),
+            (TCP_CLOSING, "CLOSING"),
+        ] {
+            let mut msg = hex(CAPTURED)[..0x7c].to_vec();
+            msg[NLMSG_HDRLEN + 1] = state;
+            let mut out = Vec::new();
+            parse_datagram(&msg, 77, Transport::Tcp, &mut out).expect("parses");
+            assert_eq!(out.len(), 1, "{name}");
+            assert_eq!(out[0].state, Some(name));
+        }
         let mut msg = hex(CAPTURED)[..0x7c].to_vec();
-        msg[NLMSG_HDRLEN + 1] = 6; // TIME_WAIT
+        msg[NLMSG_HDRLEN + 1] = TCP_CLOSE;
         let mut out = Vec::new();
         parse_datagram(&msg, 77, Transport::Tcp, &mut out).expect("parses");
         assert!(out.is_empty());

@@ -74,6 +74,13 @@ fn to_socket(pid: u32, rec: &Record<'_>) -> Option<Socket> {
                 "ESTABLISHED" => "ESTABLISHED",
                 "SYN_SENT" => "SYN_SENT",
                 "SYN_RECEIVED" => "SYN_RECV",
+                // Closing, but the connection still exists (see linux.rs).
+                "FIN_WAIT_1" => "FIN_WAIT1",
+                "FIN_WAIT_2" => "FIN_WAIT2",
+                "TIME_WAIT" => "TIME_WAIT",
+                "CLOSE_WAIT" => "CLOSE_WAIT",
+                "LAST_ACK" => "LAST_ACK",
+                "CLOSING" => "CLOSING",
                 _ => return None,
             }),
         ),
@@ -206,6 +213,13 @@ mod tests {
                     "[fe80::1]:5353".into(),
                     "[::]:0".into(),
                     None,
+                    chrome.clone()
+                ),
+                (
+                    Transport::Tcp,
+                    "[::1]:60000".into(),
+                    "[::1]:443".into(),
+                    Some("CLOSE_WAIT"),
                     chrome.clone()
                 ),
                 (

@@ -107,6 +107,14 @@ impl Socket {
         }
     }
 
+    /// A TCP connection on its way out: closed by one side or both.
+    fn is_closing(&self) -> bool {
+        matches!(
+            self.state,
+            Some("FIN_WAIT1" | "FIN_WAIT2" | "TIME_WAIT" | "CLOSE_WAIT" | "LAST_ACK" | "CLOSING")
+        )
+    }
+
     fn port_key(&self) -> PortKey {
         (self.key.transport, self.ipv6_family, self.key.local.port())
     }
@@ -170,13 +178,14 @@ impl Tracker {
                 .filter(|s| s.is_listener())
                 .map(Socket::port_key),
         );
+        let mut by_peers: Option<HashMap<(Transport, SocketAddr, SocketAddr), u64>> = None;
         for s in sockets {
             if let Some(t) = self.live.get_mut(&s.key) {
                 t.seen = scan;
                 t.state = s.state;
                 continue;
             }
-            if self.adopt_accepted(s, scan) {
+            if self.adopt_accepted(s, scan) || self.adopt_orphaned(s, scan, &mut by_peers) {
                 continue;
             }
             let direction = if s.is_listener() {
@@ -212,6 +221,42 @@ impl Tracker {
         });
         // Keep a burst of sockets from pinning its memory for good.
         self.live.shrink_to(self.live.len() * 2);
+    }
+
+    /// A connection its program has closed loses its inode and lingers in
+    /// a closing state (FIN_WAIT, TIME_WAIT, ...): the same connection, not
+    /// a new one, so it keeps its owner and first sighting and takes the
+    /// new key. `by_peers` indexes the live sockets by address, built on
+    /// the first closing socket of a scan.
+    fn adopt_orphaned(
+        &mut self,
+        s: &Socket,
+        scan: u64,
+        by_peers: &mut Option<HashMap<(Transport, SocketAddr, SocketAddr), u64>>,
+    ) -> bool {
+        if s.key.inode != 0 || !s.is_closing() {
+            return false;
+        }
+        let index = by_peers.get_or_insert_with(|| {
+            self.live
+                .keys()
+                .filter(|k| k.inode != 0)
+                .map(|k| ((k.transport, k.local, k.remote), k.inode))
+                .collect()
+        });
+        let Some(inode) = index.remove(&(s.key.transport, s.key.local, s.key.remote)) else {
+            return false;
+        };
+        let held = SocketKey { inode, ..s.key };
+        match self.live.remove(&held) {
+            Some(mut t) => {
+                t.seen = scan;
+                t.state = s.state;
+                self.live.insert(s.key, t);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A connection seen in the accept queue had no inode yet (Linux gives
@@ -614,6 +659,49 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0]["event"]["duration"], 2_000_000_000u64);
         assert_eq!(closed[0]["process"]["pid"], 42, "owner learnt on accept");
+    }
+
+    #[test]
+    fn a_closed_connection_lingering_without_inode_is_the_same_connection() {
+        let mut t = Tracker::new(Origin::detect());
+        let now = Instant::now();
+        run_scan(&mut t, &[], now);
+        let mut est = tcp("10.0.0.1:40000", "10.0.0.2:443", 7, "ESTABLISHED");
+        est.owner = Some(Arc::new(Owner {
+            pid: 42,
+            name: "curl".into(),
+            entity_id: "e".into(),
+            start: None,
+            executable: None,
+            args: Vec::new(),
+        }));
+        assert_eq!(run_scan(&mut t, &[est], now).len(), 1);
+        // Closed by curl: inode 0, TIME_WAIT. Not a second connection.
+        let tw = tcp("10.0.0.1:40000", "10.0.0.2:443", 0, "TIME_WAIT");
+        assert!(run_scan(&mut t, &[tw], now).is_empty());
+        let closed = run_scan(&mut t, &[], now);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0]["event"]["action"], "connection-closed");
+        assert_eq!(closed[0]["edr"]["socket_state"], "TIME_WAIT");
+        assert_eq!(closed[0]["process"]["pid"], 42, "owner kept");
+    }
+
+    #[test]
+    fn a_short_connection_first_seen_closing_is_recorded() {
+        let mut t = Tracker::new(Origin::detect());
+        let now = Instant::now();
+        run_scan(&mut t, &[], now);
+        let tw = tcp("10.0.0.1:40001", "10.0.0.2:443", 0, "TIME_WAIT");
+        let opened = run_scan(&mut t, &[tw], now);
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0]["event"]["action"], "connection-opened");
+        assert_eq!(opened[0]["edr"]["socket_state"], "TIME_WAIT");
+        let cw = tcp("10.0.0.1:40002", "10.0.0.2:443", 9, "CLOSE_WAIT");
+        assert_eq!(
+            run_scan(&mut t, &[cw], now).len(),
+            2,
+            "one closed, one opened"
+        );
     }
 
     #[test]
