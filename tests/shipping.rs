@@ -306,6 +306,45 @@ async fn every_event_arrives_once_with_its_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_lost_acknowledged_batches_is_reported_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = NatsServer::start(dir.path(), None);
+    let c = ship_config(dir.path(), &server.url());
+    let (engine, state) = start_shipping(c.clone());
+    wait_watching(&engine).await;
+    touch_files(&watched(dir.path()), "before", 25);
+    wait_drained(&state, "first run").await;
+    engine.shutdown().await;
+    // Idle restart against the intact stream: connected, nothing to say.
+    let (engine, state) = start_shipping(c.clone());
+    let up = wait_for_async(Duration::from_secs(20), || {
+        state.snapshot().connected.then_some(())
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "an idle sink never connected: {:?}",
+        state.snapshot()
+    );
+    assert_eq!(state.snapshot().last_error, None);
+    engine.shutdown().await;
+    // The operator deletes the stream: what was acknowledged is gone.
+    let js = jetstream::new(async_nats::connect(server.url()).await.expect("admin"));
+    js.delete_stream("EDR").await.expect("delete stream");
+    let (engine, state) = start_shipping(c);
+    let warned = wait_for_async(Duration::from_secs(20), || {
+        state
+            .snapshot()
+            .last_error
+            .filter(|e| e.contains("lost by the server"))
+    })
+    .await;
+    engine.shutdown().await;
+    let warned = warned.unwrap_or_else(|| panic!("no warning: {:?}", state.snapshot()));
+    assert!(warned.contains("up to 0"), "{warned}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_three_times_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = NatsServer::start(dir.path(), None);

@@ -629,30 +629,21 @@ impl Worker {
         self.catch_up(from).await;
         let mut backoff = Backoff { attempt: 0 };
         let mut session: Option<Session> = None;
+        let mut checked = false;
         loop {
             self.drain_notifications().await;
             self.note_stop();
             self.update_pending();
-            if self.pending.is_empty() {
-                if !self.channel_open {
-                    break;
-                }
-                // Nothing to ship: wait for a batch or for the stop.
-                let deadline = self.deadline;
-                tokio::select! {
-                    b = self.ctx.batches.recv() => match b {
-                        Some(b) => self.told(b).await,
-                        None => self.channel_open = false,
-                    },
-                    _ = self.ctx.stop.cancelled(), if deadline.is_none() => {}
-                    _ = sleep_until_opt(deadline) => break,
-                }
-                continue;
+            if self.pending.is_empty() && !self.channel_open {
+                break;
             }
             if self.past_deadline() {
                 break;
             }
-            if session.is_none() {
+            // Connected also while idle, so the status says so (and the
+            // cursor is checked against the stream at once); not anew
+            // while stopping with nothing to ship.
+            if session.is_none() && (!self.pending.is_empty() || self.deadline.is_none()) {
                 let config = self.sink.config.clone();
                 let state = Arc::clone(&self.sink.state);
                 let attempt = connect(&config, &state);
@@ -671,6 +662,20 @@ impl Worker {
                             max_payload = s.client.server_info().max_payload,
                             "connected to NATS"
                         );
+                        if !checked {
+                            checked = true;
+                            if let Some(w) = check_cursor(
+                                &s.js,
+                                &self.names(),
+                                &self.sink.config.stream,
+                                self.sink.cursor,
+                            )
+                            .await
+                            {
+                                tracing::warn!("{w}");
+                                self.sink.state.set_error(Some(w));
+                            }
+                        }
                         session = Some(s);
                     }
                     Some(Err(e)) => {
@@ -684,6 +689,19 @@ impl Worker {
                         continue;
                     }
                 }
+            }
+            if self.pending.is_empty() {
+                // Nothing to ship: wait for a batch or for the stop.
+                let deadline = self.deadline;
+                tokio::select! {
+                    b = self.ctx.batches.recv() => match b {
+                        Some(b) => self.told(b).await,
+                        None => self.channel_open = false,
+                    },
+                    _ = self.ctx.stop.cancelled(), if deadline.is_none() => {}
+                    _ = sleep_until_opt(deadline) => break,
+                }
+                continue;
             }
             let Some(s) = &session else { continue };
             let s = Session {
@@ -873,6 +891,50 @@ impl Worker {
         self.update_pending();
         Ok(())
     }
+}
+
+/// Compares the cursor with the newest message of this agent in the
+/// stream: a stream that holds less than the cursor says was shipped has
+/// lost data (deleted, purged, recreated). Returns the warning.
+async fn check_cursor(
+    js: &jetstream::Context,
+    names: &Names<'_>,
+    stream: &str,
+    cursor: u64,
+) -> Option<String> {
+    if cursor == 0 {
+        return None;
+    }
+    let subject = format!("{}.{}.events", names.prefix, names.host);
+    let stream = js.get_stream(stream).await.ok()?;
+    let newest = match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .and_then(|id| {
+                let rest = id
+                    .as_str()
+                    .strip_prefix(names.agent_id)?
+                    .strip_prefix('-')?;
+                rest.split('-').next()?.parse::<u64>().ok()
+            }),
+        Err(e) => {
+            use jetstream::stream::LastRawMessageErrorKind as K;
+            if e.kind() != K::NoMessageFound {
+                return None;
+            }
+            Some(0)
+        }
+    };
+    // The newest message is another agent's (same host name): no verdict.
+    let newest = newest?;
+    (newest < cursor).then(|| {
+        format!(
+            "the stream {} holds this agent's batches up to {newest}, but {cursor} were acknowledged: batches {}..={cursor} were lost by the server",
+            stream.cached_info().config.name,
+            newest + 1
+        )
+    })
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
