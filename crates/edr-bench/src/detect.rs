@@ -32,6 +32,9 @@ pub struct DetectReport {
     pub rules_loaded: u64,
     pub rules_skipped: u64,
     pub passes: Vec<Pass>,
+    /// Rule matches over one pass, before exceptions and suppression
+    /// (untimed): what rsigma's match count compares with.
+    pub matches: u64,
 }
 
 impl DetectReport {
@@ -88,7 +91,12 @@ pub fn run(events: &[Event], rule_paths: &[PathBuf], runs: usize) -> anyhow::Res
             alerts,
         });
     }
+    let matches = stage
+        .rules()
+        .map(|r| events.iter().map(|e| r.evaluate(e).len() as u64).sum())
+        .unwrap_or(0);
     Ok(DetectReport {
+        matches,
         events: events.len(),
         rules_loaded: status.rules_loaded,
         rules_skipped: status.rules_skipped,
@@ -164,8 +172,13 @@ pub struct RsigmaRun {
 
 /// Runs `rsigma engine eval` on the export under `/usr/bin/time -v`.
 pub fn rsigma(bin: &Path, x: &Export, work: &Path) -> anyhow::Result<RsigmaRun> {
-    let out_path = work.join("rsigma.out");
-    let err_path = work.join("rsigma.err");
+    let stem = x
+        .events
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out_path = work.join(format!("rsigma-{stem}.out"));
+    let err_path = work.join(format!("rsigma-{stem}.err"));
     let args: Vec<String> = vec![
         "-v".into(),
         bin.display().to_string(),

@@ -912,6 +912,7 @@ fn detect_bench(a: DetectArgs) -> anyhow::Result<()> {
         events: report.events,
         rules_loaded: report.rules_loaded,
         rules_skipped: report.rules_skipped,
+        matches: report.matches,
     };
     let rates = measured.rates();
     out(format_args!(
@@ -935,6 +936,10 @@ fn detect_bench(a: DetectArgs) -> anyhow::Result<()> {
         ))?;
     }
     let med = median(&rates);
+    out(format_args!(
+        "rule matches in one pass, before suppression: {}\n",
+        measured.matches
+    ))?;
     out(format_args!(
         "median: {med:.0} events/s per core ({:.2} us/event)\n",
         1e6 / med.max(1e-9)
