@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 const PROJECT: &str = "edr-agent project";
 
+/// Held by each test for its whole run (an async lock: it is held across
+/// awaits).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// SigmaHQ's Linux rules, where CI checks out the shared reference.
 fn sigma_linux() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/sigma/rules/linux");
@@ -383,7 +387,7 @@ async fn attacker_behaviours_raise_their_rules_alerts() {
     require_root("detection end to end (kernel process events)");
     // The process events are the whole machine's: the other test's
     // processes must not run meanwhile.
-    let _one_at_a_time = common::heavy();
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let python = Path::new("/usr/bin/python3.11");
     assert!(
         python.exists(),
@@ -642,7 +646,7 @@ fn step(args: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordinary_working_session_raises_no_alert() {
     require_root("detection end to end (kernel process events)");
-    let _one_at_a_time = common::heavy();
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // The work happens where a developer works, in a project directory
     // (not /tmp: running a program built in /tmp is what a rule is for).
