@@ -150,7 +150,7 @@ fn child_of(pid: u32, timeout: Duration) -> anyhow::Result<u32> {
     }
 }
 
-fn parse_time(text: &str) -> TimeReport {
+pub(crate) fn parse_time(text: &str) -> TimeReport {
     let value = |key: &str| -> Option<&str> {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(key))

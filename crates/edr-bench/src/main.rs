@@ -5,6 +5,7 @@
 //! published number.
 
 mod agent;
+mod detect;
 mod load;
 mod pipeline;
 mod probe;
@@ -89,6 +90,12 @@ enum BenchCommand {
     Startup(StartupArgs),
     /// What the agent costs with many processes, connections or watched files.
     Scale(ScaleArgs),
+    /// Detection: evaluation throughput of the stage on one core on the
+    /// synthetic mix, and the rsigma CLI on the same events and rules.
+    Detect(DetectArgs),
+    /// Detection: time from a real process start to its stored alert, with
+    /// a started agent (needs root: the kernel's process events).
+    AlertLatency(AlertLatencyArgs),
     /// Used by `scale connections`: holds the client ends of N connections
     /// in a second process (one process may not open enough descriptors
     /// for both ends) until its stdin closes.
@@ -201,6 +208,40 @@ struct ScaleArgs {
     common: Common,
 }
 
+#[derive(Args, Debug)]
+struct DetectArgs {
+    /// Sigma rule files or directories loaded besides the built-in rules
+    /// (e.g. SigmaHQ's rules folder); repeatable.
+    #[arg(long = "rules", value_name = "PATH")]
+    rules: Vec<PathBuf>,
+    /// Events per pass (the seeded synthetic mix).
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Measured passes (the median is reported), after one warm-up pass.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// The rsigma CLI to run on the same events and rules afterwards.
+    #[arg(long, value_name = "BIN")]
+    rsigma: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct AlertLatencyArgs {
+    /// Process starts measured.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// The agent's collection_interval_ms (how long a batch stays open).
+    #[arg(long, default_value_t = 5000)]
+    interval_ms: u64,
+    /// Sigma rule files or directories loaded besides the built-in rules.
+    #[arg(long = "rules", value_name = "PATH")]
+    rules: Vec<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" | "true" => Ok(true),
@@ -215,6 +256,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Pipeline(a) => pipeline_runs(a),
         BenchCommand::Startup(a) => startup(a),
         BenchCommand::Scale(a) => scale(a),
+        BenchCommand::Detect(a) => detect_bench(a),
+        BenchCommand::AlertLatency(a) => alert_latency(a),
         BenchCommand::HoldClients { port, count } => hold_clients(port, count),
     }?;
     Ok(ExitCode::SUCCESS)
@@ -335,7 +378,8 @@ fn captured(data_dir: &Path, watched: &Path, port: u16) -> anyhow::Result<Captur
         for line in std::io::BufRead::lines(open_batch_reader(&path)?) {
             let v: serde_json::Value = serde_json::from_str(&line?)?;
             // An alert repeats the action and fields of the event it is
-            // about: counting it would capture the workload twice.
+            // about (the workload's program runs from a temp dir, which a
+            // built-in rule flags): counting it would capture it twice.
             if v["event"]["kind"] == "alert" {
                 c.alerts += 1;
                 continue;
@@ -845,6 +889,141 @@ fn scale(a: ScaleArgs) -> anyhow::Result<()> {
         out(format_args!(
             "  watch of {} directories set up {ms:.0} ms after spawn\n",
             a.count.div_ceil(100)
+        ))?;
+    }
+    Ok(())
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn detect_bench(a: DetectArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let events = detect::events(a.events);
+    // One warm-up pass (caches, the allocator's pools), then the measured.
+    let report = detect::run(&events, &a.rules, a.runs + 1)?;
+    let measured = detect::DetectReport {
+        passes: report.passes[1..].to_vec(),
+        events: report.events,
+        rules_loaded: report.rules_loaded,
+        rules_skipped: report.rules_skipped,
+        matches: report.matches,
+    };
+    let rates = measured.rates();
+    out(format_args!(
+        "detection stage: {} events (seeded mix: 30% process, 50% file, 20% network), \
+         {} rules loaded, {} skipped; the warm-up pass raised {} alerts (the measured \
+         ones are mostly repeats, suppressed as by default)\n",
+        measured.events, measured.rules_loaded, measured.rules_skipped, report.passes[0].alerts
+    ))?;
+    out(format_args!(
+        "{:>6} {:>12} {:>12} {:>14} {:>8}\n",
+        "pass", "cpu_ms", "wall_ms", "events/s(cpu)", "alerts"
+    ))?;
+    for (i, p) in measured.passes.iter().enumerate() {
+        out(format_args!(
+            "{:>6} {:>12.1} {:>12.1} {:>14.0} {:>8}\n",
+            i + 1,
+            p.cpu.as_secs_f64() * 1e3,
+            p.wall.as_secs_f64() * 1e3,
+            measured.events as f64 / p.cpu.as_secs_f64().max(1e-9),
+            p.alerts
+        ))?;
+    }
+    let med = median(&rates);
+    out(format_args!(
+        "rule matches in one pass, before suppression: {}\n",
+        measured.matches
+    ))?;
+    out(format_args!(
+        "median: {med:.0} events/s per core ({:.2} us/event)\n",
+        1e6 / med.max(1e-9)
+    ))?;
+    if let Some(bin) = &a.rsigma {
+        let x = detect::export(&events, &a.rules, &work.path)?;
+        let r = detect::rsigma(bin, &x, &work.path)?;
+        let one = detect::rsigma(bin, &detect::first_event_only(&x, &work.path)?, &work.path)?;
+        let cpu_of =
+            |r: &detect::RsigmaRun| r.time.user_s.unwrap_or(0.0) + r.time.sys_s.unwrap_or(0.0);
+        let (cpu, fixed) = (cpu_of(&r), cpu_of(&one));
+        out(format_args!("rsigma: {}\n", r.command))?;
+        out(format_args!(
+            "rsigma: wall {:.2} s, cpu {:.2} s (user {:.2}, sys {:.2}), max RSS {} kB, {} matches\n",
+            r.wall.as_secs_f64(),
+            cpu,
+            r.time.user_s.unwrap_or(0.0),
+            r.time.sys_s.unwrap_or(0.0),
+            r.time.max_rss_kb.unwrap_or(0),
+            r.matches,
+        ))?;
+        out(format_args!(
+            "rsigma on the first event only (loading the rules): wall {:.2} s, cpu {:.2} s\n",
+            one.wall.as_secs_f64(),
+            fixed
+        ))?;
+        let net = (cpu - fixed).max(1e-9);
+        let rs = measured.events as f64 / net;
+        out(format_args!(
+            "rsigma: {rs:.0} events/s of cpu net of loading ({:.0} with it); the stage: {med:.0}; \
+             ratio stage/rsigma {:.2} (rsigma also reads and parses the JSON)\n",
+            measured.events as f64 / cpu.max(1e-9),
+            med / rs.max(1e-9)
+        ))?;
+    }
+    Ok(())
+}
+
+fn alert_latency(a: AlertLatencyArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let mut c = agent_config(ConfigSource::default(), &work, None)?;
+    c.collectors.process_monitor.enabled = true;
+    c.collectors.process_monitor.source = edr_config::ProcessSource::Event;
+    c.agent.collection_interval_ms = a.interval_ms;
+    c.detection.enabled = true;
+    c.detection.rule_paths = a.rules.iter().map(|p| p.display().to_string()).collect();
+    // Each run is the same rule on the same program and parent: without
+    // this, every run after the first would be one suppressed repeat.
+    c.detection.suppress_window_ms = 0;
+    let timeout = Duration::from_millis(a.interval_ms) * 3 + Duration::from_secs(10);
+    let lat = detect::latency(&c, &work.path, a.runs, timeout)?;
+    let mut stored: Vec<f64> = lat.iter().map(|l| l.0.as_secs_f64() * 1e3).collect();
+    let mut read: Vec<f64> = lat.iter().map(|l| l.1.as_secs_f64() * 1e3).collect();
+    stored.sort_by(f64::total_cmp);
+    read.sort_by(f64::total_cmp);
+    out(format_args!(
+        "alert latency over {} process starts (collection_interval_ms {}):\n",
+        lat.len(),
+        a.interval_ms
+    ))?;
+    out(format_args!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10}\n",
+        "", "median_ms", "p99_ms", "min_ms", "max_ms"
+    ))?;
+    for (name, v) in [
+        ("start -> batch file written", &stored),
+        ("start -> read by the bench", &read),
+    ] {
+        out(format_args!(
+            "{:<28} {:>10.0} {:>10.0} {:>10.0} {:>10.0}\n",
+            name,
+            median(v),
+            quantile(v, 0.99),
+            v.first().copied().unwrap_or(0.0),
+            v.last().copied().unwrap_or(0.0)
         ))?;
     }
     Ok(())

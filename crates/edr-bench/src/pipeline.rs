@@ -90,7 +90,7 @@ fn config(run: &PipelineRun, data_dir: &Path) -> Config {
 }
 
 /// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     // SAFETY: all-zero is a valid timespec, filled in by the call.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `ts` is valid for writes for the call.
