@@ -366,7 +366,7 @@ fn the_tray_says_when_the_engine_is_not_running() {
 #[test]
 fn a_detection_alert_is_notified_and_marked_in_the_menu_until_the_alerts_view_opens() {
     let _turn = one_app_at_a_time();
-    let fx = Fixture::new(1000, 5000);
+    let fx = Fixture::detecting(1000, 5000);
     let conn = session_bus();
     let mut app = App::launch(&fx, &["--minimized"], &[]);
     let menu = tray_of(&conn, &app);

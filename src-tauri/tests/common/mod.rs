@@ -50,14 +50,28 @@ pub struct Fixture {
 impl Fixture {
     /// A config batching `batch` events or `interval_ms`, watching a temp
     /// folder and storing into a temp data dir. Hashing is off to spare
-    /// the test machine; process and network collectors stay on.
+    /// the test machine; process and network collectors stay on. Detection
+    /// is off: an alert raised by some other process on the machine (a
+    /// detection test running beside this one) is written out at once, in
+    /// a batch of its own, and would change the batch shapes these tests
+    /// assert.
     pub fn new(batch: u32, interval_ms: u64) -> Fixture {
+        Fixture::config(batch, interval_ms, false)
+    }
+
+    /// [`Fixture::new`] with detection on (the default rules).
+    pub fn detecting(batch: u32, interval_ms: u64) -> Fixture {
+        Fixture::config(batch, interval_ms, true)
+    }
+
+    fn config(batch: u32, interval_ms: u64, detection: bool) -> Fixture {
         Fixture::with(|data, watch| {
             format!(
                 "agent:\n  max_events_per_batch: {batch}\n  collection_interval_ms: {interval_ms}\n\
                  collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
                  file_monitor:\n    watch_paths: [\"{watch}\"]\n    calculate_hashes: false\n\
-                 storage:\n  local_storage:\n    data_dir: \"{data}\"\n"
+                 storage:\n  local_storage:\n    data_dir: \"{data}\"\n\
+                 detection:\n  enabled: {detection}\n"
             )
         })
     }
