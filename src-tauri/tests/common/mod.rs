@@ -60,6 +60,7 @@ impl Fixture {
     }
 
     /// [`Fixture::new`] with detection on (the default rules).
+    #[allow(dead_code)] // the tray tests use it, the e2e tests do not
     pub fn detecting(batch: u32, interval_ms: u64) -> Fixture {
         Fixture::config(batch, interval_ms, true)
     }
