@@ -425,16 +425,7 @@ impl DetectionStage {
         let Some(p) = e.process.as_deref() else {
             return Vec::new();
         };
-        self.lineage
-            .ancestry(p.pid, MAX_ANCESTORS)
-            .into_iter()
-            .map(|a| AlertAncestor {
-                pid: a.pid,
-                executable: a.executable,
-                command_line: a.command_line,
-                entity_id: a.entity_id,
-            })
-            .collect()
+        self.lineage.ancestry(p.pid, MAX_ANCESTORS)
     }
 
     fn prune(&mut self, now: Instant) {

@@ -27,17 +27,10 @@ pub const MAX_ANCESTORS: usize = 8;
 /// get (the full line is in the parent's own start event).
 pub const COMMAND_LINE_KEPT: usize = 2048;
 
-/// One process above the one an alert is about.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Ancestor {
-    pub pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub executable: Option<String>,
-    /// At most [`COMMAND_LINE_KEPT`] bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command_line: Option<String>,
-    pub entity_id: String,
-}
+/// One process above the one an alert is about (the alert's own type:
+/// the table fills it as the alert stores it). Its command line is at most
+/// [`COMMAND_LINE_KEPT`] bytes.
+pub use edr_model::event::AlertAncestor as Ancestor;
 
 #[derive(Debug)]
 struct Entry {
