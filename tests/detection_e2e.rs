@@ -11,11 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::root::require_root;
-use common::{read_events, test_config, wait_for_async};
+use common::{read_events, start_engine, test_config, wait_for_async, wait_process_source};
 use edr_config::ProcessSource;
-use edr_engine::{EngineHandle, EngineOptions};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 struct Expect {
     /// `None`: any built-in rule (the built-in set may change).
@@ -82,18 +80,8 @@ async fn a_base64_decode_into_a_shell_raises_its_alerts() {
     c.detection.enabled = true;
     c.detection.rule_paths = vec![sigma.display().to_string()];
     let data = c.data_dir();
-    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
-        .expect("engine starts");
-    wait_for_async(Duration::from_secs(10), || {
-        engine
-            .snapshot()
-            .coverage
-            .process_source
-            .is_some()
-            .then_some(())
-    })
-    .await
-    .expect("the process collector reports its source");
+    let engine = start_engine(c);
+    wait_process_source(&engine).await;
     let status = engine.snapshot().detection;
     assert!(status.enabled);
     assert!(status.rules_loaded > 100, "{status:?}");
@@ -242,8 +230,7 @@ async fn a_watched_file_write_raises_a_file_rule() {
     c.detection.rule_paths = vec![rules.display().to_string()];
     let data = c.data_dir();
     let watched = common::watched(dir.path());
-    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
-        .expect("engine starts");
+    let engine = start_engine(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let target = watched.join("dropped-canary.sh");
     std::fs::write(&target, b"#!/bin/sh\n").expect("write file");
@@ -296,8 +283,7 @@ async fn an_outbound_connection_raises_a_network_rule() {
     c.detection.builtin_rules = false;
     c.detection.rule_paths = vec![rules.display().to_string()];
     let data = c.data_dir();
-    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
-        .expect("engine starts");
+    let engine = start_engine(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let (mut server, _) = listener.accept().expect("accept");

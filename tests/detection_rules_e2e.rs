@@ -21,11 +21,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::root::require_root;
-use common::{read_events, test_config, wait_for_async};
+use common::{read_events, start_engine, test_config, wait_for_async, wait_process_source};
 use edr_config::{Config, DetectionException, ProcessSource};
-use edr_engine::{EngineHandle, EngineOptions};
+use edr_engine::EngineHandle;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 const PROJECT: &str = "edr-agent project";
 
@@ -58,20 +57,8 @@ async fn start(dir: &Path, exceptions: Vec<DetectionException>) -> (EngineHandle
     c.detection.rule_paths = vec![sigma_linux().display().to_string()];
     c.detection.exceptions = exceptions;
     let data = c.data_dir();
-    let engine = EngineHandle::start(c, EngineOptions::default(), CancellationToken::new())
-        .expect("engine starts");
-    // The collector reports its source once the kernel subscription is up;
-    // 10 s is far beyond the few ms this takes, for a loaded CI machine.
-    wait_for_async(Duration::from_secs(10), || {
-        engine
-            .snapshot()
-            .coverage
-            .process_source
-            .is_some()
-            .then_some(())
-    })
-    .await
-    .expect("the process collector reports its source");
+    let engine = start_engine(c);
+    wait_process_source(&engine).await;
     let status = engine.snapshot().detection;
     assert!(status.enabled, "{status:?}");
     // 100 built-in rules plus SigmaHQ's Linux ones that load.

@@ -148,6 +148,25 @@ pub async fn wait_watching(engine: &edr_engine::EngineHandle) {
     assert!(ok.is_some(), "watch never set up");
 }
 
+/// Waits until the process collector reports its source: the kernel
+/// subscription (or the fallback) is up. It takes a few ms; 10 s is the
+/// margin for a loaded CI machine.
+pub async fn wait_process_source(engine: &edr_engine::EngineHandle) {
+    let ok = wait_for_async(Duration::from_secs(10), || {
+        engine
+            .snapshot()
+            .coverage
+            .process_source
+            .is_some()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "the process collector never reported its source"
+    );
+}
+
 /// Waits until the file collector has stopped (its coverage is cleared).
 pub async fn wait_not_watching(engine: &edr_engine::EngineHandle) {
     let ok = wait_for_async(Duration::from_secs(10), || {
