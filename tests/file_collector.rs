@@ -9,13 +9,12 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edr_collect::{file, Coverage};
 use edr_config::FileMonitorConfig;
-use edr_model::event::Event;
 use edr_pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -26,7 +25,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 struct Collector {
     rt: tokio::runtime::Runtime,
     task: Option<tokio::task::JoinHandle<()>>,
-    rx: Receiver<Event>,
+    rx: edr_pipeline::EventRx,
     counters: Arc<Counters>,
     coverage: Arc<Mutex<Coverage>>,
     cancel: CancellationToken,

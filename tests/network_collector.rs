@@ -6,13 +6,11 @@ mod common;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edr_collect::{network, Coverage};
 use edr_config::NetworkMonitorConfig;
-use edr_model::event::Event;
 use edr_pipeline::Counters;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 struct Collector {
     rt: tokio::runtime::Runtime,
-    rx: Receiver<Event>,
+    rx: edr_pipeline::EventRx,
     cancel: CancellationToken,
     coverage: Arc<Mutex<Coverage>>,
     counters: Arc<Counters>,

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +28,7 @@ const INVENTORY_DEADLINE: Duration = Duration::from_secs(60);
 struct Running {
     rt: tokio::runtime::Runtime,
     task: tokio::task::JoinHandle<()>,
-    rx: Receiver<Event>,
+    rx: edr_pipeline::EventRx,
     cancel: CancellationToken,
     coverage: Arc<Mutex<Coverage>>,
     counters: Arc<Counters>,

@@ -115,7 +115,7 @@ pub fn str_field<'a>(event: &'a serde_json::Value, path: &str) -> Option<&'a str
 /// context to hand the collector.
 pub struct Harness {
     pub rt: tokio::runtime::Runtime,
-    pub rx: std::sync::mpsc::Receiver<edr_model::event::Event>,
+    pub rx: edr_pipeline::EventRx,
     pub ctx: edr_collect::CollectorContext,
 }
 

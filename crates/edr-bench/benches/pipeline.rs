@@ -27,7 +27,7 @@ use edr_config::{Config, FiltersConfig};
 use edr_engine::pipeline::Pipeline;
 use edr_model::event::{Event, Origin, Timestamp};
 use edr_pipeline::filter::Filter;
-use edr_pipeline::{Counters, QUEUE_CAPACITY};
+use edr_pipeline::{Counters, EventRx, QUEUE_CAPACITY};
 use edr_store::writer::WriterShared;
 use edr_store::{Codec, Store};
 use flate2::write::GzEncoder;
@@ -281,7 +281,7 @@ fn batcher(c: &mut Criterion) {
                     let (_keep, rx_cfg) = tokio::sync::watch::channel(Arc::new(cfg));
                     let (tx, rx) = sync_channel(QUEUE_CAPACITY);
                     let pipeline = Pipeline::new(
-                        rx,
+                        EventRx::from(rx),
                         Store::open(dir.path()).expect("store"),
                         rx_cfg,
                         Counters::new(),
@@ -295,7 +295,7 @@ fn batcher(c: &mut Criterion) {
                         thread_cpu() - before
                     });
                     for i in 0..n {
-                        tx.send(pool[i as usize % pool.len()].clone())
+                        tx.send(Box::new(pool[i as usize % pool.len()].clone()))
                             .expect("send");
                     }
                     drop(tx);

@@ -20,14 +20,12 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edr_collect::{file, network, process, CollectorContext, Coverage};
 use edr_config::{FileMonitorConfig, NetworkMonitorConfig, ProcessMonitorConfig};
-use edr_model::event::Event;
 use edr_pipeline::QUEUE_CAPACITY;
 use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
@@ -73,7 +71,7 @@ fn process_cpu() -> Duration {
 struct Running {
     rt: tokio::runtime::Runtime,
     cancel: CancellationToken,
-    rx: Receiver<Event>,
+    rx: edr_pipeline::EventRx,
     coverage: Arc<Mutex<Coverage>>,
 }
 

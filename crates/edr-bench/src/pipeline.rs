@@ -13,7 +13,7 @@ use edr_bench::workload::SyntheticEvents;
 use edr_config::{Compression, Config};
 use edr_engine::pipeline::Pipeline;
 use edr_model::event::{Event, Origin};
-use edr_pipeline::{Counters, QUEUE_CAPACITY};
+use edr_pipeline::{Counters, EventRx, QUEUE_CAPACITY};
 use edr_store::writer::WriterShared;
 use edr_store::Store;
 
@@ -108,7 +108,7 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
     let store = Store::open(&data)?;
     let counters = Counters::new();
     let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(cfg));
-    let (tx, rx) = sync_channel::<Event>(QUEUE_CAPACITY);
+    let (tx, rx) = sync_channel::<Box<Event>>(QUEUE_CAPACITY);
     let pool = SyntheticEvents::new(Origin::detect(), 42).take(POOL);
     // As fast as it goes: the events are built before the clock starts, so
     // the producer's allocations do not compete with the batcher's frees.
@@ -120,7 +120,7 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
             .collect()
     };
     let pipeline = Pipeline::new(
-        rx,
+        EventRx::from(rx),
         store,
         config_rx,
         Arc::clone(&counters),
@@ -139,7 +139,10 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
         while Instant::now() < end {
             let due = (started.elapsed().as_secs_f64() * r.rate) as u64;
             while offered < due {
-                if tx.send(pool[offered as usize % POOL].clone()).is_err() {
+                if tx
+                    .send(Box::new(pool[offered as usize % POOL].clone()))
+                    .is_err()
+                {
                     break;
                 }
                 offered += 1;
@@ -148,7 +151,7 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
         }
     } else {
         for e in prebuilt {
-            if tx.send(e).is_err() {
+            if tx.send(Box::new(e)).is_err() {
                 break;
             }
             offered += 1;

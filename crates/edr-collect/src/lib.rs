@@ -8,14 +8,13 @@
 //!
 //! [`Event`]: edr_model::event::Event
 
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use edr_model::capture::ProcessCapture;
-use edr_model::event::{Event, Origin};
+use edr_model::event::Origin;
 use edr_pipeline::{Counters, EventTx};
 
 pub mod adaptive;
@@ -40,7 +39,7 @@ impl CollectorContext {
     /// benchmarks): a queue of `capacity` events whose receiving end is
     /// returned, fresh counters shared by the queue and the collector, a
     /// token of its own.
-    pub fn standalone(capacity: usize) -> (CollectorContext, Receiver<Event>) {
+    pub fn standalone(capacity: usize) -> (CollectorContext, edr_pipeline::EventRx) {
         let counters = Counters::new();
         let (tx, rx) = edr_pipeline::channel(capacity, Arc::clone(&counters));
         let ctx = CollectorContext {

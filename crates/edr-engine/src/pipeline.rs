@@ -12,7 +12,7 @@
 //! two events; nothing queued is lost to it.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use edr_config::Config;
 use edr_detect::{DetectionShared, DetectionStage};
 use edr_model::event::Event;
 use edr_pipeline::stage::{Chain, FilterStage, Item, Stage, Verdict};
-use edr_pipeline::Counters;
+use edr_pipeline::{Counters, EventRx};
 use edr_store::sink::SinkLink;
 use edr_store::writer::{BatchWriter, WriterShared};
 use edr_store::Store;
@@ -38,7 +38,7 @@ const ALERT_FLUSH_MIN: Duration = Duration::from_millis(100);
 
 /// The stages, the writer and the queue they drain.
 pub struct Pipeline {
-    rx: Receiver<Event>,
+    rx: EventRx,
     config: watch::Receiver<Arc<Config>>,
     chain: Chain,
     writer: BatchWriter,
@@ -58,7 +58,7 @@ impl Pipeline {
     /// in the chain so `detection.enabled` can be switched live; disabled,
     /// it passes events through untouched.
     pub fn new(
-        rx: Receiver<Event>,
+        rx: EventRx,
         store: Store,
         mut config: watch::Receiver<Arc<Config>>,
         counters: Arc<Counters>,

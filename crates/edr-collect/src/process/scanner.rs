@@ -325,7 +325,7 @@ mod tests {
         scanner: Scanner,
         live: Tracker<LiveProcess>,
         emit: Emitter,
-        rx: std::sync::mpsc::Receiver<Event>,
+        rx: edr_pipeline::EventRx,
     }
 
     impl Harness {

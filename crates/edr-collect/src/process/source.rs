@@ -419,7 +419,6 @@ fn apply_image(rec: &mut LiveProcess, x: &Exec) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::Receiver;
     use std::sync::Arc;
 
     use super::*;
@@ -432,7 +431,7 @@ mod tests {
         side: EventSide,
         live: Tracker<LiveProcess>,
         emit: Emitter,
-        rx: Receiver<Event>,
+        rx: edr_pipeline::EventRx,
         now: Instant,
     }
 
