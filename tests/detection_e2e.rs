@@ -142,6 +142,23 @@ async fn a_base64_decode_into_a_shell_raises_its_alerts() {
         assert!(a["edr"]["alert"]["matched_fields"].is_object());
     }
     assert!(snapshot.alerts_raised >= 3, "{snapshot:?}");
+    // The metrics history (flushed at shutdown) has the detection totals
+    // of the last second's sample.
+    let rows = edr_metrics::read_history(&data, edr_model::Timestamp(0));
+    let last = rows
+        .iter()
+        .rev()
+        .find_map(|r| r.detection)
+        .unwrap_or_else(|| {
+            panic!(
+                "no history row with detection totals in {} rows",
+                rows.len()
+            )
+        });
+    assert!(
+        last.events_evaluated > 0 && last.alerts_raised >= 3,
+        "{last:?}"
+    );
     // The shell's alert names who started it: this test process.
     let sh_alert = alerts
         .iter()

@@ -177,7 +177,7 @@ fn report_skips_a_corrupt_metrics_day_with_a_warning() {
             rss_bytes: 9 << 20,
             ..MetricsSample::default()
         };
-        w.push(&s).expect("push");
+        w.push(&s, None).expect("push");
     }
     w.flush().expect("flush");
     // Yesterday's file is garbage; today's ends in a torn member.

@@ -37,7 +37,7 @@ fn write_history(data_dir: &Path, minutes: u64, ago_ms: u64) {
             storage_used_bytes: 120 * MIB + stored,
             ..MetricsSample::default()
         };
-        w.push(&s).expect("push sample");
+        w.push(&s, None).expect("push sample");
         if i % 60 == 59 {
             w.flush().expect("flush history");
         }

@@ -89,6 +89,12 @@ impl DetectionShared {
         Arc::new(DetectionShared::default())
     }
 
+    /// Whether the stage evaluates events (false: `detection.enabled` off,
+    /// or no rule loaded yet).
+    pub fn enabled(&self) -> bool {
+        lock(&self.state).enabled
+    }
+
     pub fn status(&self) -> DetectionStatus {
         let s = &self.stats;
         let state = lock(&self.state);

@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 use edr_collect::{self as collectors, CollectorContext, Coverage};
 use edr_config::{Config, ConfigError, ConfigSource, FieldError};
 use edr_metrics::{
-    Alert, AlertChange, AlertInputs, Alerts, HistoryWriter, MemoryTrim, MetricsSample, Sampler,
+    Alert, AlertChange, AlertInputs, Alerts, DetectionTotals, HistoryWriter, MemoryTrim,
+    MetricsSample, Sampler,
 };
 use edr_model::event::{EventType, Origin, Timestamp};
 use edr_pipeline::{Counters, QUEUE_CAPACITY};
@@ -840,7 +841,7 @@ fn sample_loop(
         let cfg = Arc::clone(&config.borrow());
         let sample = sample_once(&shared, &cfg);
         trim.tick(sample.rss_bytes);
-        if let Err(e) = history.push(&sample) {
+        if let Err(e) = history.push(&sample, detection_totals(&shared)) {
             tracing::debug!(error = %e, "metrics history");
         }
         since_flush += 1;
@@ -866,6 +867,25 @@ fn sample_loop(
         }
     }
     lock
+}
+
+fn detection_totals(shared: &Shared) -> Option<DetectionTotals> {
+    let detection = lock(&shared.detection).clone()?;
+    if !detection.enabled() {
+        return None;
+    }
+    let s = &detection.stats;
+    let evaluated = s.events_evaluated.load(Relaxed);
+    Some(DetectionTotals {
+        events_evaluated: evaluated,
+        alerts_raised: s.alerts_raised.load(Relaxed),
+        alerts_suppressed: s.alerts_suppressed.load(Relaxed),
+        eval_ns_mean: s
+            .eval_ns_total
+            .load(Relaxed)
+            .checked_div(evaluated)
+            .unwrap_or(0),
+    })
 }
 
 fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {

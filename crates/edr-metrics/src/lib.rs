@@ -520,9 +520,21 @@ impl Alerts {
 pub const METRICS_DIR: &str = "metrics";
 /// Columns are only ever appended, so older files (with fewer columns)
 /// stay readable.
-const HISTORY_HEADER: &str = "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms,process_capture\n";
+const HISTORY_HEADER: &str = "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms,process_capture,detect_evaluated,detect_alerts_raised,detect_alerts_suppressed,detect_eval_ns_mean\n";
 /// Columns of the first history format.
 const HISTORY_COLUMNS_V1: usize = 14;
+
+/// The detection stage's totals since start, for the history. Not kept in
+/// the in-memory ring (the charts do not plot them), so the hour of samples
+/// the ring holds does not grow with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DetectionTotals {
+    pub events_evaluated: u64,
+    pub alerts_raised: u64,
+    pub alerts_suppressed: u64,
+    /// Mean evaluation time per event since start, in nanoseconds.
+    pub eval_ns_mean: u64,
+}
 
 /// Appends samples to `<data_dir>/metrics/YYYY-MM-DD.csv.gz`, one gzip
 /// member per flush. Concatenated members are a valid gzip stream (zcat
@@ -544,14 +556,19 @@ impl HistoryWriter {
     }
 
     /// Buffers a sample; a new day flushes the previous day's lines first.
-    pub fn push(&mut self, s: &MetricsSample) -> io::Result<()> {
+    /// `detection` is None with detection off (its columns are left empty).
+    pub fn push(
+        &mut self,
+        s: &MetricsSample,
+        detection: Option<DetectionTotals>,
+    ) -> io::Result<()> {
         let day = s.ts.day();
         if self.pending_day.as_deref().is_some_and(|d| d != day) {
             self.flush()?;
         }
         self.pending_day = Some(day);
         use std::fmt::Write as _;
-        let _ = writeln!(
+        let _ = write!(
             self.pending,
             "{},{},{},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{:.0},{:.2},{}",
             s.ts.as_millis(),
@@ -572,6 +589,16 @@ impl HistoryWriter {
                 .map(ProcessCapture::as_str)
                 .unwrap_or_default(),
         );
+        match detection {
+            Some(d) => {
+                let _ = writeln!(
+                    self.pending,
+                    ",{},{},{},{}",
+                    d.events_evaluated, d.alerts_raised, d.alerts_suppressed, d.eval_ns_mean
+                );
+            }
+            None => self.pending.push_str(",,,,\n"),
+        }
         Ok(())
     }
 
@@ -650,6 +677,9 @@ pub struct HistoryRow {
     /// None in rows written before the column existed, or with the process
     /// collector off.
     pub process_capture: Option<ProcessCapture>,
+    /// None in rows written before the columns existed, or with detection
+    /// off.
+    pub detection: Option<DetectionTotals>,
 }
 
 impl HistoryRow {
@@ -672,6 +702,14 @@ impl HistoryRow {
             growth_per_day: f[12].parse().ok()?,
             batch_latency_ms: f[13].parse().ok()?,
             process_capture: f.get(14).and_then(|c| ProcessCapture::parse(c)),
+            detection: (|| {
+                Some(DetectionTotals {
+                    events_evaluated: f.get(15)?.parse().ok()?,
+                    alerts_raised: f.get(16)?.parse().ok()?,
+                    alerts_suppressed: f.get(17)?.parse().ok()?,
+                    eval_ns_mean: f.get(18)?.parse().ok()?,
+                })
+            })(),
         })
     }
 }
@@ -811,7 +849,7 @@ mod tests {
         let mut w = HistoryWriter::new(dir.path());
         let t0 = Timestamp::now().as_millis();
         for i in 0..3 {
-            w.push(&sample(t0 + i * 1000, 5, 1.5)).expect("push");
+            w.push(&sample(t0 + i * 1000, 5, 1.5), None).expect("push");
             w.flush().expect("flush");
         }
         let rows = read_history(dir.path(), Timestamp(t0 - 1));
@@ -821,7 +859,7 @@ mod tests {
     }
 
     #[test]
-    fn history_records_how_processes_were_captured() {
+    fn history_records_how_processes_were_captured_and_detection_totals() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = HistoryWriter::new(dir.path());
         let t0 = Timestamp::now().as_millis();
@@ -837,10 +875,31 @@ mod tests {
                 process_capture: capture,
                 ..sample(t0 + i as u64 * 1000, 5, 1.0)
             };
-            w.push(&s).expect("push");
+            // Detection on in the first two samples, off in the last.
+            let detection = (i < 2).then_some(DetectionTotals {
+                events_evaluated: 1000 + i as u64,
+                alerts_raised: 3,
+                alerts_suppressed: 7,
+                eval_ns_mean: 1300,
+            });
+            w.push(&s, detection).expect("push");
         }
         w.flush().expect("flush");
         let rows = read_history(dir.path(), Timestamp(t0 - 1));
+        let evaluated: Vec<_> = rows
+            .iter()
+            .map(|r| r.detection.map(|d| d.events_evaluated))
+            .collect();
+        assert_eq!(evaluated, [Some(1000), Some(1001), None]);
+        assert_eq!(
+            rows[0].detection,
+            Some(DetectionTotals {
+                events_evaluated: 1000,
+                alerts_raised: 3,
+                alerts_suppressed: 7,
+                eval_ns_mean: 1300
+            })
+        );
         let captures: Vec<_> = rows.iter().map(|r| r.process_capture).collect();
         assert_eq!(
             captures,
@@ -875,10 +934,12 @@ mod tests {
             process_capture: Some(ProcessCapture::Event),
             ..sample(t0 + 1000, 3, 1.0)
         };
-        w.push(&s).expect("push");
+        w.push(&s, Some(DetectionTotals::default())).expect("push");
         w.flush().expect("flush");
         let rows = read_history(dir.path(), Timestamp(t0 - 1));
         assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].detection, None);
+        assert_eq!(rows[1].detection, Some(DetectionTotals::default()));
         assert_eq!(rows[0].rss_bytes, 1_048_576);
         assert_eq!(rows[0].process_capture, None);
         assert_eq!(rows[1].process_capture, Some(ProcessCapture::Event));
