@@ -240,7 +240,7 @@ function renderDetections(d) {
   badge.classList.toggle('hidden', d.unseen === 0);
   $('tab-alerts').title = d.unseen > 0 ? `${d.unseen} unseen` : '';
   const n = (x) => x.toLocaleString('en-US');
-  $('detection-stats').textContent = `${n(d.rulesLoaded)} rules · ${n(d.raised)} raised · ${n(d.suppressed)} repeats folded · ${n(d.excepted)} excepted`;
+  $('detection-stats').textContent = `${n(d.rulesLoaded)} rules · ${n(d.evaluated)} events checked (${d.evalUsMean.toFixed(1)} µs each) · ${n(d.raised)} raised · ${n(d.suppressed)} repeats folded · ${n(d.excepted)} excepted`;
   const box = $('alert-items');
   box.dataset.excepted = String(d.excepted);
   if (fresh.length === 0 && box.childElementCount === ui.alerts.length) return;

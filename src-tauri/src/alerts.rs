@@ -58,6 +58,9 @@ pub struct DetectionsView {
     pub suppressed: u64,
     /// Matches an exception turned away.
     pub excepted: u64,
+    pub evaluated: u64,
+    /// Mean evaluation time per event since start, in microseconds.
+    pub eval_us_mean: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

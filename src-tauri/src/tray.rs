@@ -156,10 +156,29 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
         .map_or(0, |h| h.alerts(u64::MAX, 0).last_seq);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A detection alert wakes the loop at once: its notification should not
+    // wait for the next tick.
+    let mut raised: Option<tokio::sync::watch::Receiver<u64>> = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = wake.notified() => {}
+        if raised.is_none() {
+            raised = app
+                .state::<AppState>()
+                .handle()
+                .and_then(|h| h.alert_raised());
+        }
+        let engine_gone = tokio::select! {
+            _ = tick.tick() => false,
+            _ = wake.notified() => false,
+            ok = async {
+                match raised.as_mut() {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => !ok,
+        };
+        if engine_gone {
+            // The engine was replaced (settings applied): follow the new one.
+            raised = None;
         }
         let state = app.state::<AppState>();
         let engine = view::engine_view(&state);

@@ -280,6 +280,8 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
         raised: d.alerts_raised,
         suppressed: d.alerts_suppressed,
         excepted: d.alerts_excepted,
+        evaluated: d.events_evaluated,
+        eval_us_mean: d.eval_ns_mean as f64 / 1000.0,
     };
     DashboardView {
         engine,

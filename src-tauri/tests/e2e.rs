@@ -923,6 +923,14 @@ fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next()
         assert!(row.contains(BASE64_TITLE), "{row}");
         assert!(row.contains("bash"), "the program: {row}");
         assert!(row.to_lowercase().contains("high"), "the severity: {row}");
+        // The view's counters line: how much the stage checked, at what cost.
+        let stats = text(&c, "#detection-stats").await;
+        assert!(
+            stats.contains("events checked")
+                && stats.contains("µs each")
+                && stats.contains("raised"),
+            "{stats}"
+        );
 
         // The detail: the tree down to our shell, its command line, the
         // matched fields and the rule's own words.

@@ -134,6 +134,9 @@ struct Ring {
 pub struct AlertRing {
     ring: Mutex<Ring>,
     capacity: usize,
+    /// The newest alert's number, for clients that wait for the next alert
+    /// instead of polling for it (a notification within a second).
+    newest: tokio::sync::watch::Sender<u64>,
 }
 
 impl AlertRing {
@@ -144,7 +147,14 @@ impl AlertRing {
                 last_seq: 0,
             }),
             capacity,
+            newest: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes whenever an alert is recorded; its value is the newest
+    /// alert's number (as [`AlertsSince::last_seq`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.newest.subscribe()
     }
 
     /// The alerts numbered above `since_seq`, at most `limit` (the newest).
@@ -172,6 +182,9 @@ impl AlertRing {
             r.records.pop_front();
         }
         r.records.push_back(record);
+        let seq = r.last_seq;
+        drop(r);
+        self.newest.send_replace(seq);
     }
 }
 

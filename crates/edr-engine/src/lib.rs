@@ -405,6 +405,12 @@ impl EngineHandle {
             .unwrap_or_default()
     }
 
+    /// Changes when a detection alert is recorded (None without the alert
+    /// ring, i.e. with `recent_events` 0).
+    pub fn alert_raised(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.shared.alerts.as_ref().map(|r| r.subscribe())
+    }
+
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config_tx.borrow())
     }
