@@ -82,9 +82,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let engine = EngineHandle::start(config, opts, shutdown.clone())?;
         // Stopped before the engine: no request sees it half shut down.
         let api_stop = CancellationToken::new();
-        let api_task = api.map(|bound| {
-            tokio::spawn(edr_api::serve(bound, engine.clone(), api_stop.clone()))
-        });
+        let api_task =
+            api.map(|bound| tokio::spawn(edr_api::serve(bound, engine.clone(), api_stop.clone())));
         wait_for_signal().await?;
         tracing::info!("signal received, stopping");
         api_stop.cancel();

@@ -180,9 +180,13 @@ impl Client {
     /// Applies a partial config (any subset of the sections, as JSON);
     /// a refusal ([`ClientError::Refusal`]) names each refused key, and
     /// nothing was changed.
-    pub async fn set_config(&self, change: &serde_json::Value) -> Result<ConfigApplied, ClientError> {
+    pub async fn set_config(
+        &self,
+        change: &serde_json::Value,
+    ) -> Result<ConfigApplied, ClientError> {
         let body = serde_json::to_vec(change).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.call(Method::PUT, "/v1/config", Bytes::from(body)).await
+        self.call(Method::PUT, "/v1/config", Bytes::from(body))
+            .await
     }
 
     pub async fn pause(&self) -> Result<PauseState, ClientError> {
@@ -195,7 +199,10 @@ impl Client {
 
     /// The live stream: a snapshot every `interval`, and each new alert.
     pub async fn stream(&self, interval: Duration) -> Result<Stream, ClientError> {
-        let path = format!("/v1/stream?interval_ms={}", interval.as_millis().clamp(100, 60_000));
+        let path = format!(
+            "/v1/stream?interval_ms={}",
+            interval.as_millis().clamp(100, 60_000)
+        );
         let body = tokio::time::timeout(TIMEOUT, self.send(Method::GET, &path, Bytes::new()))
             .await
             .map_err(|_| ClientError::Timeout)??;

@@ -85,7 +85,11 @@ fn process_groups(pid: i32) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -171,7 +175,11 @@ mod tests {
             pid: None,
         });
         assert!(!nobody.authorized);
-        assert!(nobody.refusal().contains("`edr-agent`"), "{}", nobody.refusal());
+        assert!(
+            nobody.refusal().contains("`edr-agent`"),
+            "{}",
+            nobody.refusal()
+        );
     }
 
     #[test]

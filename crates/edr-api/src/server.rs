@@ -134,7 +134,13 @@ impl BoundSocket {
             .open(&lock_path)
             .map_err(io("open", &lock_path))?;
         // SAFETY: flock on an open descriptor we own.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
             return Err(ServeError::InUse {
                 path: path.to_path_buf(),
             });
@@ -244,8 +250,8 @@ pub async fn serve(
     let Some(std_listener) = bound.listener.take() else {
         return Ok(());
     };
-    let listener = tokio::net::UnixListener::from_std(std_listener)
-        .map_err(io("listen on", &bound.path))?;
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(io("listen on", &bound.path))?;
     let state = Arc::new(ApiState {
         engine,
         limiter: Mutex::new(Bucket {
@@ -284,7 +290,13 @@ pub async fn serve(
             },
         };
         let (allowed, refused) = (allowed.clone(), refused.clone());
-        tracker.spawn(connection(stream, allowed, refused, shutdown.clone(), permit));
+        tracker.spawn(connection(
+            stream,
+            allowed,
+            refused,
+            shutdown.clone(),
+            permit,
+        ));
     }
     drop(listener);
     tracker.close();
@@ -404,7 +416,10 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
         Ok(r) => r,
         Err(_) => error(
             StatusCode::REQUEST_TIMEOUT,
-            format!("the request was not complete within {} s", REQUEST_TIMEOUT.as_secs()),
+            format!(
+                "the request was not complete within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
         ),
     }
 }
@@ -591,7 +606,13 @@ async fn alerts(
     };
     let (since, limit) = match (
         number("since", q.since.as_deref(), 0, 0, u64::MAX),
-        number("limit", q.limit.as_deref(), ALERT_RING as u64, 1, ALERT_RING as u64),
+        number(
+            "limit",
+            q.limit.as_deref(),
+            ALERT_RING as u64,
+            1,
+            ALERT_RING as u64,
+        ),
     ) {
         (Ok(s), Ok(l)) => (s, l as usize),
         (Err(r), _) | (_, Err(r)) => return r,

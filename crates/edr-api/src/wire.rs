@@ -255,9 +255,7 @@ pub struct PauseState {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StreamItem {
     /// The engine's state, every `interval_ms`.
-    Snapshot {
-        snapshot: Box<edr_engine::Snapshot>,
-    },
+    Snapshot { snapshot: Box<edr_engine::Snapshot> },
     /// A detection alert, as soon as the next tick after it was raised.
     Alert { alert: Box<AlertRow> },
 }
