@@ -69,6 +69,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let api = bind_api(&config)?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Kept for options added later (other sources, sinks).
+        #[allow(clippy::needless_update)]
         let opts = EngineOptions {
             config_source: source,
             sinks,
