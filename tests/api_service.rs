@@ -496,3 +496,61 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken() {
     );
     assert_eq!(std::fs::read(&s.socket).unwrap(), b"not a socket");
 }
+
+#[test]
+fn garbage_and_silent_clients_get_answers_or_are_dropped_and_the_agent_lives() {
+    use std::io::{Read, Write};
+    let s = setup();
+    let mut agent = start(&s);
+
+    // Not HTTP at all: hyper answers 400 and closes.
+    let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    c.write_all(b"\x00\x01GARBAGE \xff\xfe\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = c.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A head larger than the server takes (16 KB): refused, not buffered.
+    let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = c.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A client that sends half a request and then nothing is dropped after
+    // the header timeout (10 s), instead of holding a connection forever.
+    let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+    c.write_all(b"GET /v1/status HTTP/1.1\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut answer = Vec::new();
+    let r = c.read_to_end(&mut answer);
+    assert!(
+        r.is_ok(),
+        "the server never closed the silent connection: {r:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    agent.assert_alive();
+    let (rc, code, body) = curl_as("root", &s.socket, "GET", "/v1/hello", None);
+    assert_eq!((rc, code), (0, 200), "{body}");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+}

@@ -108,8 +108,8 @@ RuntimeDirectoryMode=0755
 NoNewPrivileges=yes
 ProtectSystem=strict
 # The data dir, and the config file that settings changes over the API
-# are saved to.
-ReadWritePaths={DATA_DIR} {CONFIG_DIR}
+# are saved to (`-`: no config dir is not an error).
+ReadWritePaths={DATA_DIR} -{CONFIG_DIR}
 # Homes are watched and hashed, never written.
 ProtectHome=read-only
 ProtectKernelTunables=yes
