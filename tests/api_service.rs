@@ -554,3 +554,73 @@ fn garbage_and_silent_clients_get_answers_or_are_dropped_and_the_agent_lives() {
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A detection alert reaches a client twice: on the live stream (before
+/// the next snapshot) and in `GET /v1/alerts`, numbered.
+#[test]
+fn a_new_alert_arrives_on_the_stream_and_in_the_alerts() {
+    users();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let rules = root.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("canary.yml"),
+        "title: API Canary\nid: 5b1d2c3e-4f50-4a6b-8c7d-9e0f1a2b3c4d\nauthor: tester\n\
+         logsource:\n  product: linux\n  category: file_event\ndetection:\n  sel:\n    \
+         TargetFilename|endswith: /api-canary.sh\n  condition: sel\nlevel: high\n",
+    )
+    .unwrap();
+    let socket = root.join("run").join("api.sock");
+    let config = write_config(&root, |c| {
+        c.api.enabled = ApiEnabled::On;
+        c.api.socket = Some(socket.display().to_string());
+        c.detection.enabled = true;
+        c.detection.builtin_rules = false;
+        c.detection.rule_paths = vec![rules.display().to_string()];
+    });
+    let s = Setup {
+        _dir: dir,
+        root,
+        socket,
+        config,
+    };
+    let agent = start(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, _) = edr_api::Client::connect(&s.socket).await.unwrap();
+        let before = client.alerts(0).await.unwrap();
+        assert!(before.alerts.is_empty(), "{before:?}");
+        let mut stream = client.stream(Duration::from_millis(200)).await.unwrap();
+        std::fs::write(watched(&s.root).join("api-canary.sh"), b"#!/bin/sh\n").unwrap();
+        let alert = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream
+                    .next()
+                    .await
+                    .expect("the stream goes on")
+                    .expect("decodes")
+                {
+                    edr_api::wire::StreamItem::Alert { alert } => return alert,
+                    edr_api::wire::StreamItem::Snapshot { .. } => {}
+                }
+            }
+        })
+        .await
+        .expect("an alert on the stream");
+        assert_eq!(alert.rule_id, "5b1d2c3e-4f50-4a6b-8c7d-9e0f1a2b3c4d");
+        assert_eq!(alert.level, "high");
+        assert!(alert
+            .file_path
+            .as_deref()
+            .unwrap()
+            .ends_with("/api-canary.sh"));
+        let all = client.alerts(0).await.unwrap();
+        assert_eq!(all.alerts.len(), 1, "{all:?}");
+        assert_eq!(all.alerts[0].seq, alert.seq);
+        assert_eq!(all.last_seq, alert.seq);
+        assert!(client.alerts(all.last_seq).await.unwrap().alerts.is_empty());
+    });
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+}

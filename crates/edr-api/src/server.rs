@@ -221,10 +221,32 @@ impl Drop for BoundSocket {
     }
 }
 
-/// A token bucket over all connections.
+/// A token bucket over all connections: [`RATE_PER_S`], bursts of twice that.
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Bucket {
+        Bucket {
+            tokens: 2.0 * RATE_PER_S,
+            at: now,
+        }
+    }
+
+    /// Whether one more request is admitted at `now`.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * RATE_PER_S;
+        self.tokens = (self.tokens + refill).min(2.0 * RATE_PER_S);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct ApiState {
@@ -254,10 +276,7 @@ pub async fn serve(
         tokio::net::UnixListener::from_std(std_listener).map_err(io("listen on", &bound.path))?;
     let state = Arc::new(ApiState {
         engine,
-        limiter: Mutex::new(Bucket {
-            tokens: 2.0 * RATE_PER_S,
-            at: Instant::now(),
-        }),
+        limiter: Mutex::new(Bucket::new(Instant::now())),
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         config_change: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
@@ -393,19 +412,11 @@ fn refusal(status: StatusCode, message: impl Into<String>, fields: Vec<FieldRefu
 
 /// Rate and time limits of every request.
 async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let admitted = {
-        let mut b = state.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(b.at).as_secs_f64() * RATE_PER_S;
-        b.tokens = (b.tokens + refill).min(2.0 * RATE_PER_S);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    };
+    let admitted = state
+        .limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(Instant::now());
     if !admitted {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -815,4 +826,24 @@ async fn stream(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_admits_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0);
+        let burst = (2.0 * RATE_PER_S) as usize;
+        assert_eq!((0..burst * 2).filter(|_| b.take(t0)).count(), burst);
+        // A tenth of a second refills a tenth of the rate.
+        let later = t0 + Duration::from_millis(100);
+        let refilled = (RATE_PER_S / 10.0) as usize;
+        assert_eq!((0..burst).filter(|_| b.take(later)).count(), refilled);
+        // Long idle refills no more than a burst.
+        let much_later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..burst * 2).filter(|_| b.take(much_later)).count(), burst);
+    }
 }
