@@ -72,6 +72,15 @@ impl ClientError {
             ClientError::NotRunning { .. } | ClientError::Refused { .. } | ClientError::Timeout
         )
     }
+
+    /// Whether the service is there but this user may not use it (not in
+    /// the group): refused by the socket's mode or by the server (403).
+    pub fn is_not_authorized(&self) -> bool {
+        matches!(
+            self,
+            ClientError::PermissionDenied { .. } | ClientError::Refusal { status: 403, .. }
+        )
+    }
 }
 
 /// Query parameters of [`Client::events`].

@@ -23,7 +23,7 @@ pub struct Hello {
     pub pid: u32,
     /// How processes are captured now, e.g. `netlink proc connector`.
     pub process_source: Option<String>,
-    /// Whether process capture is event-driven (`events`) or polling.
+    /// Whether process capture is event-driven (`event`) or polling (`scan`).
     pub process_capture: Option<String>,
     /// What the process source implies (e.g. short processes missed).
     pub process_note: Option<String>,
