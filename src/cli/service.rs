@@ -121,10 +121,11 @@ LockPersonality=yes
 #  CAP_SYS_PTRACE       /proc/<pid>/exe, environ and fd of other users
 #                       (programs, and socket owners for sock_diag rows)
 #  CAP_DAC_READ_SEARCH  reading /proc and watched files of any user
+#  CAP_SYS_NICE         the process event reader's real-time priority
 #  CAP_CHOWN            giving the API socket to the group {API_GROUP}
 #  CAP_SYS_ADMIN        fanotify (the file source being added)
 #  CAP_BPF CAP_PERFMON  eBPF process and network sources (being added)
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_SYS_ADMIN CAP_BPF CAP_PERFMON
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_SYS_NICE CAP_CHOWN CAP_SYS_ADMIN CAP_BPF CAP_PERFMON
 
 [Install]
 WantedBy=multi-user.target
