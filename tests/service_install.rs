@@ -217,3 +217,111 @@ fn which(tool: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// The unit's capability bounding set is enough for what it promises: the
+/// agent, as root with only those capabilities and no new privileges (as
+/// systemd runs it), takes process events from the kernel, records the
+/// program of another user's short process, and gives its API socket to
+/// the group.
+#[test]
+fn the_units_capabilities_are_enough_for_capture() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::time::Duration;
+
+    use common::{read_events, str_field, test_config, wait_for};
+    use edr_model::capture::ProcessCapture;
+
+    require_root_because("the capability test", "it runs the agent as root");
+    let _ = Command::new("groupadd")
+        .args(["--system", "edr-agent"])
+        .output();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    user_database(root);
+    service(root, &["install"]);
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/edr-agent.service")).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds capabilities")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(caps.contains(&"+net_admin".to_string()), "{caps:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = work.path().join("run/api.sock");
+    let mut c = test_config(work.path());
+    c.collectors.process_monitor.enabled = true;
+    c.collectors.process_monitor.source = edr_config::ProcessSource::Event;
+    c.agent.collection_interval_ms = 200;
+    c.api.enabled = edr_config::ApiEnabled::On;
+    c.api.socket = Some(socket.display().to_string());
+    let config = work.path().join("config.yaml");
+    c.save(&config).unwrap();
+    let data = c.data_dir();
+
+    let agent = Command::new("setpriv")
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .args(["--inh-caps=-all", "--no-new-privs", "--"])
+        .arg(env!("CARGO_BIN_EXE_edr-agent"))
+        .args(["run", "--log", "warn", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let capture = wait_for(Duration::from_secs(20), || {
+        edr_engine::read_status(&data)
+            .filter(|s| s.running)
+            .and_then(|s| s.coverage.process_capture)
+    });
+    assert_eq!(
+        capture,
+        Some(ProcessCapture::Event),
+        "process events with the unit's capabilities"
+    );
+    let gid = edr_api::peer::group_gid("edr-agent").expect("group");
+    let socket_gid = wait_for(Duration::from_secs(10), || {
+        std::fs::metadata(&socket).ok().map(|m| m.gid())
+    });
+    assert_eq!(socket_gid, Some(gid), "the socket's group");
+
+    // Another user's short process, with its program.
+    let ran = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "/bin/sleep",
+            "0.4321",
+        ])
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    let seen = wait_for(Duration::from_secs(20), || {
+        read_events(&data).into_iter().find(|e| {
+            // setpriv execs sleep: the same process, a new program.
+            str_field(e, "event.action") == Some("process-exec")
+                && str_field(e, "process.executable").is_some_and(|x| x.ends_with("/sleep"))
+                && str_field(e, "process.command_line").is_some_and(|c| c.contains("0.4321"))
+        })
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    let e = seen.unwrap_or_else(|| {
+        panic!(
+            "no start event of the sleep: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(str_field(&e, "process.user.id"), Some("65534"), "{e}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
