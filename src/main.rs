@@ -146,6 +146,15 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if denied(&e) {
+                eprintln!(
+                    "hint: the service's data dir is root's; members of the group `{}` read the \
+                     running service through its API: `edr-agent status`, or `curl --unix-socket {} \
+                     http://edr/v1/events`",
+                    edr_config::api::API_GROUP,
+                    edr_config::api::DEFAULT_SOCKET
+                );
+            }
             if e.downcast_ref::<edr_config::ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -153,6 +162,17 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether an unprivileged user was refused a file (the data dir).
+fn denied(e: &anyhow::Error) -> bool {
+    // SAFETY: geteuid has no side effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    !root
+        && e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        })
 }
 
 fn config_command(c: ConfigCommand) -> anyhow::Result<ExitCode> {
