@@ -8,15 +8,17 @@
 #                                      ARGS go to `edr-agent run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if [ "${1:-}" = "--headless" ]; then
   shift
+  # No GUI packages for the agent alone.
+  scripts/setup.sh --headless
   cargo build --release --bin edr-agent
   exec target/release/edr-agent run "$@"
 fi
 
+scripts/setup.sh
 cargo build --release -p edr-agent-app
 if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   echo "run: no display (DISPLAY and WAYLAND_DISPLAY are unset): the desktop app needs one." >&2

@@ -3,15 +3,32 @@
 # system packages (WebKitGTK and friends for the desktop app, Xvfb and D-Bus
 # for headless tests) and tauri-driver (WebDriver for the app's end-to-end
 # tests). Idempotent: a second run installs nothing.
+#
+#   scripts/setup.sh              everything: the app and the test suite
+#   scripts/setup.sh --headless   only what building the agent (`edr-agent`)
+#                                 needs: no GUI libraries, Xvfb or WebDriver
 set -euo pipefail
 
-PACKAGES=(
+HEADLESS_PACKAGES=(
   build-essential pkg-config file
+  time procps
+)
+PACKAGES=(
+  "${HEADLESS_PACKAGES[@]}"
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev
   xvfb xauth webkit2gtk-driver dbus dbus-x11 at-spi2-core xdotool imagemagick
-  time procps
   nats-server
+  # The API and service tests: curl on the socket, users made with
+  # useradd/groupadd (passwd) and switched to with runuser (util-linux),
+  # systemd-analyze verify on the unit (systemd).
+  curl passwd util-linux systemd
 )
+
+headless=0
+if [ "${1:-}" = "--headless" ]; then
+  headless=1
+  PACKAGES=("${HEADLESS_PACKAGES[@]}")
+fi
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -27,7 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! command -v tauri-driver >/dev/null 2>&1; then
+if [ "$headless" -eq 0 ] && ! command -v tauri-driver >/dev/null 2>&1; then
   echo "setup: installing tauri-driver"
   cargo install --locked --quiet tauri-driver --version '^2'
 fi

@@ -36,11 +36,23 @@ impl DataDirArgs {
         if let Some(d) = &self.data_dir {
             return Ok(d.clone());
         }
-        let config = match &self.config {
+        Ok(self.config()?.data_dir())
+    }
+
+    fn config(&self) -> anyhow::Result<edr_config::Config> {
+        Ok(match &self.config {
             Some(f) => edr_config::Config::from_file(f)?,
             None => edr_config::Config::default(),
-        };
-        Ok(config.data_dir())
+        })
+    }
+
+    /// The service's API socket: `api.socket` of the config file, or the
+    /// default. None with an explicit `--data-dir` (another agent's dir).
+    fn socket(&self) -> anyhow::Result<Option<PathBuf>> {
+        if self.data_dir.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(self.config()?.api.socket_path()))
     }
 }
 
@@ -79,6 +91,9 @@ enum Command {
     /// Detection rules: list, check files, test over events.
     #[command(subcommand)]
     Rules(cli::detect::RulesCommand),
+    /// The agent as a system service: install, uninstall, status.
+    #[command(subcommand)]
+    Service(cli::service::ServiceCommand),
 }
 
 #[derive(Subcommand)]
@@ -113,7 +128,10 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
-        Command::Status { dir, json } => dir.resolve().and_then(|d| cli::status::status(&d, json)),
+        Command::Status { dir, json } => dir.resolve().and_then(|d| {
+            let socket = dir.socket()?;
+            cli::status::status(&d, socket.as_deref(), json)
+        }),
         Command::Stats { dir, summary, json } => dir
             .resolve()
             .and_then(|d| cli::stats::stats(&d, summary, json)),
@@ -122,11 +140,21 @@ fn main() -> ExitCode {
         Command::Config(c) => config_command(c),
         Command::Alerts(args) => cli::detect::alerts(args),
         Command::Rules(c) => cli::detect::rules(c),
+        Command::Service(c) => cli::service::service(c),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if denied(&e) {
+                eprintln!(
+                    "hint: the service's data dir is root's; members of the group `{}` read the \
+                     running service through its API: `edr-agent status`, or `curl --unix-socket {} \
+                     http://edr/v1/events`",
+                    edr_config::api::API_GROUP,
+                    edr_config::api::DEFAULT_SOCKET
+                );
+            }
             if e.downcast_ref::<edr_config::ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -134,6 +162,17 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether an unprivileged user was refused a file (the data dir).
+fn denied(e: &anyhow::Error) -> bool {
+    // SAFETY: geteuid has no side effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    !root
+        && e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        })
 }
 
 fn config_command(c: ConfigCommand) -> anyhow::Result<ExitCode> {

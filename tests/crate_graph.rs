@@ -16,6 +16,7 @@ const LIBRARIES: &[&str] = &[
     "edr-detect",
     "edr-engine",
     "edr-ship",
+    "edr-api",
 ];
 
 /// Crates none of them may depend on, directly or not.

@@ -164,6 +164,7 @@ fn config() -> impl Strategy<Value = Config> {
                 filters,
                 detection: Default::default(),
                 shipping: Default::default(),
+                api: Default::default(),
             }
         },
     )

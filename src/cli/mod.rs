@@ -3,10 +3,12 @@
 
 use std::io::Write;
 
+pub mod api;
 pub mod detect;
 pub mod events;
 pub mod report;
 pub mod run;
+pub mod service;
 pub mod stats;
 pub mod status;
 

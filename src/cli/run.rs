@@ -66,19 +66,60 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .context("cannot start shipping")?;
         sinks.push(Box::new(sink));
     }
+    let api = bind_api(&config)?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Kept for options added later (other sources, sinks).
+        #[allow(clippy::needless_update)]
         let opts = EngineOptions {
             config_source: source,
             sinks,
+            recent_events: if api.is_some() {
+                edr_api::server::RECENT_EVENTS
+            } else {
+                0
+            },
             ..EngineOptions::default()
         };
         let engine = EngineHandle::start(config, opts, shutdown.clone())?;
+        // Stopped before the engine: no request sees it half shut down.
+        let api_stop = CancellationToken::new();
+        let api_task =
+            api.map(|bound| tokio::spawn(edr_api::serve(bound, engine.clone(), api_stop.clone())));
         wait_for_signal().await?;
         tracing::info!("signal received, stopping");
+        api_stop.cancel();
+        if let Some(task) = api_task {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the API ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "the API task failed"),
+            }
+        }
         engine.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The API's socket, when `api.enabled` asks for it (`auto`: as root).
+/// Bound before the runtime starts (it probes and replaces a stale socket
+/// with blocking calls). A socket another live agent serves is an error
+/// when the API was asked for explicitly, and a warning under `auto`.
+fn bind_api(config: &edr_config::Config) -> anyhow::Result<Option<edr_api::BoundSocket>> {
+    // SAFETY: geteuid has no side effects.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if !config.api.serves(is_root) {
+        return Ok(None);
+    }
+    let path = config.api.socket_path();
+    match edr_api::BoundSocket::bind(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if config.api.enabled == edr_config::ApiEnabled::Auto => {
+            tracing::warn!(error = %e, "running without the API");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot serve the API (api.enabled: true)")),
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

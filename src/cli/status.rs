@@ -14,19 +14,38 @@ const NOT_RUNNING: u8 = 3;
 /// cannot write its data dir.
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
-pub fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let running = running_agent(data_dir);
-    let snapshot = read_status(data_dir);
+/// The service's API first (when `socket` is given and it answers for
+/// this data dir), then the data dir's lock and status file.
+pub fn status(data_dir: &Path, socket: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let from_api = socket.and_then(|s| match super::api::status(s) {
+        Ok(snap) if Path::new(&snap.data_dir) == data_dir => Some((s, snap)),
+        Ok(_) => None,
+        Err(e) if e.is_unavailable() => None,
+        Err(e) => {
+            tracing::warn!("{e}; reading the data dir instead");
+            None
+        }
+    });
+    let source = match &from_api {
+        Some((s, _)) => format!("the service's API ({})", s.display()),
+        None => "the data dir".to_string(),
+    };
+    let (running, snapshot) = match from_api {
+        Some((_, snap)) => (Some(Some(snap.pid)), Some(snap)),
+        None => (running_agent(data_dir), read_status(data_dir)),
+    };
     if json {
         let body = serde_json::json!({
             "running": running.is_some(),
             "pid": running.flatten(),
             "data_dir": data_dir.display().to_string(),
+            "source": source,
             "status": snapshot,
         });
         out(format_args!("{body}\n"))?;
     } else {
         print_human(data_dir, running, snapshot.as_ref())?;
+        out(format_args!("source:      {source}\n"))?;
     }
     Ok(if running.is_some() {
         ExitCode::SUCCESS

@@ -32,6 +32,10 @@ pub fn test_config(root: &Path) -> Config {
     // Tests count the events they cause; alerts would add to them. Tests of
     // detection switch it on.
     c.detection.enabled = false;
+    // Test agents run as root, where the API is on by default: they must
+    // not take (or fight over) the machine's real socket. Tests of the
+    // API switch it on with a socket of their own.
+    c.api.enabled = edr_config::ApiEnabled::Off;
     c
 }
 

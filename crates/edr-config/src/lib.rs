@@ -23,6 +23,8 @@ use serde_norway::{Mapping, Value};
 
 pub mod detection;
 pub use detection::{DetectionConfig, DetectionException, RuleLevel};
+pub mod api;
+pub use api::{ApiConfig, ApiEnabled};
 pub mod shipping;
 pub use shipping::{NatsConfig, NatsTlsConfig, ShipCompression, ShippingConfig};
 
@@ -97,6 +99,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub detection: DetectionConfig,
     pub shipping: ShippingConfig,
+    pub api: ApiConfig,
 }
 
 /// `agent.*`: batching.
@@ -752,6 +755,7 @@ impl Config {
         }
         self.detection.validate(&mut errors);
         self.shipping.validate(&mut errors);
+        self.api.validate(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -103,6 +103,8 @@ impl KeyMeta {
 /// - `detection.rule_paths`: each non-empty, without NUL bytes;
 /// - `detection.exceptions`: each names at least one of its keys, and its
 ///   `executable` is a valid glob (see `detection.rs`);
+/// - `api.enabled`: serde takes true, false or auto; `api.socket`: an
+///   absolute path that fits a socket address (see `api.rs`);
 /// - `shipping.nats.url`: each nats:// or tls://; `stream`,
 ///   `subject_prefix`: valid NATS names; the secret files exist and are
 ///   mode 0600, the certificate files exist (see `shipping.rs`).
@@ -128,6 +130,8 @@ pub const CHECKED_IN_CODE: &[&str] = &[
     "shipping.nats.tls.ca_file",
     "shipping.nats.tls.cert_file",
     "shipping.nats.tls.key_file",
+    "api.enabled",
+    "api.socket",
 ];
 
 const fn int(min: u64, max: u64) -> Option<Range> {
@@ -339,6 +343,10 @@ pub const KEYS: &[KeyMeta] = &[
         "Client certificate (PEM), with key_file.")),
     optional(key("shipping.nats.tls.key_file", Kind::Text, None, "",
         "The client certificate's private key (PEM, mode 0600).")),
+    key("api.enabled", Kind::Enum { values: &["auto", "true", "false"] }, None, "",
+        "Serve the local API on a Unix socket: auto (when running as root), true or false."),
+    optional(key("api.socket", Kind::Text, None, "",
+        "The API's Unix socket; null: /run/edr-agent/api.sock (Linux), /var/run/edr-agent/api.sock (macOS).")),
 ];
 
 /// The table's entry for a dotted key.

@@ -691,7 +691,7 @@ pub struct AlertExt {
 }
 
 /// One process above the one an alert is about.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AlertAncestor {
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,191 @@
+//! Who is connecting, and whether they may: the kernel's peer credentials
+//! (`SO_PEERCRED` on Linux, `getpeereid` on macOS, both behind tokio's
+//! `UnixStream::peer_cred`) and the group that grants access.
+
+use std::ffi::CString;
+
+use edr_config::api::API_GROUP;
+
+use crate::wire::PeerInfo;
+
+/// The credentials of one connection and what they allow.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub info: PeerInfo,
+    pub authorized: bool,
+}
+
+impl Peer {
+    /// The refusal an unauthorized peer gets, naming the group.
+    pub fn refusal(&self) -> String {
+        format!(
+            "uid {} may not use the edr-agent API: only root and members of the group `{API_GROUP}` may \
+             (an administrator adds a user with `edr-agent service install --operator USER` \
+             or `usermod -aG {API_GROUP} USER`; log in again afterwards)",
+            self.info.uid
+        )
+    }
+}
+
+/// Decides for the peer: uid 0, or a member of [`API_GROUP`]. Membership
+/// is the union of the groups the peer process holds (its primary gid and,
+/// on Linux, the supplementary groups of `/proc/<pid>/status`) and the
+/// groups the user database gives its uid (`getgrouplist`). Blocking (the
+/// user database may be remote): call it off the runtime threads.
+pub fn authorize(info: PeerInfo) -> Peer {
+    if info.uid == 0 {
+        return Peer {
+            info,
+            authorized: true,
+        };
+    }
+    let Some(group) = group_gid(API_GROUP) else {
+        return Peer {
+            info,
+            authorized: false,
+        };
+    };
+    let authorized = info.gid == group
+        || info
+            .pid
+            .is_some_and(|pid| process_groups(pid).contains(&group))
+        || user_groups(info.uid).contains(&group);
+    Peer { info, authorized }
+}
+
+/// The gid of a group name, if the group exists.
+pub fn group_gid(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: zeroed `group` is a valid out-parameter for getgrnam_r.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+/// The supplementary groups a live process holds (Linux: `Groups:` of
+/// `/proc/<pid>/status`); empty elsewhere or if it is gone.
+fn process_groups(pid: i32) -> Vec<u32> {
+    if !cfg!(target_os = "linux") {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The groups the user database gives a uid (primary included).
+fn user_groups(uid: u32) -> Vec<u32> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: zeroed `passwd` is a valid out-parameter for getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Vec::new();
+    }
+    grouplist(pw.pw_name, pw.pw_gid)
+}
+
+#[cfg(not(target_os = "macos"))]
+fn grouplist(name: *const libc::c_char, gid: libc::gid_t) -> Vec<u32> {
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let mut count = n;
+        // SAFETY: `name` points into the getpwuid_r buffer, alive here;
+        // `groups` has room for `count` entries.
+        let rc = unsafe { libc::getgrouplist(name, gid, groups.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            groups.truncate(count.max(0) as usize);
+            return groups;
+        }
+        // Too small: `count` holds the size needed.
+        if count <= n || n >= 65536 {
+            return Vec::new();
+        }
+        n = count;
+    }
+}
+
+#[cfg(target_os = "macos")]
+fn grouplist(name: *const libc::c_char, gid: libc::gid_t) -> Vec<u32> {
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::c_int; n as usize];
+        let mut count = n;
+        // SAFETY: as above; macOS takes `int` group ids.
+        let rc = unsafe {
+            libc::getgrouplist(name, gid as libc::c_int, groups.as_mut_ptr(), &mut count)
+        };
+        if rc >= 0 {
+            groups.truncate(count.max(0) as usize);
+            return groups.into_iter().map(|g| g as u32).collect();
+        }
+        if n >= 65536 {
+            return Vec::new();
+        }
+        n *= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_authorized_and_nobody_is_not() {
+        let root = authorize(PeerInfo {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        });
+        assert!(root.authorized);
+        let nobody = authorize(PeerInfo {
+            uid: 65534,
+            gid: 65534,
+            pid: None,
+        });
+        assert!(!nobody.authorized);
+        assert!(
+            nobody.refusal().contains("`edr-agent`"),
+            "{}",
+            nobody.refusal()
+        );
+    }
+
+    #[test]
+    fn the_root_user_database_is_read() {
+        assert!(user_groups(0).contains(&0));
+        assert_eq!(group_gid("root"), Some(0));
+        assert_eq!(group_gid("no-such-group-edr"), None);
+    }
+}
