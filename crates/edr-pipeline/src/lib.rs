@@ -227,6 +227,9 @@ counters! {
         /// Processes the reconciling scan found that the event source had not
         /// reported.
         total process_source_missed,
+        /// Connection records the eBPF source lost: its kernel ring buffer
+        /// was full (the agent fell behind a burst).
+        total network_events_lost,
     }
 }
 
