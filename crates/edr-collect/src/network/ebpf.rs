@@ -2,8 +2,8 @@
 //! and UDP sends to new peers, as the kernel makes them, with the process
 //! that made them.
 //!
-//! The BPF program (`bpf/conn.bpf.c`, why its hooks are the ones they are
-//! is written there) is a committed CO-RE object, relocated by aya against
+//! The BPF program (`bpf/conn.bpf.c`: a TCP state tracepoint and cgroup
+//! sock_addr hooks for UDP; why these is written there) is a committed CO-RE object, relocated by aya against
 //! the kernel's BTF at load. Its records arrive through one ring buffer;
 //! records it had no room for are counted in the kernel and added to
 //! `network_events_lost`. A reading thread at real-time priority (the
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, FExit};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio_util::sync::CancellationToken;
 
@@ -94,15 +94,16 @@ pub(super) fn open() -> Result<Probe, String> {
     tp.load("inet_sock_set_state", &btf)
         .and_then(|()| tp.attach().map(drop))
         .map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
-    for (name, function) in [
-        ("on_accept", "inet_csk_accept"),
-        ("on_udp_sendmsg", "udp_sendmsg"),
-        ("on_udpv6_sendmsg", "udpv6_sendmsg"),
-    ] {
-        let p: &mut FExit = program(&mut ebpf, name)?;
-        p.load(function, &btf)
-            .and_then(|()| p.attach().map(drop))
-            .map_err(|e| format!("cannot attach to {function}: {}", chain(&e)))?;
+    let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted (UDP sends are seen there)")?;
+    let cgroup = std::fs::File::open(&root)
+        .map_err(|e| format!("cannot open the cgroup v2 root {}: {e}", root.display()))?;
+    for name in ["on_sendmsg4", "on_sendmsg6", "on_connect4", "on_connect6"] {
+        let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        // A BPF link (aya uses one where the kernel has them, 5.7+) runs
+        // beside whatever else is attached there, and takes no flags.
+        p.load()
+            .and_then(|()| p.attach(&cgroup, CgroupAttachMode::Single).map(drop))
+            .map_err(|e| format!("cannot attach {name} to the cgroup v2 root: {}", chain(&e)))?;
     }
     let ring = ebpf
         .take_map("events")
@@ -116,6 +117,26 @@ pub(super) fn open() -> Result<Probe, String> {
         ring,
         lost,
         _ebpf: ebpf,
+    })
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid systems): its root holds every
+/// process.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        // `... mount-point options [optional...] - fstype source ...`
+        let (left, right) = line.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = left.split(' ');
+        // The root within the filesystem must be the hierarchy's root.
+        if fields.nth(3)? != "/" {
+            return None;
+        }
+        Some(std::path::PathBuf::from(fields.next()?))
     })
 }
 
@@ -290,6 +311,9 @@ pub(super) struct Handler {
     /// Connections open when the source started (from the sock_diag
     /// scan), so their closes can be reported with what the scan knew.
     inventory: HashMap<PeerKey, Tracked>,
+    /// Owners of the listeners the inventory found, by port: the kernel
+    /// names no owner for connections they accept.
+    listener_owners: HashMap<u16, Arc<Owner>>,
     /// Clock ticks per second, for the kernel's start times.
     hz: u64,
     lost_reported: u64,
@@ -304,6 +328,11 @@ impl Handler {
             users: UserNames::default(),
             owners: HashMap::new(),
             owner_order: VecDeque::new(),
+            listener_owners: inventory
+                .iter()
+                .filter(|(_, t)| t.direction == Direction::Listen)
+                .filter_map(|(k, t)| Some((k.local.port(), Arc::clone(t.owner.as_ref()?))))
+                .collect(),
             inventory: inventory
                 .into_iter()
                 .map(|(k, t)| ((k.transport, k.local, k.remote), t))
@@ -383,12 +412,12 @@ impl Handler {
                     KIND_UDP => None,
                     _ => Some("ESTABLISHED"),
                 };
-                let owner = self.owner(r);
+                let owner = self.owner(r).or_else(|| self.listener_owner(r));
                 let t = tracked(owner, state);
                 emit(event(&self.origin, ts, &key, &t, Phase::Opened));
             }
             KIND_CLOSE if r.direction != 0 => {
-                let owner = self.owner(r);
+                let owner = self.owner(r).or_else(|| self.listener_owner(r));
                 let lived = Duration::from_nanos(r.ts_ns.saturating_sub(r.opened_ns));
                 let t = tracked(owner, state_name(r.oldstate));
                 if r.oldstate == TCP_SYN_SENT {
@@ -411,6 +440,15 @@ impl Handler {
             }
             _ => {}
         }
+    }
+
+    /// For an inbound connection the kernel could not attribute: the owner
+    /// of the inventory's listener on its port.
+    fn listener_owner(&self, r: &Record) -> Option<Arc<Owner>> {
+        if r.direction != DIR_INBOUND {
+            return None;
+        }
+        self.listener_owners.get(&r.local.port()).cloned()
     }
 
     /// The record's process, described from /proc while it runs, else from

@@ -10,7 +10,9 @@
 // the loader relocate every access against the running kernel's BTF
 // (/sys/kernel/btf/vmlinux), so one object runs on any kernel with BTF.
 //
-// Hooks, and why these:
+// Hooks, and why these (no kprobe, fentry or fexit: kernels are built
+// without kprobes, and this one refuses BPF trampolines; tracepoints and
+// cgroup hooks are what every kernel with BPF has):
 // - tp_btf/inet_sock_set_state: every TCP state change. The kernel runs
 //   the transition to SYN_SENT (connect) and to LISTEN (listen) in the
 //   calling process, so the owner is read there and kept per socket in
@@ -18,17 +20,20 @@
 //   the current task is whoever was interrupted: the owner comes from the
 //   map, never from the current task. The ports are only assigned after
 //   SYN_SENT, hence the connect is reported at ESTABLISHED (or at CLOSE
-//   for a refused attempt). A tracepoint is a stable interface; kprobes
-//   are not compiled into every kernel (nor into the one this was
-//   developed on).
-// - fexit/inet_csk_accept: accept(2) returns the new socket in the
-//   accepting process. bpf_get_func_ret reads the return value whatever
-//   the function's argument count (it changed in Linux 6.10).
-// - fexit/udp_sendmsg, fexit/udpv6_sendmsg: run in the sending process;
-//   after the call the source port is bound. `udp_peers`, an LRU keyed by
-//   process and peer, lets through one record per new peer.
+//   for a refused attempt).
+// - Accepts: a server's new connection reaches ESTABLISHED (from
+//   SYN_RECV) in softirq, before accept(2). It belongs to its listener's
+//   owner (`listeners`, by port, filled at LISTEN), as the polling source
+//   attributes queued connections; a listener opened before the agent is
+//   left to user space, which knows it from the inventory scan.
+// - cgroup/sendmsg4, cgroup/sendmsg6 (a UDP send with an address) and
+//   cgroup/connect4, cgroup/connect6 (a UDP socket given a fixed peer):
+//   run in the sending process, attached to the root of the cgroup v2
+//   hierarchy, so they see every process. They always allow the call.
+//   `udp_peers`, an LRU keyed by process and peer, lets through one record
+//   per new peer.
 //
-// Needs Linux 5.17 (bpf_get_func_ret; ring buffers 5.8, tp_btf/fexit 5.5).
+// Needs Linux 5.8 (ring buffers; tp_btf 5.5).
 
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -42,10 +47,12 @@ char LICENSE[] SEC("license") = "GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 
 // include/net/tcp_states.h
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 #define TCP_LISTEN 10
 
@@ -95,25 +102,6 @@ struct task_struct {
 	struct task_struct *group_leader;
 	const struct cred *cred;
 } __attribute__((preserve_access_index));
-
-struct msghdr {
-	void *msg_name;
-	int msg_namelen;
-} __attribute__((preserve_access_index));
-
-// uapi layouts: fixed, read as bytes.
-struct sockaddr_in_raw {
-	__u16 family;
-	__be16 port;
-	__u8 addr[4];
-};
-
-struct sockaddr_in6_raw {
-	__u16 family;
-	__be16 port;
-	__u32 flowinfo;
-	__u8 addr[16];
-};
 
 // One record. Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d.
 struct event {
@@ -173,6 +161,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct owner);
 } owners SEC(".maps");
+
+// Listening sockets' owners by local port, for the connections they
+// accept.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct owner);
+} listeners SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -261,6 +258,7 @@ int BPF_PROG(on_set_state, struct sock *sk, int oldstate, int newstate)
 	__u64 key = (__u64)sk;
 	struct owner o = {};
 	struct owner *known;
+	__u32 port;
 
 	switch (newstate) {
 	case TCP_SYN_SENT:
@@ -270,9 +268,27 @@ int BPF_PROG(on_set_state, struct sock *sk, int oldstate, int newstate)
 	case TCP_LISTEN:
 		current_owner(&o, DIR_LISTEN);
 		bpf_map_update_elem(&owners, &key, &o, BPF_ANY);
+		port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		bpf_map_update_elem(&listeners, &port, &o, BPF_ANY);
 		emit(sk, KIND_LISTEN, oldstate, &o);
 		break;
 	case TCP_ESTABLISHED:
+		if (oldstate == TCP_SYN_RECV) {
+			port = BPF_CORE_READ(sk, __sk_common.skc_num);
+			known = bpf_map_lookup_elem(&listeners, &port);
+			if (known) {
+				o = *known;
+			} else {
+				// tgid 0: user space names the owner from its
+				// inventory of listeners.
+				__builtin_memset(&o, 0, sizeof(o));
+			}
+			o.direction = DIR_INBOUND;
+			o.opened_ns = bpf_ktime_get_boot_ns();
+			bpf_map_update_elem(&owners, &key, &o, BPF_ANY);
+			emit(sk, KIND_ACCEPT, oldstate, &o);
+			break;
+		}
 		if (oldstate != TCP_SYN_SENT)
 			break;
 		known = bpf_map_lookup_elem(&owners, &key);
@@ -288,6 +304,10 @@ int BPF_PROG(on_set_state, struct sock *sk, int oldstate, int newstate)
 		if (known) {
 			o = *known;
 			bpf_map_delete_elem(&owners, &key);
+			if (o.direction == DIR_LISTEN) {
+				port = BPF_CORE_READ(sk, __sk_common.skc_num);
+				bpf_map_delete_elem(&listeners, &port);
+			}
 		}
 		emit(sk, KIND_CLOSE, oldstate, known ? &o : 0);
 		break;
@@ -295,64 +315,23 @@ int BPF_PROG(on_set_state, struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
-SEC("fexit/inet_csk_accept")
-int BPF_PROG(on_accept, struct sock *listener)
+// A UDP datagram or fixed peer, from a cgroup sock_addr hook. `ip` is the
+// peer as 16 bytes (IPv4 mapped), `port` in network order.
+static __always_inline void udp_peer_seen(struct bpf_sock_addr *ctx, const __u8 ip[16], __u32 port)
 {
-	__u64 ret = 0;
-	if (bpf_get_func_ret(ctx, &ret) < 0 || !ret)
-		return 0;
-	struct sock *sk = (struct sock *)ret;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	__u64 key = ret;
-	struct owner o = {};
-	current_owner(&o, DIR_INBOUND);
-	bpf_map_update_elem(&owners, &key, &o, BPF_ANY);
-	emit(sk, KIND_ACCEPT, 0, &o);
-	return 0;
-}
-
-static __always_inline int udp_sent(struct sock *sk, struct msghdr *msg, int ret)
-{
-	if (ret < 0)
-		return 0;
+	if (ctx->protocol != IPPROTO_UDP)
+		return;
 	struct udp_peer peer = {};
-	void *name = BPF_CORE_READ(msg, msg_name);
-	int namelen = BPF_CORE_READ(msg, msg_namelen);
-	if (name && namelen >= (int)sizeof(struct sockaddr_in_raw)) {
-		__u16 family = 0;
-		bpf_probe_read_kernel(&family, sizeof(family), name);
-		if (family == AF_INET) {
-			struct sockaddr_in_raw sin = {};
-			bpf_probe_read_kernel(&sin, sizeof(sin), name);
-			__be32 a;
-			__builtin_memcpy(&a, sin.addr, 4);
-			v4_mapped(peer.daddr, a);
-			peer.dport = bpf_ntohs(sin.port);
-		} else if (family == AF_INET6 && namelen >= (int)sizeof(struct sockaddr_in6_raw)) {
-			struct sockaddr_in6_raw sin6 = {};
-			bpf_probe_read_kernel(&sin6, sizeof(sin6), name);
-			__builtin_memcpy(peer.daddr, sin6.addr, 16);
-			peer.dport = bpf_ntohs(sin6.port);
-		} else {
-			return 0;
-		}
-	} else {
-		// A connected socket: its peer.
-		if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6)
-			BPF_CORE_READ_INTO(&peer.daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-		else
-			v4_mapped(peer.daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-		peer.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	}
+	__builtin_memcpy(peer.daddr, ip, 16);
+	peer.dport = bpf_ntohs((__u16)port);
 	if (peer.dport == 0)
-		return 0;
+		return;
 	struct owner o = {};
 	current_owner(&o, DIR_OUTBOUND);
 	peer.proc_start_ns = o.proc_start_ns;
 	peer.tgid = o.tgid;
 	if (bpf_map_lookup_elem(&udp_peers, &peer))
-		return 0;
+		return;
 	__u8 one = 1;
 	bpf_map_update_elem(&udp_peers, &peer, &one, BPF_ANY);
 
@@ -361,27 +340,69 @@ static __always_inline int udp_sent(struct sock *sk, struct msghdr *msg, int ret
 		count_lost();
 		// Not seen, so the next send to this peer tries again.
 		bpf_map_delete_elem(&udp_peers, &peer);
-		return 0;
+		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = o.opened_ns;
 	e->kind = KIND_UDP;
-	fill_addrs(e, sk);
+	struct bpf_sock *sk = ctx->sk;
+	if (sk) {
+		e->sport = sk->src_port;
+		if (sk->family == AF_INET6) {
+			e->family = 6;
+			__builtin_memcpy(e->saddr, sk->src_ip6, 16);
+		} else {
+			e->family = 4;
+			v4_mapped(e->saddr, sk->src_ip4);
+		}
+	}
 	__builtin_memcpy(e->daddr, peer.daddr, 16);
 	e->dport = peer.dport;
 	fill_owner(e, &o);
 	bpf_ringbuf_submit(e, 0);
-	return 0;
 }
 
-SEC("fexit/udp_sendmsg")
-int BPF_PROG(on_udp_sendmsg, struct sock *sk, struct msghdr *msg, __u64 len, int ret)
+static __always_inline void udp4(struct bpf_sock_addr *ctx)
 {
-	return udp_sent(sk, msg, ret);
+	__u8 ip[16];
+	v4_mapped(ip, ctx->user_ip4);
+	udp_peer_seen(ctx, ip, ctx->user_port);
 }
 
-SEC("fexit/udpv6_sendmsg")
-int BPF_PROG(on_udpv6_sendmsg, struct sock *sk, struct msghdr *msg, __u64 len, int ret)
+static __always_inline void udp6(struct bpf_sock_addr *ctx)
 {
-	return udp_sent(sk, msg, ret);
+	__u32 ip[4];
+	ip[0] = ctx->user_ip6[0];
+	ip[1] = ctx->user_ip6[1];
+	ip[2] = ctx->user_ip6[2];
+	ip[3] = ctx->user_ip6[3];
+	udp_peer_seen(ctx, (const __u8 *)ip, ctx->user_port);
+}
+
+SEC("cgroup/sendmsg4")
+int on_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	udp4(ctx);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int on_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	udp6(ctx);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int on_connect4(struct bpf_sock_addr *ctx)
+{
+	udp4(ctx);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int on_connect6(struct bpf_sock_addr *ctx)
+{
+	udp6(ctx);
+	return 1;
 }
