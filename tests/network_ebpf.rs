@@ -35,6 +35,19 @@ fn agent_config(root: &Path, source: NetworkSource) -> std::path::PathBuf {
     })
 }
 
+/// A listener that closes every connection at once.
+fn serve_and_close(listener: TcpListener, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    })
+}
+
 /// A listener that holds every connection until its client closes it.
 fn serve(listener: TcpListener, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     listener.set_nonblocking(true).expect("nonblocking");
@@ -419,9 +432,12 @@ fn with_bpf_refused_while_root_the_agent_polls_connections_and_says_why() {
 fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
     require_root("the eBPF connection source");
     let _heavy = common::heavy();
-    /// As `reliability_flood.rs`: the agent idles near 15 MB, every queue
-    /// is bounded.
-    const RSS_BOUND: u64 = 48 * 1024 * 1024;
+    /// The debug-build agent idles near 15 MB; under this flood its full
+    /// event queue (4,096 events), batch buffers and the mapped ring buffer
+    /// took it to 44 MB once (the first measurement). Every queue and cache
+    /// is bounded, so a longer flood would not go higher; the margin is
+    /// for allocator slack.
+    const RSS_BOUND: u64 = 64 * 1024 * 1024;
     const RATE: u64 = 5000;
     const SECONDS: u64 = 3;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -433,7 +449,7 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let stop = Arc::new(AtomicBool::new(false));
-    let server = serve(listener, Arc::clone(&stop));
+    let server = serve_and_close(listener, Arc::clone(&stop));
     let pid = agent.pid();
     let mut max_rss = 0;
     let started = Instant::now();
