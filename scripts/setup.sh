@@ -11,6 +11,9 @@ PACKAGES=(
   xvfb xauth webkit2gtk-driver dbus dbus-x11 at-spi2-core xdotool imagemagick
   time procps
   nats-server
+  # The eBPF connection source: scripts/build-bpf.sh rebuilds its committed
+  # object (a test holds it current); the tests drop capabilities with capsh.
+  clang llvm libbpf-dev bpftool libcap2-bin
 )
 
 as_root() {
