@@ -246,6 +246,10 @@ struct ConnectionsArgs {
     /// Connections made per second (each opened and closed at once).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Detection on (the default config) or off: with it off the figure
+    /// is closer to the source's own cost.
+    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    detection: bool,
     /// Measured time under load (the same again is measured idle first).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -1065,6 +1069,7 @@ fn connections(a: ConnectionsArgs) -> anyhow::Result<()> {
     c.collectors.process_monitor.enabled = false;
     c.collectors.file_monitor.enabled = false;
     c.collectors.network_monitor.enabled = true;
+    c.detection.enabled = a.detection;
     c.collectors.network_monitor.source = match a.source {
         NetSource::Ebpf => edr_config::NetworkSource::Event,
         NetSource::Polling => edr_config::NetworkSource::Scan,
@@ -1122,8 +1127,9 @@ fn connections(a: ConnectionsArgs) -> anyhow::Result<()> {
     let load_cpu = done.cpu.saturating_sub(loaded.cpu).as_secs_f64();
     let rate = made as f64 / wall.as_secs_f64();
     out(format_args!(
-        "source: {source}\nidle: {:.2}% CPU over {:.0} s, RSS {} KB\n\
+        "source: {source}, detection {}\nidle: {:.2}% CPU over {:.0} s, RSS {} KB\n\
          load: {made} connections in {:.1} s ({rate:.0}/s): {:.2}% CPU, {:.1} ms CPU per 1,000 connections, RSS {} KB\n",
+        if a.detection { "on" } else { "off" },
         idle_cpu * 100.0 / a.duration.as_secs_f64(),
         a.duration.as_secs_f64(),
         idle.rss_kb,

@@ -80,6 +80,18 @@ pub(super) struct Probe {
 /// system refused (not root, no BTF, a kernel too old, a lowered
 /// capability set, a seccomp filter).
 pub(super) fn open() -> Result<Probe, String> {
+    let probe = load();
+    // Parsing the kernel's BTF (5 MB here) takes tens of MB of heap for a
+    // moment; freed, it would stay in the process's RSS for good.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    probe
+}
+
+fn load() -> Result<Probe, String> {
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
     if !std::path::Path::new(VMLINUX).exists() {
         return Err(format!("the kernel has no BTF ({VMLINUX} is missing)"));
