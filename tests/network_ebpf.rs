@@ -148,9 +148,10 @@ fn run_workload(source: NetworkSource, n: usize) -> (usize, usize, Vec<Value>) {
         .filter(|(pid, marker)| {
             opened.get(&u64::from(**pid)).is_some_and(|e| {
                 e["process"]["executable"] == "/usr/bin/bash"
-                    && e["process"]["args"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.contains(marker.as_str()))))
+                    && e["process"]["args"].as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|x| x.as_str().is_some_and(|s| s.contains(marker.as_str())))
+                    })
             })
         })
         .count();
@@ -176,9 +177,7 @@ fn every_short_connection_of_a_short_process_is_stored_with_its_program() {
     // their entity ids join.
     let started: HashSet<&str> = events
         .iter()
-        .filter(|e| {
-            e["event"]["category"][0] == "process" && e["event"]["type"][0] == "start"
-        })
+        .filter(|e| e["event"]["category"][0] == "process" && e["event"]["type"][0] == "start")
         .filter_map(|e| str_field(e, "process.entity_id"))
         .collect();
     let joined = events
@@ -277,7 +276,9 @@ fn a_udp_send_to_a_new_peer_and_an_accept_are_recorded_with_their_process() {
     let peer_port = peer.local_addr().expect("addr").port();
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
     for _ in 0..3 {
-        sender.send_to(b"x", ("127.0.0.1", peer_port)).expect("send");
+        sender
+            .send_to(b"x", ("127.0.0.1", peer_port))
+            .expect("send");
     }
     let udp = c.wait("the UDP send", |e| {
         e["network"]["transport"] == "udp" && e["destination"]["port"] == peer_port
@@ -337,12 +338,7 @@ fn a_udp_send_to_a_new_peer_and_an_accept_are_recorded_with_their_process() {
 
 /// Runs the agent (`wrap` may put a command before it) until its status
 /// names the network source; returns the source and its note.
-fn network_status(
-    root: &Path,
-    config: &Path,
-    launch: Launch,
-    wrap: &[&str],
-) -> (String, String) {
+fn network_status(root: &Path, config: &Path, launch: Launch, wrap: &[&str]) -> (String, String) {
     let data = root.join("data");
     let mut agent = if wrap.is_empty() {
         Agent::launch(config, &data, launch)
@@ -444,7 +440,9 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
     let config = agent_config(dir.path(), NetworkSource::Auto);
     let data = dir.path().join("data");
     let mut agent = Agent::spawn(&config, &data);
-    let s = agent.wait_status("the network source", |s| s.coverage.network_source.is_some());
+    let s = agent.wait_status("the network source", |s| {
+        s.coverage.network_source.is_some()
+    });
     assert_eq!(s.coverage.network_source.as_deref(), Some("ebpf"));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -461,7 +459,7 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
                 made += 1;
             }
         }
-        if made % 500 == 0 {
+        if made.is_multiple_of(500) {
             if let Some(rss) = common::agent::proc_rss_bytes(pid) {
                 max_rss = max_rss.max(rss);
             }
@@ -493,7 +491,11 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
         totals.network_events_lost,
         max_rss / 1024
     );
-    assert!(max_rss > 0 && max_rss <= RSS_BOUND, "RSS reached {} KB", max_rss / 1024);
+    assert!(
+        max_rss > 0 && max_rss <= RSS_BOUND,
+        "RSS reached {} KB",
+        max_rss / 1024
+    );
     // Every connection is stored or counted as lost (each lost record or
     // dropped event is at most one connection's open).
     assert!(

@@ -106,7 +106,8 @@ fn load() -> Result<Probe, String> {
     tp.load("inet_sock_set_state", &btf)
         .and_then(|()| tp.attach().map(drop))
         .map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
-    let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted (UDP sends are seen there)")?;
+    let root =
+        cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted (UDP sends are seen there)")?;
     let cgroup = std::fs::File::open(&root)
         .map_err(|e| format!("cannot open the cgroup v2 root {}: {e}", root.display()))?;
     for name in ["on_sendmsg4", "on_sendmsg6", "on_connect4", "on_connect6"] {
@@ -435,7 +436,13 @@ impl Handler {
                 if r.oldstate == TCP_SYN_SENT {
                     // A connection refused or timed out: never reported
                     // open, but tried.
-                    emit(event(&self.origin, wall(r.opened_ns), &key, &t, Phase::Opened));
+                    emit(event(
+                        &self.origin,
+                        wall(r.opened_ns),
+                        &key,
+                        &t,
+                        Phase::Opened,
+                    ));
                 }
                 emit(event(&self.origin, ts, &key, &t, Phase::Closed(lived)));
             }
@@ -476,8 +483,8 @@ impl Handler {
             return Some(Arc::clone(o));
         }
         let host = &self.origin.host.name;
-        let owner = describe_process(host, &mut self.users, r.tgid, start_ms).unwrap_or_else(|| {
-            Owner {
+        let owner =
+            describe_process(host, &mut self.users, r.tgid, start_ms).unwrap_or_else(|| Owner {
                 pid: r.tgid,
                 name: r.comm.clone(),
                 entity_id: entity_id(host, r.tgid, start_ms),
@@ -488,8 +495,7 @@ impl Handler {
                     id: r.uid,
                     name: self.users.name(r.uid).map(String::from),
                 }),
-            }
-        });
+            });
         let owner = Arc::new(owner);
         if self.owner_order.len() >= OWNER_CACHE {
             if let Some(old) = self.owner_order.pop_front() {
@@ -720,7 +726,10 @@ mod tests {
                 (1_000_000, 2_000_000),
             ),
         );
-        let actions: Vec<_> = refused.iter().map(|e| e["event"]["action"].clone()).collect();
+        let actions: Vec<_> = refused
+            .iter()
+            .map(|e| e["event"]["action"].clone())
+            .collect();
         assert_eq!(actions, ["connection-opened", "connection-closed"]);
         assert_eq!(refused[1]["edr"]["socket_state"], "SYN_SENT");
 
