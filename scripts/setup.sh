@@ -22,6 +22,9 @@ PACKAGES=(
   # useradd/groupadd (passwd) and switched to with runuser (util-linux),
   # systemd-analyze verify on the unit (systemd).
   curl passwd util-linux systemd
+  # The eBPF connection source: scripts/build-bpf.sh rebuilds its committed
+  # object (a test holds it current); the tests drop capabilities with capsh.
+  clang llvm libbpf-dev bpftool libcap2-bin
 )
 
 headless=0

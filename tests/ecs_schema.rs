@@ -103,6 +103,12 @@ async fn every_stored_field_is_valid_ecs() {
     client.write_all(b"ping").expect("write");
     let mut buf = [0u8; 4];
     server.read_exact(&mut buf).expect("read");
+    // A UDP send to a new peer (recorded by the eBPF source as root).
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sender
+        .send_to(b"x", peer.local_addr().expect("addr"))
+        .expect("send");
     tokio::time::sleep(Duration::from_millis(600)).await;
     drop((client, server, listener));
 

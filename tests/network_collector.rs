@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edr_collect::{network, Coverage};
-use edr_config::NetworkMonitorConfig;
+use edr_config::{NetworkMonitorConfig, NetworkSource};
 use edr_pipeline::Counters;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,9 @@ impl Collector {
             enabled: true,
             scan_interval_ms: 100,
             max_scan_interval_ms: 100,
+            // These tests are of the polling source; tests/network_ebpf.rs
+            // has the eBPF one's.
+            source: NetworkSource::Scan,
         };
         let task = Some(rt.spawn(network::run(cfg, ctx)));
         Collector {
@@ -346,6 +349,7 @@ fn short_connections_of_short_processes_are_recorded_by_polling() {
         enabled: true,
         scan_interval_ms: 1000,
         max_scan_interval_ms: 1000,
+        source: NetworkSource::Scan,
     };
     let task = rt.spawn(network::run(cfg, ctx));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -103,6 +103,7 @@ fn config() -> impl Strategy<Value = Config> {
             enabled,
             scan_interval_ms: scan,
             max_scan_interval_ms: max_scan,
+            ..NetworkMonitorConfig::default()
         },
     );
     let storage = (

@@ -349,7 +349,7 @@ fn coverage_view(c: &Coverage) -> CoverageView {
     };
     CoverageView {
         process: describe(&c.process_source, c.process_note.as_ref()),
-        network: describe(&c.network_source, None),
+        network: describe(&c.network_source, c.network_note.as_ref()),
         watched: c.watched_paths.clone(),
         unwatched: c
             .unwatched_paths

@@ -183,7 +183,19 @@ fn print_human(
         ))?;
     }
     if let Some(src) = &c.network_source {
-        out(format_args!("network:     {src}\n"))?;
+        out(format_args!(
+            "network:     {src}{}\n",
+            c.network_note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ))?;
+    }
+    if t.network_events_lost > 0 {
+        out(format_args!(
+            "network events: {} lost (the kernel ring buffer was full)\n",
+            t.network_events_lost
+        ))?;
     }
     if !c.watched_paths.is_empty() {
         out(format_args!(

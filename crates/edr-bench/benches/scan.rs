@@ -143,6 +143,7 @@ fn scan_cost(c: &mut Criterion) {
             let cfg = NetworkMonitorConfig {
                 scan_interval_ms: 1,
                 max_scan_interval_ms: 1,
+                source: edr_config::NetworkSource::Scan,
                 ..NetworkMonitorConfig::default()
             };
             let r = start(|ctx| network::run(cfg, ctx));

@@ -123,6 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A fixed interval: adaptive scanning would stretch the steady scans.
     let cfg = NetworkMonitorConfig {
         max_scan_interval_ms: NetworkMonitorConfig::default().scan_interval_ms,
+        source: edr_config::NetworkSource::Scan,
         ..NetworkMonitorConfig::default()
     };
     let interval = cfg.scan_interval_ms;

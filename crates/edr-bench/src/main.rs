@@ -96,6 +96,9 @@ enum BenchCommand {
     /// Detection: time from a real process start to its stored alert, with
     /// a started agent (needs root: the kernel's process events).
     AlertLatency(AlertLatencyArgs),
+    /// Network sources: the agent's CPU while short TCP connections are
+    /// made at a set rate, on eBPF or polling, and its idle RSS.
+    Connections(ConnectionsArgs),
     /// Used by `scale connections`: holds the client ends of N connections
     /// in a second process (one process may not open enough descriptors
     /// for both ends) until its stdin closes.
@@ -227,6 +230,33 @@ struct DetectArgs {
     common: Common,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetSource {
+    /// The kernel's events (root with BTF).
+    Ebpf,
+    /// sock_diag polling.
+    Polling,
+}
+
+#[derive(Args, Debug)]
+struct ConnectionsArgs {
+    /// Where the agent takes connections from.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    source: NetSource,
+    /// Connections made per second (each opened and closed at once).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Detection on (the default config) or off: with it off the figure
+    /// is closer to the source's own cost.
+    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    detection: bool,
+    /// Measured time under load (the same again is measured idle first).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
 #[derive(Args, Debug)]
 struct AlertLatencyArgs {
     /// Process starts measured.
@@ -258,6 +288,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Scale(a) => scale(a),
         BenchCommand::Detect(a) => detect_bench(a),
         BenchCommand::AlertLatency(a) => alert_latency(a),
+        BenchCommand::Connections(a) => connections(a),
         BenchCommand::HoldClients { port, count } => hold_clients(port, count),
     }?;
     Ok(ExitCode::SUCCESS)
@@ -1025,6 +1056,97 @@ fn alert_latency(a: AlertLatencyArgs) -> anyhow::Result<()> {
             v.first().copied().unwrap_or(0.0),
             v.last().copied().unwrap_or(0.0)
         ))?;
+    }
+    Ok(())
+}
+
+/// CPU of the agent's network collector alone (the other collectors off):
+/// idle for `duration`, then for `duration` while `rate` connections a
+/// second are opened and closed on 127.0.0.1.
+fn connections(a: ConnectionsArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let mut c = agent_config(ConfigSource::default(), &work, None)?;
+    c.collectors.process_monitor.enabled = false;
+    c.collectors.file_monitor.enabled = false;
+    c.collectors.network_monitor.enabled = true;
+    c.detection.enabled = a.detection;
+    c.collectors.network_monitor.source = match a.source {
+        NetSource::Ebpf => edr_config::NetworkSource::Event,
+        NetSource::Polling => edr_config::NetworkSource::Scan,
+    };
+    let mut agent = Agent::spawn(&c, &work.path, !a.common.no_time, "warn")?;
+    let data = c.data_dir();
+    let source = agent.wait_until(Duration::from_secs(30), Duration::from_millis(100), |_| {
+        edr_engine::read_status(&data).and_then(|s| s.coverage.network_source)
+    })?;
+    anyhow::ensure!(
+        source != "none",
+        "the agent runs no network source: {}",
+        edr_engine::read_status(&data)
+            .and_then(|s| s.coverage.network_note)
+            .unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = probe::read(agent.pid)?;
+    std::thread::sleep(a.duration);
+    let loaded = probe::read(agent.pid)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let server = std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut made = 0u64;
+    while started.elapsed() < a.duration {
+        let due = started.elapsed().as_micros() as u64 * a.rate / 1_000_000;
+        while made < due {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                drop(s);
+                made += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let wall = started.elapsed();
+    let done = probe::read(agent.pid)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    // Time for the agent to finish what the kernel queued.
+    std::thread::sleep(Duration::from_secs(2));
+    let totals = edr_engine::read_status(&data).map(|s| s.totals);
+    let time = agent.stop()?;
+    let idle_cpu = loaded.cpu.saturating_sub(idle.cpu).as_secs_f64();
+    let load_cpu = done.cpu.saturating_sub(loaded.cpu).as_secs_f64();
+    let rate = made as f64 / wall.as_secs_f64();
+    out(format_args!(
+        "source: {source}, detection {}\nidle: {:.2}% CPU over {:.0} s, RSS {} KB\n\
+         load: {made} connections in {:.1} s ({rate:.0}/s): {:.2}% CPU, {:.1} ms CPU per 1,000 connections, RSS {} KB\n",
+        if a.detection { "on" } else { "off" },
+        idle_cpu * 100.0 / a.duration.as_secs_f64(),
+        a.duration.as_secs_f64(),
+        idle.rss_kb,
+        wall.as_secs_f64(),
+        load_cpu * 100.0 / wall.as_secs_f64(),
+        load_cpu * 1000.0 * 1000.0 / made.max(1) as f64,
+        done.rss_kb,
+    ))?;
+    if let Some(t) = totals {
+        out(format_args!(
+            "dropped {}, lost in the kernel {}\n",
+            t.dropped.iter().sum::<u64>(),
+            t.network_events_lost
+        ))?;
+    }
+    if let Some(kb) = time.max_rss_kb {
+        out(format_args!("max RSS (time -v): {kb} KB\n"))?;
     }
     Ok(())
 }

@@ -66,8 +66,12 @@ pub struct Coverage {
     /// event source).
     #[serde(default)]
     pub process_capture: Option<ProcessCapture>,
-    /// How sockets are listed, e.g. `netlink sock_diag`.
+    /// How connections are observed, e.g. `ebpf` or `netlink sock_diag`.
     pub network_source: Option<String>,
+    /// What the network source implies, and why it is the one running
+    /// (e.g. that eBPF was refused).
+    #[serde(default)]
+    pub network_note: Option<String>,
     /// Directories under a working watch.
     pub watched_paths: Vec<String>,
     /// Configured directories not watched, with the reason.

@@ -290,6 +290,8 @@ pub struct NetworkMonitorConfig {
     /// `scan_interval_ms`. 100..=3600000; a value at or below
     /// `scan_interval_ms` scans at a fixed interval.
     pub max_scan_interval_ms: u64,
+    /// Where connections come from.
+    pub source: NetworkSource,
 }
 
 impl Default for NetworkMonitorConfig {
@@ -298,8 +300,25 @@ impl Default for NetworkMonitorConfig {
             enabled: true,
             scan_interval_ms: 1000,
             max_scan_interval_ms: 4000,
+            source: NetworkSource::Auto,
         }
     }
+}
+
+/// `collectors.network_monitor.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkSource {
+    /// Kernel events where permitted (Linux: eBPF, as root with BTF), with
+    /// one scan for the connections already open; else polling.
+    #[default]
+    Auto,
+    /// Kernel events or nothing: if they are not available the network
+    /// collector records nothing and says why.
+    Event,
+    /// Polling only: connections shorter than the scan interval can be
+    /// missed.
+    Scan,
 }
 
 /// `filters.*`: events removed between the queue and the batch file,

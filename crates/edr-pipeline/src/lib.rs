@@ -230,6 +230,9 @@ counters! {
         /// Processes the reconciling scan found that the event source had not
         /// reported.
         total process_source_missed,
+        /// Connection records the eBPF source lost: its kernel ring buffer
+        /// was full (the agent fell behind a burst).
+        total network_events_lost,
     }
 }
 
@@ -329,7 +332,7 @@ mod tests {
 
     /// The keys `status.json` has always had, in order: readers of older
     /// and newer files depend on them.
-    const STATUS_KEYS: [&str; 16] = [
+    const STATUS_KEYS: [&str; 17] = [
         "produced",
         "dropped",
         "filtered",
@@ -346,6 +349,7 @@ mod tests {
         "process_events_lost",
         "process_partial",
         "process_source_missed",
+        "network_events_lost",
     ];
 
     #[test]
@@ -397,7 +401,7 @@ mod tests {
         c.filtered.add(EventType::Process, 4);
         c.storage_used_bytes.store(99, Relaxed);
         let all = c.describe();
-        assert_eq!(all.len(), STATUS_KEYS.len() + 4, "16 totals and 4 gauges");
+        assert_eq!(all.len(), STATUS_KEYS.len() + 4, "17 totals and 4 gauges");
         assert!(all
             .iter()
             .all(|f| !f.doc().is_empty() && !f.doc().contains("  ")));

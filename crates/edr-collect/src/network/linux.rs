@@ -23,7 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Owner, PortKey, Socket, SocketKey, Transport};
+use super::{Owner, OwnerUser, PortKey, Socket, SocketKey, Transport};
+use crate::process::UserNames;
 use crate::process::{process_start_ms, wall_start_ms};
 use edr_model::event::{entity_id, Timestamp};
 
@@ -488,6 +489,7 @@ struct Owners {
     /// Inodes of this scan not yet in the cache; reused across scans.
     unknown: HashSet<u64>,
     scan: u64,
+    users: UserNames,
 }
 
 impl Owners {
@@ -498,6 +500,7 @@ impl Owners {
             by_pid: HashMap::new(),
             unknown: HashSet::new(),
             scan: 0,
+            users: UserNames::default(),
         }
     }
 
@@ -642,25 +645,45 @@ impl Owners {
 
     /// Name, identity and program of a process; `None` if it has exited
     /// (or its pid was reused while it was read).
-    fn describe(&self, pid: u32) -> Option<Owner> {
+    fn describe(&mut self, pid: u32) -> Option<Owner> {
         let start_ms = process_start_ms(pid)?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let executable = fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        let args = read_cmdline(pid);
-        if process_start_ms(pid)? != start_ms {
-            return None;
-        }
-        Some(Owner {
-            pid,
-            name: comm.trim_end_matches('\n').to_string(),
-            entity_id: entity_id(&self.host_name, pid, start_ms),
-            start: Some(Timestamp(wall_start_ms(start_ms))),
-            executable,
-            args: edr_model::redact::redact_args(&args),
-        })
+        describe_process(&self.host_name, &mut self.users, pid, start_ms)
     }
+}
+
+/// Name, identity, program and user of the process `pid` that started at
+/// `start_ms` (identity start, see `process_start_ms`); `None` if it has
+/// exited or the pid now belongs to another process. The eBPF source calls
+/// this too, so both sources describe an owner alike.
+pub(super) fn describe_process(
+    host_name: &str,
+    users: &mut UserNames,
+    pid: u32,
+    start_ms: u64,
+) -> Option<Owner> {
+    use std::os::unix::fs::MetadataExt;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let executable = fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let args = read_cmdline(pid);
+    // /proc/<pid> belongs to the process's effective user.
+    let uid = fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid());
+    if process_start_ms(pid)? != start_ms {
+        return None;
+    }
+    Some(Owner {
+        pid,
+        name: comm.trim_end_matches('\n').to_string(),
+        entity_id: entity_id(host_name, pid, start_ms),
+        start: Some(Timestamp(wall_start_ms(start_ms))),
+        executable,
+        args: edr_model::redact::redact_args(&args),
+        user: uid.map(|id| OwnerUser {
+            id,
+            name: users.name(id).map(String::from),
+        }),
+    })
 }
 
 /// The arguments of `pid`, empty if they cannot be read.
@@ -991,6 +1014,7 @@ mod tests {
             start: None,
             executable: None,
             args: Vec::new(),
+            user: None,
         });
         out[1].owner = Some(Arc::clone(&owner));
         // The accepted socket, before accept(): no inode yet.

@@ -149,6 +149,7 @@ mod tests {
             start: None,
             executable: None,
             args: Vec::new(),
+            user: None,
         }))
     }
 

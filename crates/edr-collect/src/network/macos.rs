@@ -84,6 +84,7 @@ fn describe(host: &str, pid: u32, name: &str) -> Option<Owner> {
         // The arguments need KERN_PROCARGS2 parsing; the process events
         // carry them.
         args: Vec::new(),
+        user: None,
     })
 }
 

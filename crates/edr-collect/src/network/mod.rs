@@ -21,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adaptive::AdaptiveInterval;
 use crate::CollectorContext;
-use edr_config::NetworkMonitorConfig;
+use edr_config::{NetworkMonitorConfig, NetworkSource};
 use edr_model::event::{
-    Action, EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp,
+    Action, EdrExt, Endpoint, Event, EventMeta, Network, Origin, Process, Timestamp, User,
 };
 use edr_pipeline::{Counters, EventTx};
 
+#[cfg(target_os = "linux")]
+mod ebpf;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
@@ -82,6 +84,14 @@ struct Owner {
     executable: Option<String>,
     /// Already redacted.
     args: Vec<String>,
+    /// Effective user (`process.user`).
+    user: Option<OwnerUser>,
+}
+
+#[derive(Debug, PartialEq)]
+struct OwnerUser {
+    id: u32,
+    name: Option<String>,
 }
 
 /// One socket as a platform lister reports it.
@@ -391,6 +401,10 @@ fn build_event(
             executable: o.executable.clone(),
             args: o.args.clone(),
             command_line: (!o.args.is_empty()).then(|| o.args.join(" ")),
+            user: o.user.as_ref().map(|u| User {
+                id: Some(u.id.to_string()),
+                name: u.name.clone(),
+            }),
             ..Process::default()
         })
     });
@@ -497,9 +511,126 @@ impl ScanState {
     }
 }
 
-/// Runs the network collector until `ctx.cancel` fires.
+/// Runs the network collector until `ctx.cancel` fires: kernel events
+/// where `source` allows and the system permits, else polling.
 pub async fn run(cfg: NetworkMonitorConfig, ctx: CollectorContext) {
-    crate::coverage(&ctx).network_source = Some(platform::SOURCE.to_string());
+    let why_polling = match cfg.source {
+        NetworkSource::Scan => None,
+        NetworkSource::Auto | NetworkSource::Event => match run_events(&ctx).await {
+            None => return,
+            Some(reason) if cfg.source == NetworkSource::Event => {
+                record_unavailable(&ctx, &reason);
+                ctx.cancel.cancelled().await;
+                return;
+            }
+            Some(reason) => Some(reason),
+        },
+    };
+    record_polling(&ctx, &cfg, why_polling.as_deref());
+    poll(cfg, ctx).await;
+}
+
+/// The kernel event source until cancelled (None), or why it could not
+/// start or stopped.
+#[cfg(target_os = "linux")]
+async fn run_events(ctx: &CollectorContext) -> Option<String> {
+    // The reader stops on this token, which also fires if this task is
+    // dropped without being cancelled, so it never outlives it.
+    let cancel = ctx.cancel.child_token();
+    let _stop_reader = cancel.clone().drop_guard();
+    let c = ctx.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let probe = ebpf::open()?;
+        // The inventory: one scan of what is open now. Its closes are
+        // matched by address later.
+        let mut state = ScanState::new(&c);
+        state.scan();
+        let handler = ebpf::Handler::new(&c, std::mem::take(&mut state.tracker.live));
+        Ok::<_, String>((probe, handler))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("starting the eBPF source panicked: {e}")));
+    let (probe, handler) = match opened {
+        Ok(x) => x,
+        Err(reason) => return Some(reason),
+    };
+    if ctx.cancel.is_cancelled() {
+        return None;
+    }
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let token = cancel.clone();
+    let spawned = std::thread::Builder::new()
+        .name("edr-net-events".into())
+        .spawn(move || {
+            let _ = done_tx.send(ebpf::read_loop(probe, handler, token));
+        });
+    if let Err(e) = spawned {
+        return Some(format!("cannot start the eBPF reader: {e}"));
+    }
+    {
+        tracing::info!("connections from eBPF");
+        let mut cov = crate::coverage(ctx);
+        cov.network_source = Some(ebpf::SOURCE.to_string());
+        cov.network_note = Some(
+            "TCP connects, accepts, listens and closes and UDP sends to new peers as the kernel \
+             makes them, with their process; one sock_diag scan took the inventory at start"
+                .to_string(),
+        );
+    }
+    // The reader sees the cancellation within 100 ms; waiting for it keeps
+    // a restarted collector from running beside it.
+    match done_rx.await {
+        Ok(None) => None,
+        Ok(Some(reason)) if !ctx.cancel.is_cancelled() => {
+            Some(format!("the eBPF source stopped: {reason}"))
+        }
+        Ok(Some(_)) => None,
+        Err(_) => Some("the eBPF reader panicked".to_string()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn run_events(_: &CollectorContext) -> Option<String> {
+    Some("no kernel connection events on this platform".to_string())
+}
+
+/// Polling, by choice or because events are unavailable (`why`).
+fn record_polling(ctx: &CollectorContext, cfg: &NetworkMonitorConfig, why: Option<&str>) {
+    let period = if cfg.max_scan_interval_ms > cfg.scan_interval_ms {
+        format!("{}-{} ms", cfg.scan_interval_ms, cfg.max_scan_interval_ms)
+    } else {
+        format!("{} ms", cfg.scan_interval_ms)
+    };
+    let polling =
+        format!("polling every {period}: connections shorter than the interval can be missed");
+    let note = match why {
+        Some(why) => {
+            tracing::warn!("connection events unavailable ({why}); {polling}");
+            format!("connection events unavailable ({why}); {polling}")
+        }
+        None => polling,
+    };
+    let mut cov = crate::coverage(ctx);
+    cov.network_source = Some(platform::SOURCE.to_string());
+    cov.network_note = Some(note);
+}
+
+/// `source: event` without events: nothing is recorded, and status says so.
+fn record_unavailable(ctx: &CollectorContext, why: &str) {
+    tracing::error!(
+        "connection events unavailable ({why}) and polling is off \
+         (collectors.network_monitor.source: event): no connections are recorded"
+    );
+    let mut cov = crate::coverage(ctx);
+    cov.network_source = Some("none".to_string());
+    cov.network_note = Some(format!(
+        "connection events unavailable ({why}) and polling is off (source: event): \
+         no connections are recorded"
+    ));
+}
+
+/// Polls the socket table until `ctx.cancel` fires.
+async fn poll(cfg: NetworkMonitorConfig, ctx: CollectorContext) {
     let mut pace = AdaptiveInterval::from_millis(cfg.scan_interval_ms, cfg.max_scan_interval_ms);
     let mut state = ScanState::new(&ctx);
     let mut next = tokio::time::Instant::now();
@@ -546,6 +677,10 @@ mod tests {
             start: Some(Timestamp(1_000)),
             executable: Some("/usr/sbin/srv".to_string()),
             args: vec!["srv".to_string(), "--port=1".to_string()],
+            user: Some(OwnerUser {
+                id: 0,
+                name: Some("root".to_string()),
+            }),
         })
     }
 
@@ -674,6 +809,7 @@ mod tests {
             start: None,
             executable: None,
             args: Vec::new(),
+            user: None,
         }));
         assert_eq!(run_scan(&mut t, &[est], now).len(), 1);
         // Closed by curl: inode 0, TIME_WAIT. Not a second connection.

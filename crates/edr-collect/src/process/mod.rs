@@ -42,7 +42,12 @@ use edr_config::{ProcessMonitorConfig, ProcessSource};
 use monitor::{Monitor, Source};
 
 #[cfg(target_os = "linux")]
+pub(crate) use netlink::Priority;
+#[cfg(target_os = "linux")]
+pub(crate) use start_time::{clock_ns, clock_ticks_per_sec, start_ms_from_ticks};
+#[cfg(target_os = "linux")]
 pub use start_time::{process_start_ms, wall_start_ms};
+pub(crate) use users::UserNames;
 
 /// Elsewhere the identity start is already the best date known.
 #[cfg(not(target_os = "linux"))]

@@ -377,7 +377,7 @@ fn is_timeout(e: &io::Error) -> bool {
 /// it drops to normal priority until the window ends, so it never takes
 /// more than that share of a core from other programs (execs it is then
 /// late for are reported partial, and counted).
-struct Priority {
+pub(crate) struct Priority {
     realtime: bool,
     permitted: bool,
     window_start: Instant,
@@ -388,11 +388,13 @@ const BUDGET_WINDOW: Duration = Duration::from_millis(100);
 const BUSY_BUDGET: Duration = Duration::from_millis(30);
 
 impl Priority {
-    fn raise() -> Priority {
+    /// `what` names the reader in the log line when real time is refused.
+    pub(crate) fn raise(what: &str) -> Priority {
         let permitted = set_realtime(true).is_ok();
         if !permitted {
             tracing::info!(
-                "process event reader runs at normal priority (no CAP_SYS_NICE):                  on a busy machine some short processes may be reported without their program"
+                "{what} reader runs at normal priority (no CAP_SYS_NICE): on a busy machine \
+                 some short-lived processes may be reported without their program"
             );
         }
         Priority {
@@ -404,7 +406,7 @@ impl Priority {
     }
 
     /// Accounts time spent handling events; demotes or restores.
-    fn account(&mut self, busy: Duration, now: Instant) {
+    pub(crate) fn account(&mut self, busy: Duration, now: Instant) {
         if !self.permitted {
             return;
         }
@@ -453,7 +455,7 @@ pub(crate) fn read_loop(
 ) {
     let mut buf = vec![0u8; 4096];
     let mut procs = ProcReader::new(environ);
-    let mut priority = Priority::raise();
+    let mut priority = Priority::raise("process event");
     let mut batch = Batch::default();
     let mut draining: Option<Instant> = None;
     loop {
