@@ -460,7 +460,6 @@ pub(super) fn read_loop(
         handle_buf: Vec::new(),
     };
     let mut actors = Actors::new(host);
-    let me = std::process::id() as i32;
     // u64 words: the kernel writes 8-byte-aligned metadata.
     let mut buf = vec![0u64; READ_BUF / 8];
     let mut warned_parse = false;
@@ -497,7 +496,7 @@ pub(super) fn read_loop(
             }
         }
         for ev in events {
-            handle(&ev, at, me, &prefixes, &mut resolver, &mut actors, &tx, &counters);
+            handle(&ev, at, &prefixes, &mut resolver, &mut actors, &tx, &counters);
         }
     }
 }
@@ -506,7 +505,6 @@ pub(super) fn read_loop(
 fn handle(
     ev: &RawEvent<'_>,
     at: Timestamp,
-    me: i32,
     prefixes: &Prefixes,
     resolver: &mut Resolver,
     actors: &mut Actors,
@@ -517,10 +515,6 @@ fn handle(
     if meaning == Meaning::Overflow {
         counters.watcher_overflows.fetch_add(1, Relaxed);
         tracing::warn!("fanotify queue overflowed: file events were lost");
-        return;
-    }
-    // The agent's own writes (its batches) are not news.
-    if ev.pid == me {
         return;
     }
     let dir_changed = ev.mask & libc::FAN_ONDIR != 0
