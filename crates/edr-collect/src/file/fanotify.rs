@@ -65,6 +65,8 @@ pub(super) enum Refused {
     TooOld,
     #[error("fanotify_init: {0}")]
     Other(io::Error),
+    #[error("fanotify_mark: filesystem-wide marks not permitted (needs root or CAP_SYS_ADMIN)")]
+    MarkNotPermitted,
     #[error("no watch path is on a filesystem fanotify can mark")]
     NothingMarked,
 }
@@ -116,8 +118,10 @@ impl Fanotify {
             whole_renames: true,
         };
         let mut unmarked = Vec::new();
+        let mut refused = false;
         for path in prefixes.paths() {
-            if let Err(reason) = fan.mark(path) {
+            if let Err((reason, eperm)) = fan.mark(path) {
+                refused |= eperm;
                 unmarked.push(Unmarked {
                     path: path.clone(),
                     reason,
@@ -125,23 +129,31 @@ impl Fanotify {
             }
         }
         if fan.mounts.is_empty() {
-            return Err(Refused::NothingMarked);
+            // Since 5.13 anyone may create a group, but only
+            // CAP_SYS_ADMIN may mark a whole filesystem.
+            return Err(if refused {
+                Refused::MarkNotPermitted
+            } else {
+                Refused::NothingMarked
+            });
         }
         Ok((fan, unmarked))
     }
 
-    /// Marks the filesystem holding `path` (once per filesystem).
-    fn mark(&mut self, path: &Path) -> Result<(), String> {
+    /// Marks the filesystem holding `path` (once per filesystem). The
+    /// error says why, and whether the kernel refused permission.
+    fn mark(&mut self, path: &Path) -> Result<(), (String, bool)> {
         let Some(dir) = anchor_dir(path) else {
-            return Err("does not exist, nor does any parent".into());
+            return Err(("does not exist, nor does any parent".into(), false));
         };
-        let c_dir =
-            CString::new(dir.as_os_str().as_bytes()).map_err(|_| "path holds a NUL byte")?;
+        let c_dir = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| ("path holds a NUL byte".to_string(), false))?;
         // SAFETY: a zeroed statfs is a valid out-parameter.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: valid C string and out-pointer.
         if unsafe { libc::statfs(c_dir.as_ptr(), &mut st) } != 0 {
-            return Err(format!("cannot read {}: {}", dir.display(), io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            return Err((format!("cannot read {}: {e}", dir.display()), false));
         }
         // SAFETY: fsid_t is two ints in every libc layout.
         let fsid: [i32; 2] = unsafe { std::mem::transmute(st.f_fsid) };
@@ -159,11 +171,15 @@ impl Fanotify {
             }
         }
         rc.map_err(|e| match e.raw_os_error() {
-            Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) => format!(
-                "its filesystem cannot be watched by fanotify ({e}); \
-                 `collectors.file_monitor.source: inotify` can watch it"
+            Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) => (
+                format!(
+                    "its filesystem cannot be watched by fanotify ({e}); \
+                     `collectors.file_monitor.source: inotify` can watch it"
+                ),
+                false,
             ),
-            _ => format!("fanotify_mark {}: {e}", dir.display()),
+            Some(libc::EPERM) => (format!("fanotify_mark {}: {e}", dir.display()), true),
+            _ => (format!("fanotify_mark {}: {e}", dir.display()), false),
         })?;
         // SAFETY: valid C string; the result is checked.
         let mfd = unsafe {
@@ -173,7 +189,8 @@ impl Fanotify {
             )
         };
         if mfd < 0 {
-            return Err(format!("cannot open {}: {}", dir.display(), io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            return Err((format!("cannot open {}: {e}", dir.display()), false));
         }
         // SAFETY: a descriptor we own from here on.
         self.mounts.insert(fsid, unsafe { OwnedFd::from_raw_fd(mfd) });
