@@ -319,7 +319,9 @@ fn missing_watch_path_is_reported_and_the_others_still_work(source: FileSource) 
         let cov = c.wait_for_coverage(|cov| cov.watched_paths.len() == 2);
         assert!(cov.unwatched_paths.is_empty(), "{cov:?}");
         std::fs::create_dir(&missing).expect("mkdir");
-        c.expect("the missing path's creation", |v| is(v, "file-created", &missing));
+        c.expect("the missing path's creation", |v| {
+            is(v, "file-created", &missing)
+        });
         let inside = missing.join("new");
         std::fs::write(&inside, b"1").expect("write");
         c.expect("a file in it", |v| is(v, "file-created", &inside));

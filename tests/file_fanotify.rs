@@ -41,7 +41,8 @@ fn persistence_config(root: &Path, source: FileSource) -> PathBuf {
     write_config(root, |c| {
         c.collectors.file_monitor.source = source;
         c.collectors.file_monitor.watch_paths = Vec::new();
-        c.collectors.file_monitor.linux_watch_paths = FileMonitorConfig::default().linux_watch_paths;
+        c.collectors.file_monitor.linux_watch_paths =
+            FileMonitorConfig::default().linux_watch_paths;
         c.collectors.process_monitor.enabled = true;
         c.agent.collection_interval_ms = 200;
         // Every event of the writer is wanted, not one per window.
@@ -77,11 +78,13 @@ fn persistence_changes_name_the_process_that_made_them() {
         },
     );
     agent.wait_status("fanotify and process events", |s| {
-        s.coverage.file_source.as_deref() == Some("fanotify")
-            && s.coverage.process_source.is_some()
+        s.coverage.file_source.as_deref() == Some("fanotify") && s.coverage.process_source.is_some()
     });
     let text = stdout(&cli(&["status"], &data));
-    assert!(text.contains("files:       fanotify (filesystem-wide marks"), "{text}");
+    assert!(
+        text.contains("files:       fanotify (filesystem-wide marks"),
+        "{text}"
+    );
 
     let m = marker();
     let cron = PathBuf::from(format!("/etc/cron.d/{m}"));
@@ -173,11 +176,21 @@ fn persistence_changes_name_the_process_that_made_them() {
                     && str_field(e, "file.path") == path.to_str()
             })
             .expect("found above");
-        assert_eq!(str_field(e, "process.executable"), Some("/usr/bin/perl"), "{e}");
-        assert_eq!(str_field(e, "process.entity_id"), Some(entity.as_str()), "{e}");
+        assert_eq!(
+            str_field(e, "process.executable"),
+            Some("/usr/bin/perl"),
+            "{e}"
+        );
+        assert_eq!(
+            str_field(e, "process.entity_id"),
+            Some(entity.as_str()),
+            "{e}"
+        );
         assert_eq!(str_field(e, "process.name"), Some("perl"), "{e}");
         assert!(
-            e["process"]["args"].as_array().is_some_and(|a| a.iter().any(|x| x == m.as_str())),
+            e["process"]["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == m.as_str())),
             "{e}"
         );
         assert_eq!(str_field(e, "process.user.id"), Some("0"), "{e}");
@@ -248,7 +261,10 @@ fn falls_back(how: Launch, chown: bool, why: &str) {
 
 #[test]
 fn not_root_falls_back_to_inotify_and_says_why() {
-    require_root_because("the unprivileged fallback test", "it runs the agent as nobody");
+    require_root_because(
+        "the unprivileged fallback test",
+        "it runs the agent as nobody",
+    );
     falls_back(
         Launch {
             user: Some(NOBODY),

@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(p.entity_id, entity_id("h", me, start));
         assert_eq!(
             p.executable.as_deref(),
-            std::env::current_exe().ok().as_deref().and_then(|e| e.to_str())
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|e| e.to_str())
         );
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };

@@ -193,7 +193,8 @@ impl Fanotify {
             return Err((format!("cannot open {}: {e}", dir.display()), false));
         }
         // SAFETY: a descriptor we own from here on.
-        self.mounts.insert(fsid, unsafe { OwnedFd::from_raw_fd(mfd) });
+        self.mounts
+            .insert(fsid, unsafe { OwnedFd::from_raw_fd(mfd) });
         self.filesystems += 1;
         Ok(())
     }
@@ -291,7 +292,9 @@ fn parse_one(buf: &[u8], at: usize) -> Result<(RawEvent<'_>, usize), ParseError>
     if event_len < METADATA_LEN || meta_len < METADATA_LEN || meta_len > event_len {
         return Err(truncated);
     }
-    let event = buf.get(at..at + event_len).ok_or_else(|| truncated.clone())?;
+    let event = buf
+        .get(at..at + event_len)
+        .ok_or_else(|| truncated.clone())?;
     let mask = u64_at(event, 8).ok_or_else(|| truncated.clone())?;
     let pid = i32_at(event, 20).ok_or(truncated)?;
     let mut records = Vec::new();
@@ -513,7 +516,15 @@ pub(super) fn read_loop(
             }
         }
         for ev in events {
-            handle(&ev, at, &prefixes, &mut resolver, &mut actors, &tx, &counters);
+            handle(
+                &ev,
+                at,
+                &prefixes,
+                &mut resolver,
+                &mut actors,
+                &tx,
+                &counters,
+            );
         }
     }
 }
@@ -541,8 +552,10 @@ fn handle(
     match meaning {
         Meaning::Overflow => {}
         Meaning::Rename => {
-            let old = record(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME).and_then(|r| resolver.path(r));
-            let new = record(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME).and_then(|r| resolver.path(r));
+            let old =
+                record(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME).and_then(|r| resolver.path(r));
+            let new =
+                record(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME).and_then(|r| resolver.path(r));
             let old = old.filter(|p| prefixes.covers(p));
             let new = new.filter(|p| prefixes.covers(p));
             let (what, path, original) = match (old, new) {
@@ -647,7 +660,11 @@ mod tests {
 
     #[test]
     fn parses_events_with_name_and_fid_records() {
-        let dfid = record(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, &[1, 2, 3, 4, 5, 6, 7, 8], Some(b"job"));
+        let dfid = record(
+            libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            Some(b"job"),
+        );
         let fid = record(libc::FAN_EVENT_INFO_TYPE_FID, &[9; 8], None);
         let mut buf = event(libc::FAN_CREATE, 42, &[dfid, fid]);
         buf.extend(event(libc::FAN_Q_OVERFLOW, -1, &[]));
@@ -669,8 +686,16 @@ mod tests {
 
     #[test]
     fn renames_carry_both_names() {
-        let old = record(libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, &[1; 8], Some(b"a.tmp"));
-        let new = record(libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, &[2; 8], Some(b"evil.service"));
+        let old = record(
+            libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
+            &[1; 8],
+            Some(b"a.tmp"),
+        );
+        let new = record(
+            libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME,
+            &[2; 8],
+            Some(b"evil.service"),
+        );
         let buf = event(libc::FAN_RENAME, 5, &[old, new]);
         let (events, err) = parse(&buf);
         assert_eq!(err, None);
@@ -707,12 +732,18 @@ mod tests {
         let mut unterminated = record(libc::FAN_EVENT_INFO_TYPE_DFID_NAME, &[1; 8], Some(b"abc"));
         let n = unterminated.len();
         unterminated[n - 4..].copy_from_slice(b"abcd");
-        assert!(parse(&event(libc::FAN_ATTRIB, 1, &[unterminated])).1.is_some());
+        assert!(parse(&event(libc::FAN_ATTRIB, 1, &[unterminated]))
+            .1
+            .is_some());
     }
 
     #[test]
     fn truncated_reads_and_other_versions_are_errors_not_panics() {
-        let buf = event(libc::FAN_CREATE, 1, &[record(libc::FAN_EVENT_INFO_TYPE_FID, &[1; 8], None)]);
+        let buf = event(
+            libc::FAN_CREATE,
+            1,
+            &[record(libc::FAN_EVENT_INFO_TYPE_FID, &[1; 8], None)],
+        );
         for cut in 1..buf.len() {
             let (events, err) = parse(&buf[..cut]);
             assert!(events.is_empty() && err.is_some(), "cut at {cut}");

@@ -207,11 +207,7 @@ fn try_fanotify(
         }
     }
     for u in &unmarked {
-        watch::record_unwatched(
-            ctx,
-            &u.path,
-            &watch::WatchError::Fanotify(u.reason.clone()),
-        );
+        watch::record_unwatched(ctx, &u.path, &watch::WatchError::Fanotify(u.reason.clone()));
     }
     let (tx, rx) = mpsc::sync_channel(RAW_QUEUE);
     let (host, counters, s) = (
