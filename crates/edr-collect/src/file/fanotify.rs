@@ -399,10 +399,13 @@ pub(super) fn meaning(mask: u64) -> Meaning {
     Meaning::Entry(whats)
 }
 
+/// A directory's identity: handle bytes, handle type, fsid.
+type DirKey = (Box<[u8]>, i32, [i32; 2]);
+
 /// Turns file handles into paths.
 struct Resolver {
     mounts: HashMap<[i32; 2], OwnedFd>,
-    dirs: HashMap<(Box<[u8]>, i32, [i32; 2]), PathBuf>,
+    dirs: HashMap<DirKey, PathBuf>,
     /// Reused `struct file_handle` buffer (u32-aligned).
     handle_buf: Vec<u32>,
 }

@@ -154,12 +154,13 @@ fn start(
                 match cfg.source {
                     FileSource::Inotify => inotify(&paths, &ctx, worker, &stop, &roots, None),
                     FileSource::Auto | FileSource::Fanotify => {
-                        match try_fanotify(&paths, &ctx, worker, &stop, &roots) {
-                            Ok(()) => {}
-                            Err((worker, why)) if cfg.source == FileSource::Auto => {
+                        if let Err(refused) = try_fanotify(&paths, &ctx, worker, &stop, &roots) {
+                            let (worker, why) = *refused;
+                            if cfg.source == FileSource::Auto {
                                 inotify(&paths, &ctx, worker, &stop, &roots, Some(&why));
+                            } else {
+                                record_none(&ctx, &paths, &why);
                             }
-                            Err((_, why)) => record_none(&ctx, &paths, &why),
                         }
                     }
                 }
@@ -177,11 +178,11 @@ fn try_fanotify(
     mut worker: Worker,
     stop: &CancellationToken,
     roots: &dyn Fn(&Prefixes),
-) -> Result<(), (Worker, String)> {
+) -> Result<(), Box<(Worker, String)>> {
     let prefixes = Prefixes::resolved(paths);
     let (fan, unmarked) = match fanotify::Fanotify::open(&prefixes) {
         Ok(opened) => opened,
-        Err(e) => return Err((worker, e.to_string())),
+        Err(e) => return Err(Box::new((worker, e.to_string()))),
     };
     roots(&prefixes);
     let renames = if fan.whole_renames {
@@ -238,8 +239,8 @@ fn try_fanotify(
     worker: Worker,
     _: &CancellationToken,
     _: &dyn Fn(&Prefixes),
-) -> Result<(), (Worker, String)> {
-    Err((worker, "fanotify is Linux-only".into()))
+) -> Result<(), Box<(Worker, String)>> {
+    Err(Box::new((worker, "fanotify is Linux-only".into())))
 }
 
 /// The name status shows for the notify backend.
