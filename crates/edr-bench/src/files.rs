@@ -177,7 +177,12 @@ pub(crate) fn startup(runs: usize, work_dir: Option<&Path>) -> anyhow::Result<()
             else {
                 continue;
             };
-            let Some(path) = line.rsplit("watching ").next() else {
+            // `... watching <path> elapsed_us=N` (fields after the message).
+            let Some(path) = line
+                .split("watching ")
+                .nth(1)
+                .and_then(|r| r.split(" elapsed_us=").next())
+            else {
                 continue;
             };
             total += us;
