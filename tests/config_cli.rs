@@ -75,7 +75,7 @@ const CASES: &[(&str, &[&str])] = &[
         "empty_watch_path.yaml",
         &[
             "`collectors.file_monitor.watch_paths[1]` = \"\"",
-            "non-empty directory path",
+            "non-empty directory or file path",
         ],
     ),
     (

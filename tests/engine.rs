@@ -202,8 +202,9 @@ async fn size_cap_holds_with_one_batch_of_slack() {
     let mut c = test_config(dir.path());
     c.agent.max_events_per_batch = 20;
     c.storage.local_storage.compress_events = false;
-    // About 20 KB: a few uncompressed 20-event batches.
-    c.storage.max_storage_size_gb = 20_000.0 / (1024.0 * 1024.0 * 1024.0);
+    // About 60 KB: a few uncompressed 20-event batches (as root file
+    // events carry their writer's process.*, about 1 KB an event).
+    c.storage.max_storage_size_gb = 60_000.0 / (1024.0 * 1024.0 * 1024.0);
     let cap = c.max_storage_bytes();
     let data = c.data_dir();
     let engine = start(c);

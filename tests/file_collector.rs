@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edr_collect::{file, Coverage};
-use edr_config::FileMonitorConfig;
+use edr_config::{FileMonitorConfig, FileSource};
 use edr_pipeline::Counters;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -33,10 +33,15 @@ struct Collector {
     seen: Vec<Value>,
 }
 
-fn config(watch: &[&Path]) -> FileMonitorConfig {
+/// Only `watch`: the per-OS persistence lists are left out, so the events
+/// are the test's own.
+fn config(source: FileSource, watch: &[&Path]) -> FileMonitorConfig {
     FileMonitorConfig {
         enabled: true,
+        source,
         watch_paths: watch.iter().map(|p| p.display().to_string()).collect(),
+        linux_watch_paths: Vec::new(),
+        macos_watch_paths: Vec::new(),
         exclude_paths: vec!["**/excluded/**".into()],
         max_file_size_mb: 1,
         calculate_hashes: true,
@@ -132,11 +137,10 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-#[test]
-fn create_modify_rename_delete_are_reported_with_their_paths() {
+fn create_modify_rename_delete_are_reported_with_their_paths(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
     let outside = tempfile::tempdir().expect("tempdir");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
 
     let a = dir.path().join("report.txt");
     std::fs::write(&a, b"v1").expect("write");
@@ -203,15 +207,14 @@ fn create_modify_rename_delete_are_reported_with_their_paths() {
     c.stop();
 }
 
-#[test]
-fn excluded_subdirectory_produces_nothing() {
+fn excluded_subdirectory_produces_nothing(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
     // Made before the watch starts: files written into a directory in the
     // instant before its new watch is in place are missed anyway, which
     // would hide a broken exclusion.
     let excluded = dir.path().join("excluded");
     std::fs::create_dir(&excluded).expect("mkdir");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
     let secret = excluded.join("secret.txt");
     std::fs::write(&secret, b"hidden").expect("write");
     std::fs::write(excluded.join("other"), b"hidden").expect("write");
@@ -239,10 +242,9 @@ fn excluded_subdirectory_produces_nothing() {
     c.stop();
 }
 
-#[test]
-fn created_file_hash_matches_its_final_content() {
+fn created_file_hash_matches_its_final_content(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
     let path = dir.path().join("payload.sh");
     let content: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
     // Written and closed before we look: the hasher reads the file when its
@@ -263,10 +265,9 @@ fn created_file_hash_matches_its_final_content() {
     c.stop();
 }
 
-#[test]
-fn file_over_the_size_cap_is_not_hashed() {
+fn file_over_the_size_cap_is_not_hashed(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
     let big = dir.path().join("big.iso");
     std::fs::write(&big, vec![7u8; 1024 * 1024 + 1]).expect("write");
     let v = c.expect("too_large", |v| {
@@ -278,10 +279,9 @@ fn file_over_the_size_cap_is_not_hashed() {
     c.stop();
 }
 
-#[test]
-fn fifo_is_reported_without_hanging_or_hashing() {
+fn fifo_is_reported_without_hanging_or_hashing(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
     let fifo = dir.path().join("pipe");
     let cpath = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("no NUL");
     // SAFETY: a valid NUL-terminated path and a plain mode.
@@ -305,14 +305,28 @@ fn fifo_is_reported_without_hanging_or_hashing() {
     c.stop();
 }
 
-#[test]
-fn missing_watch_path_is_reported_and_the_others_still_work() {
+fn missing_watch_path_is_reported_and_the_others_still_work(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("does-not-exist");
     let watched = dir.path().join("real");
     std::fs::create_dir(&watched).expect("mkdir");
-    let mut c = Collector::start(config(&[&missing, &watched]), &watched);
+    let mut c = Collector::start(config(source, &[&missing, &watched]), &watched);
 
+    if source == FileSource::Fanotify {
+        // A prefix filter needs no existing directory: the path is
+        // watched, and its creation is news.
+        let cov = c.wait_for_coverage(|cov| cov.watched_paths.len() == 2);
+        assert!(cov.unwatched_paths.is_empty(), "{cov:?}");
+        std::fs::create_dir(&missing).expect("mkdir");
+        c.expect("the missing path's creation", |v| {
+            is(v, "file-created", &missing)
+        });
+        let inside = missing.join("new");
+        std::fs::write(&inside, b"1").expect("write");
+        c.expect("a file in it", |v| is(v, "file-created", &inside));
+        c.stop();
+        return;
+    }
     let cov = c.wait_for_coverage(|cov| !cov.unwatched_paths.is_empty());
     assert_eq!(cov.unwatched_paths.len(), 1, "{cov:?}");
     assert_eq!(cov.unwatched_paths[0].path, missing.to_string_lossy());
@@ -329,10 +343,9 @@ fn missing_watch_path_is_reported_and_the_others_still_work() {
     c.stop();
 }
 
-#[test]
-fn odd_names_survive_newlines_and_invalid_utf8() {
+fn odd_names_survive_newlines_and_invalid_utf8(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
 
     let newline = dir.path().join("line one\nline two.txt");
     std::fs::write(&newline, b"n").expect("write");
@@ -352,12 +365,11 @@ fn odd_names_survive_newlines_and_invalid_utf8() {
     c.stop();
 }
 
-#[test]
-fn symlink_is_described_not_followed() {
+fn symlink_is_described_not_followed(source: FileSource) {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = tempfile::NamedTempFile::new().expect("target");
     std::fs::write(target.path(), b"secret outside").expect("write");
-    let mut c = Collector::start(config(&[dir.path()]), dir.path());
+    let mut c = Collector::start(config(source, &[dir.path()]), dir.path());
     let link: PathBuf = dir.path().join("link");
     std::os::unix::fs::symlink(target.path(), &link).expect("symlink");
     let v = c.expect("symlink created", |v| is(v, "file-created", &link));
@@ -366,3 +378,37 @@ fn symlink_is_described_not_followed() {
     assert_eq!(v["edr"]["hash_skipped"], "not_regular");
     c.stop();
 }
+
+/// Each test above, once per source: fanotify (root) and inotify.
+macro_rules! on_both_sources {
+    ($($name:ident),* $(,)?) => {
+        mod fanotify {
+            $(
+                #[test]
+                fn $name() {
+                    super::common::root::require_root_because("the fanotify source", "CAP_SYS_ADMIN");
+                    super::$name(super::FileSource::Fanotify);
+                }
+            )*
+        }
+        mod inotify {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::FileSource::Inotify);
+                }
+            )*
+        }
+    };
+}
+
+on_both_sources!(
+    create_modify_rename_delete_are_reported_with_their_paths,
+    excluded_subdirectory_produces_nothing,
+    created_file_hash_matches_its_final_content,
+    file_over_the_size_cap_is_not_hashed,
+    fifo_is_reported_without_hanging_or_hashing,
+    missing_watch_path_is_reported_and_the_others_still_work,
+    odd_names_survive_newlines_and_invalid_utf8,
+    symlink_is_described_not_followed,
+);

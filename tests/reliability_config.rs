@@ -96,6 +96,7 @@ fn config() -> impl Strategy<Value = Config> {
                 max_file_size_mb: size,
                 calculate_hashes: hashes,
                 hash_rate_limit_mb_per_sec: rate,
+                ..FileMonitorConfig::default()
             },
         );
     let network = (any::<bool>(), 100u64..=3_600_000, 100u64..=3_600_000).prop_map(

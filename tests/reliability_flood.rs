@@ -114,6 +114,17 @@ fn assert_bounded(what: &str, o: &Observed) {
 
 #[test]
 fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
+    file_burst(edr_config::FileSource::Inotify);
+}
+
+/// The same burst through fanotify, which sees every change on the
+/// filesystem (the burst's tmpfs) and filters in user space.
+#[test]
+fn a_burst_of_400k_file_events_through_fanotify_is_survived_counted_and_shown() {
+    file_burst(edr_config::FileSource::Fanotify);
+}
+
+fn file_burst(source: edr_config::FileSource) {
     let _heavy = common::heavy(); // a flood; status timed
     const THREADS: u64 = 4;
     const WRITES_PER_THREAD: u64 = 100_000;
@@ -124,9 +135,15 @@ fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
     let _fast = common::root::Mount::tmpfs(&watched(dir.path()), 512 * 1024 * 1024);
     let config = write_config(dir.path(), |c| {
         c.collectors.file_monitor.calculate_hashes = true;
+        c.collectors.file_monitor.source = source;
     });
     let mut agent = Agent::spawn(&config, &data);
-    agent.wait_watching();
+    let up = agent.wait_watching();
+    let name = match source {
+        edr_config::FileSource::Fanotify => "fanotify",
+        _ => "inotify",
+    };
+    assert_eq!(up.coverage.file_source.as_deref(), Some(name));
     let rss_idle = agent.rss_bytes().expect("rss");
     let watcher = Watcher::start(agent.pid(), &data);
 
@@ -160,7 +177,7 @@ fn a_burst_of_400k_file_events_is_survived_counted_and_shown() {
     let t = &settled.totals;
     let seen = t.produced[1] + t.dropped[1];
     eprintln!(
-        "file burst: {} writes in {burst:?}; produced {}, dropped {:?}, overflows {}, hash skipped {} (+{} queue full); RSS idle {} KB",
+        "file burst ({name}): {} writes in {burst:?}; produced {}, dropped {:?}, overflows {}, hash skipped {} (+{} queue full); RSS idle {} KB",
         THREADS * WRITES_PER_THREAD,
         t.produced[1],
         t.dropped,

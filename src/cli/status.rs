@@ -197,6 +197,15 @@ fn print_human(
             t.network_events_lost
         ))?;
     }
+    if let Some(src) = &c.file_source {
+        out(format_args!(
+            "files:       {src}{}\n",
+            c.file_note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ))?;
+    }
     if !c.watched_paths.is_empty() {
         out(format_args!(
             "watching:    {}\n",

@@ -38,6 +38,11 @@ pub struct Launch {
     pub inotify_watch_limit: Option<u32>,
     /// Log filter passed to `--log`.
     pub log: Option<&'static str>,
+    /// The agent's `HOME` (what `~` in watch paths means).
+    pub home: Option<PathBuf>,
+    /// A command the agent runs under, e.g. `capsh --drop=cap_sys_admin --`
+    /// (the agent's path and arguments follow it).
+    pub wrapper: Option<Vec<String>>,
 }
 
 /// A running agent process, killed on drop if still alive.
@@ -71,8 +76,18 @@ impl Agent {
                     .arg(agent);
                 c
             }
-            None => Command::new(agent),
+            None => match &how.wrapper {
+                Some(wrapper) => {
+                    let mut c = Command::new(&wrapper[0]);
+                    c.args(&wrapper[1..]).arg(agent);
+                    c
+                }
+                None => Command::new(agent),
+            },
         };
+        if let Some(home) = &how.home {
+            cmd.env("HOME", home);
+        }
         cmd.args(["run", "--log", log, "--config"])
             .arg(config)
             .stdout(Stdio::null())

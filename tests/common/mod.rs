@@ -21,6 +21,9 @@ pub fn test_config(root: &Path) -> Config {
     let mut c = Config::default();
     c.storage.local_storage.data_dir = Some(root.join("data").display().to_string());
     c.collectors.file_monitor.watch_paths = vec![watched.display().to_string()];
+    // The per-OS persistence lists would add the machine's own changes.
+    c.collectors.file_monitor.linux_watch_paths = Vec::new();
+    c.collectors.file_monitor.macos_watch_paths = Vec::new();
     c.collectors.file_monitor.calculate_hashes = false;
     c.collectors.process_monitor.enabled = false;
     c.collectors.network_monitor.enabled = false;

@@ -179,6 +179,8 @@ fn file_cost(c: &mut Criterion) {
     });
     let cfg = FileMonitorConfig {
         watch_paths: vec![dir.path().display().to_string()],
+        linux_watch_paths: Vec::new(),
+        macos_watch_paths: Vec::new(),
         exclude_paths: Vec::new(),
         ..FileMonitorConfig::default()
     };

@@ -6,6 +6,7 @@
 
 mod agent;
 mod detect;
+mod files;
 mod load;
 mod pipeline;
 mod probe;
@@ -93,6 +94,9 @@ enum BenchCommand {
     /// Detection: evaluation throughput of the stage on one core on the
     /// synthetic mix, and the rsigma CLI on the same events and rules.
     Detect(DetectArgs),
+    /// File sources: agent CPU per file events/s for fanotify and inotify,
+    /// or the start-up cost of the default watch list with inotify.
+    Files(FilesArgs),
     /// Detection: time from a real process start to its stored alert, with
     /// a started agent (needs root: the kernel's process events).
     AlertLatency(AlertLatencyArgs),
@@ -212,6 +216,40 @@ struct ScaleArgs {
 }
 
 #[derive(Args, Debug)]
+struct FilesArgs {
+    /// `rate`: CPU at a set rate of file rewrites, per source; `startup`:
+    /// the default watch list's cost with inotify.
+    #[arg(value_enum)]
+    what: FilesWhat,
+    /// Sources measured by `rate` (fanotify needs root).
+    #[arg(long = "source", value_enum, default_values = ["fanotify", "inotify"])]
+    sources: Vec<FileSourceArg>,
+    /// Rewrites a second (`rate`).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Measured time per source (`rate`).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Agent starts (`startup`).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FilesWhat {
+    Rate,
+    Startup,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FileSourceArg {
+    Fanotify,
+    Inotify,
+}
+
+#[derive(Args, Debug)]
 struct DetectArgs {
     /// Sigma rule files or directories loaded besides the built-in rules
     /// (e.g. SigmaHQ's rules folder); repeatable.
@@ -287,6 +325,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Startup(a) => startup(a),
         BenchCommand::Scale(a) => scale(a),
         BenchCommand::Detect(a) => detect_bench(a),
+        BenchCommand::Files(a) => files_bench(a),
         BenchCommand::AlertLatency(a) => alert_latency(a),
         BenchCommand::Connections(a) => connections(a),
         BenchCommand::HoldClients { port, count } => hold_clients(port, count),
@@ -651,6 +690,25 @@ fn log_ms(log: &str, needle: &str, spawned: SystemTime) -> Option<f64> {
     let stamp = line.split_whitespace().next()?;
     let t = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')).ok()?;
     Some(t.duration_since(spawned).ok()?.as_secs_f64() * 1000.0)
+}
+
+fn files_bench(a: FilesArgs) -> anyhow::Result<()> {
+    let work = a.common.work_dir.as_deref();
+    match a.what {
+        FilesWhat::Rate => {
+            let sources: Vec<edr_config::FileSource> = a
+                .sources
+                .iter()
+                .map(|s| match s {
+                    FileSourceArg::Fanotify => edr_config::FileSource::Fanotify,
+                    FileSourceArg::Inotify => edr_config::FileSource::Inotify,
+                })
+                .collect();
+            files::rate(&sources, a.rate, a.duration, work)?;
+        }
+        FilesWhat::Startup => files::startup(a.runs, work)?,
+    }
+    Ok(())
 }
 
 fn startup(a: StartupArgs) -> anyhow::Result<()> {

@@ -72,6 +72,14 @@ pub struct Coverage {
     /// (e.g. that eBPF was refused).
     #[serde(default)]
     pub network_note: Option<String>,
+    /// Where file changes come from: `fanotify`, `inotify`, `fsevents`, or
+    /// `none` (`source: fanotify` without fanotify); None while the file
+    /// collector is off.
+    #[serde(default)]
+    pub file_source: Option<String>,
+    /// What the file source implies, and why it was chosen.
+    #[serde(default)]
+    pub file_note: Option<String>,
     /// Directories under a working watch.
     pub watched_paths: Vec<String>,
     /// Configured directories not watched, with the reason.

@@ -229,9 +229,17 @@ pub enum ProcessSource {
 #[serde(default)]
 pub struct FileMonitorConfig {
     pub enabled: bool,
-    /// Directories watched recursively. `~` is the user's home. Paths that
-    /// do not exist are skipped and reported as unwatched.
+    /// Where file changes come from.
+    pub source: FileSource,
+    /// Directories (watched recursively) and single files, on every OS.
+    /// `~` is the user's home. With fanotify each is a prefix filter (a
+    /// path not there yet is watched from its nearest existing parent);
+    /// with inotify a missing path is skipped and reported as unwatched.
     pub watch_paths: Vec<String>,
+    /// Like `watch_paths`, watched only on Linux: where persistence lives.
+    pub linux_watch_paths: Vec<String>,
+    /// Like `watch_paths`, watched only on macOS: where persistence lives.
+    pub macos_watch_paths: Vec<String>,
     /// Glob patterns (`**/node_modules/**`, `*.swp`); matching paths
     /// produce no events.
     pub exclude_paths: Vec<String>,
@@ -245,31 +253,95 @@ pub struct FileMonitorConfig {
     pub hash_rate_limit_mb_per_sec: u64,
 }
 
+/// `collectors.file_monitor.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FileSource {
+    /// fanotify where permitted (Linux 5.9+, CAP_SYS_ADMIN), else inotify
+    /// (FSEvents on macOS).
+    #[default]
+    Auto,
+    /// fanotify or nothing: if it is refused the file collector records
+    /// nothing and says why.
+    Fanotify,
+    /// inotify (FSEvents on macOS) only: no acting process on file events.
+    Inotify,
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl FileMonitorConfig {
+    /// The paths watched on this OS: `watch_paths`, then this OS's list.
+    /// The one place where the OS picks its persistence locations.
+    pub fn paths_for_this_os(&self) -> Vec<String> {
+        let own: &[String] = if cfg!(target_os = "macos") {
+            &self.macos_watch_paths
+        } else if cfg!(target_os = "linux") {
+            &self.linux_watch_paths
+        } else {
+            &[]
+        };
+        let mut all = self.watch_paths.clone();
+        for p in own {
+            if !all.contains(p) {
+                all.push(p.clone());
+            }
+        }
+        all
+    }
+}
+
 impl Default for FileMonitorConfig {
     fn default() -> Self {
         FileMonitorConfig {
             enabled: true,
-            watch_paths: [
-                "~/Desktop",
-                "~/Documents",
-                "~/Downloads",
+            source: FileSource::Auto,
+            watch_paths: strings(&["~/Desktop", "~/Documents", "~/Downloads"]),
+            linux_watch_paths: strings(&[
+                "~/.bashrc",
+                "~/.bash_profile",
+                "~/.profile",
+                "~/.zshrc",
                 "~/.ssh",
                 "~/.config/autostart",
+                "~/.config/systemd/user",
+                "/etc/cron.d",
+                "/etc/cron.daily",
+                "/etc/cron.hourly",
+                "/etc/cron.weekly",
+                "/etc/cron.monthly",
+                "/etc/crontab",
+                "/var/spool/cron",
+                "/etc/systemd/system",
+                "/etc/profile",
+                "/etc/profile.d",
+                "/etc/pam.d",
+                "/etc/ld.so.preload",
+                "/etc/sudoers",
+                "/etc/sudoers.d",
+                "/etc/passwd",
+                "/etc/shadow",
+                "/etc/group",
+                "/etc/rc.local",
+            ]),
+            macos_watch_paths: strings(&[
                 "~/Library/LaunchAgents",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            exclude_paths: [
+                "/Library/LaunchAgents",
+                "/Library/LaunchDaemons",
+                "~/.zshrc",
+                "~/.zprofile",
+                "/etc/periodic",
+                "/etc/sudoers",
+            ]),
+            exclude_paths: strings(&[
                 "**/.git/**",
                 "**/node_modules/**",
                 "**/.cache/**",
                 "**/*.swp",
                 "**/*~",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ]),
             max_file_size_mb: 100,
             calculate_hashes: true,
             hash_rate_limit_mb_per_sec: 64,
@@ -695,13 +767,20 @@ impl Config {
             }),
         }
         let c = &self.collectors;
-        for (i, p) in c.file_monitor.watch_paths.iter().enumerate() {
-            if p.trim().is_empty() {
-                errors.push(FieldError {
-                    key: format!("collectors.file_monitor.watch_paths[{i}]"),
-                    value: format!("{p:?}"),
-                    allowed: "a non-empty directory path".to_string(),
-                });
+        let fm = &c.file_monitor;
+        for (name, list) in [
+            ("watch_paths", &fm.watch_paths),
+            ("linux_watch_paths", &fm.linux_watch_paths),
+            ("macos_watch_paths", &fm.macos_watch_paths),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                if p.trim().is_empty() {
+                    errors.push(FieldError {
+                        key: format!("collectors.file_monitor.{name}[{i}]"),
+                        value: format!("{p:?}"),
+                        allowed: "a non-empty directory or file path".to_string(),
+                    });
+                }
             }
         }
         let ls = &self.storage.local_storage;

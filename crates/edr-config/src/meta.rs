@@ -110,6 +110,9 @@ impl KeyMeta {
 ///   mode 0600, the certificate files exist (see `shipping.rs`).
 pub const CHECKED_IN_CODE: &[&str] = &[
     "collectors.file_monitor.watch_paths",
+    "collectors.file_monitor.linux_watch_paths",
+    "collectors.file_monitor.macos_watch_paths",
+    "collectors.file_monitor.source",
     "collectors.file_monitor.exclude_paths",
     "filters.exclude_processes",
     "filters.exclude_actions",
@@ -218,10 +221,16 @@ pub const KEYS: &[KeyMeta] = &[
     on_form(
         key("collectors.file_monitor.enabled", Kind::Bool, None, "", "Collect file events."),
         "Collect file events", ""),
+    key("collectors.file_monitor.source", Kind::Enum { values: &["auto", "fanotify", "inotify"] }, None, "",
+        "Where file changes come from."),
     on_form(
         key("collectors.file_monitor.watch_paths", STRINGS, None, "",
-            "Directories watched recursively; `~` is the user's home."),
+            "Directories (recursively) and files watched on every OS; `~` is the user's home."),
         "Watched folders", "One per line, watched recursively; ~ is your home"),
+    key("collectors.file_monitor.linux_watch_paths", STRINGS, None, "",
+        "Directories and files watched on Linux only (persistence locations)."),
+    key("collectors.file_monitor.macos_watch_paths", STRINGS, None, "",
+        "Directories and files watched on macOS only (persistence locations)."),
     on_form(
         key("collectors.file_monitor.exclude_paths", STRINGS, None, "",
             "Glob patterns; matching paths produce no events."),

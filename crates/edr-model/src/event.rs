@@ -500,6 +500,9 @@ pub struct Process {
     /// report it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// Empty when the process's start time could not be read (it exited
+    /// before a file event naming it was read); then it is not stored.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub entity_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentProcess>,

@@ -1,11 +1,23 @@
 //! File collector: created, modified, renamed and deleted files under the
-//! configured directories, from the kernel's change notifications (inotify
-//! on Linux, FSEvents on macOS, through `notify`).
+//! configured paths.
+//!
+//! Two sources (`collectors.file_monitor.source`):
+//! - fanotify ([`fanotify`], Linux 5.9+ as root): filesystem-wide marks,
+//!   the watch paths as prefix filters, and the acting process on every
+//!   event (`process.*`, read from `/proc` at the event with the process
+//!   collector's `entity_id`);
+//! - inotify on Linux, FSEvents on macOS (through `notify`): one watch
+//!   per directory, no process. A watched single file is watched through
+//!   its directory, filtered by name.
+//!
+//! `auto` takes fanotify when the kernel grants it and says why not
+//! otherwise (`coverage.file_source` / `file_note`).
 //!
 //! Three threads keep the kernel queue drained:
-//! - notify's own thread runs our callback, which only timestamps the raw
-//!   event and `try_send`s it into a bounded channel (a slow callback lets
-//!   the kernel queue overflow and lose most events);
+//! - the reader: notify's own thread running our callback, which only
+//!   timestamps the raw event and `try_send`s it into a bounded channel
+//!   (a slow callback lets the kernel queue overflow), or the fanotify
+//!   reader, which resolves paths and the process and `try_send`s;
 //! - the worker ([`worker`]) stats, filters and pairs renames, and builds
 //!   the ECS events;
 //! - the hasher ([`hasher`]) reads files for `file.hash.sha256` under a size
@@ -18,7 +30,12 @@
 //! Known gap of inotify: files created inside a new directory before its
 //! watch is in place produce no events.
 
+#[cfg(target_os = "linux")]
+mod actor;
+#[cfg(target_os = "linux")]
+mod fanotify;
 mod hasher;
+mod prefix;
 mod watch;
 mod worker;
 
@@ -32,11 +49,12 @@ use notify::{RecommendedWatcher, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::{coverage, CollectorContext};
-use edr_config::{expand_home, FileMonitorConfig};
+use edr_config::{FileMonitorConfig, FileSource};
 use edr_model::event::{EventType, Timestamp};
 use edr_pipeline::Counters;
 
 use hasher::HashQueue;
+use prefix::Prefixes;
 use worker::{Hashing, Worker};
 
 /// Raw events that may wait for the worker. The worker handles several
@@ -60,6 +78,8 @@ pub async fn run(cfg: FileMonitorConfig, ctx: CollectorContext) {
         let mut cov = coverage(&ctx);
         cov.watched_paths.clear();
         cov.unwatched_paths.clear();
+        cov.file_source = None;
+        cov.file_note = None;
     }
     let threads = match start(cfg, &ctx, &stop) {
         Ok(threads) => threads,
@@ -83,6 +103,8 @@ pub async fn run(cfg: FileMonitorConfig, ctx: CollectorContext) {
     let mut cov = coverage(&ctx);
     cov.watched_paths.clear();
     cov.unwatched_paths.clear();
+    cov.file_source = None;
+    cov.file_note = None;
 }
 
 fn start(
@@ -90,7 +112,11 @@ fn start(
     ctx: &CollectorContext,
     stop: &CancellationToken,
 ) -> io::Result<Vec<JoinHandle<()>>> {
-    let mut threads = Vec::with_capacity(2);
+    let mut threads = Vec::with_capacity(3);
+    let paths = cfg.paths_for_this_os();
+    // The hasher's roots depend on the source (fanotify reports resolved
+    // paths), which is chosen on the events thread.
+    let (roots_tx, roots_rx) = mpsc::sync_channel::<Vec<std::path::PathBuf>>(1);
     let hashing = if cfg.calculate_hashes {
         let queue = Arc::new(HashQueue::default());
         let (q, tx, counters, stop) = (
@@ -100,19 +126,13 @@ fn start(
             stop.clone(),
         );
         let (max_mb, rate) = (cfg.max_file_size_mb, cfg.hash_rate_limit_mb_per_sec);
-        // As notify resolves them: home expanded, relative to the cwd.
-        let roots = cfg
-            .watch_paths
-            .iter()
-            .map(|p| {
-                let p = expand_home(p);
-                std::path::absolute(&p).unwrap_or(p)
-            })
-            .collect();
         threads.push(
             thread::Builder::new()
                 .name("edr-file-hash".into())
-                .spawn(move || hasher::run(q, roots, max_mb, rate, tx, counters, stop))?,
+                .spawn(move || {
+                    let roots = roots_rx.recv().unwrap_or_default();
+                    hasher::run(q, roots, max_mb, rate, tx, counters, stop)
+                })?,
         );
         Some(Hashing {
             queue,
@@ -126,27 +146,143 @@ fn start(
     threads.push(
         thread::Builder::new()
             .name("edr-file-events".into())
-            .spawn(move || watch_and_translate(&cfg, &ctx, worker, &stop))?,
+            .spawn(move || {
+                let roots = move |r: &Prefixes| {
+                    // Nobody listens when hashing is off.
+                    let _ = roots_tx.try_send(r.paths().to_vec());
+                };
+                match cfg.source {
+                    FileSource::Inotify => inotify(&paths, &ctx, worker, &stop, &roots, None),
+                    FileSource::Auto | FileSource::Fanotify => {
+                        if let Err(refused) = try_fanotify(&paths, &ctx, worker, &stop, &roots) {
+                            let (worker, why) = *refused;
+                            if cfg.source == FileSource::Auto {
+                                inotify(&paths, &ctx, worker, &stop, &roots, Some(&why));
+                            } else {
+                                record_none(&ctx, &paths, &why);
+                            }
+                        }
+                    }
+                }
+            })?,
     );
     Ok(threads)
 }
 
-/// The worker thread: owns the watcher, so dropping it here stops notify's
-/// thread before the collector reports itself stopped.
-fn watch_and_translate(
-    cfg: &FileMonitorConfig,
+/// Runs the fanotify source until cancelled; gives the worker back with
+/// the reason when fanotify is refused.
+#[cfg(target_os = "linux")]
+fn try_fanotify(
+    paths: &[String],
     ctx: &CollectorContext,
     mut worker: Worker,
     stop: &CancellationToken,
+    roots: &dyn Fn(&Prefixes),
+) -> Result<(), Box<(Worker, String)>> {
+    let prefixes = Prefixes::resolved(paths);
+    let (fan, unmarked) = match fanotify::Fanotify::open(&prefixes) {
+        Ok(opened) => opened,
+        Err(e) => return Err(Box::new((worker, e.to_string()))),
+    };
+    roots(&prefixes);
+    let renames = if fan.whole_renames {
+        "renames with both names"
+    } else {
+        "renames as separate moves out and in (kernel before 5.17)"
+    };
+    let note = format!(
+        "filesystem-wide marks on {} filesystem(s), the watch paths are prefix filters \
+         (no watch per directory; paths not created yet are covered); every event names \
+         the process that made it; {renames}",
+        fan.filesystems
+    );
+    tracing::info!("file events from fanotify: {note}");
+    {
+        let mut cov = coverage(ctx);
+        cov.file_source = Some("fanotify".into());
+        cov.file_note = Some(note);
+        for p in prefixes.paths() {
+            if unmarked.iter().all(|u| &u.path != p) {
+                cov.watched_paths.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for u in &unmarked {
+        watch::record_unwatched(ctx, &u.path, &watch::WatchError::Fanotify(u.reason.clone()));
+    }
+    let (tx, rx) = mpsc::sync_channel(RAW_QUEUE);
+    let (host, counters, s) = (
+        ctx.origin.host.name.clone(),
+        Arc::clone(&ctx.counters),
+        stop.clone(),
+    );
+    let reader = thread::Builder::new()
+        .name("edr-fanotify".into())
+        .spawn(move || fanotify::read_loop(fan, prefixes, &host, tx, counters, &s));
+    match reader {
+        Ok(reader) => {
+            worker.run_changes(&rx, stop);
+            if reader.join().is_err() {
+                tracing::warn!("the fanotify reader panicked");
+            }
+        }
+        Err(e) => tracing::error!("file monitor cannot start the fanotify reader: {e}"),
+    }
+    worker.finish();
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn try_fanotify(
+    _: &[String],
+    _: &CollectorContext,
+    worker: Worker,
+    _: &CancellationToken,
+    _: &dyn Fn(&Prefixes),
+) -> Result<(), Box<(Worker, String)>> {
+    Err(Box::new((worker, "fanotify is Linux-only".into())))
+}
+
+/// The name status shows for the notify backend.
+const NOTIFY_NAME: &str = if cfg!(target_os = "macos") {
+    "fsevents"
+} else {
+    "inotify"
+};
+
+/// The worker thread with notify: owns the watcher, so dropping it here
+/// stops notify's thread before the collector reports itself stopped.
+fn inotify(
+    paths: &[String],
+    ctx: &CollectorContext,
+    mut worker: Worker,
+    stop: &CancellationToken,
+    roots: &dyn Fn(&Prefixes),
+    why_not_fanotify: Option<&str>,
 ) {
+    let prefixes = Prefixes::as_configured(paths);
+    roots(&prefixes);
+    worker.only_under(prefixes);
+    let mut note = "one watch per watched directory (a single file is watched through its \
+                    directory); events do not name the process that made the change"
+        .to_string();
+    if let Some(why) = why_not_fanotify {
+        tracing::warn!("fanotify unavailable ({why}); file events from {NOTIFY_NAME}");
+        note = format!("fanotify unavailable ({why}); {note}");
+    }
+    {
+        let mut cov = coverage(ctx);
+        cov.file_source = Some(NOTIFY_NAME.into());
+        cov.file_note = Some(note);
+    }
     let (raw_tx, raw_rx) = mpsc::sync_channel(RAW_QUEUE);
     let watcher = match new_watcher(raw_tx, Arc::clone(&ctx.counters)) {
         Ok(mut watcher) => {
-            watch::watch_all(&mut watcher, &cfg.watch_paths, ctx, stop);
+            watch::watch_all(&mut watcher, paths, ctx, stop);
             Some(watcher)
         }
         Err(e) => {
-            watch::record_no_watcher(ctx, &cfg.watch_paths, &e);
+            watch::record_no_watcher(ctx, paths, &e);
             None
         }
     };
@@ -156,6 +292,27 @@ fn watch_and_translate(
     drop(watcher);
     worker.drain(&raw_rx);
     worker.finish();
+}
+
+/// `source: fanotify` without fanotify: nothing is recorded, and status
+/// says so.
+fn record_none(ctx: &CollectorContext, paths: &[String], why: &str) {
+    tracing::error!(
+        "fanotify unavailable ({why}) and inotify is off \
+         (collectors.file_monitor.source: fanotify): no file events are recorded"
+    );
+    {
+        let mut cov = coverage(ctx);
+        cov.file_source = Some("none".into());
+        cov.file_note = Some(format!(
+            "fanotify unavailable ({why}) and inotify is off (source: fanotify): \
+             no file events are recorded"
+        ));
+    }
+    let why = watch::WatchError::Fanotify(why.to_string());
+    for p in paths {
+        watch::record_unwatched(ctx, &edr_config::expand_home(p), &why);
+    }
 }
 
 fn new_watcher(

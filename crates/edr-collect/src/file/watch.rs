@@ -41,6 +41,8 @@ pub(super) enum WatchError {
     NoWatcher(String),
     #[error("cannot watch: {0}")]
     Other(#[source] notify::Error),
+    #[error("{0}")]
+    Fanotify(String),
 }
 
 impl WatchError {
@@ -78,9 +80,14 @@ pub(super) fn watch_all<W: Watcher>(
             return;
         }
         let path = expand_home(configured);
+        let started = std::time::Instant::now();
         match watch_one(watcher, &path) {
             Ok(()) => {
-                tracing::debug!("watching {}", path.display());
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "watching {}",
+                    path.display()
+                );
                 coverage(ctx)
                     .watched_paths
                     .push(path.to_string_lossy().into_owned());
@@ -93,13 +100,20 @@ pub(super) fn watch_all<W: Watcher>(
 fn watch_one<W: Watcher>(watcher: &mut W, path: &Path) -> Result<(), WatchError> {
     let mut attempt = 1;
     loop {
-        precheck(path)?;
-        match watcher.watch(path, RecursiveMode::Recursive) {
+        let is_dir = precheck(path)?;
+        // A single file is watched through its directory (the worker keeps
+        // only its name): editors and installers replace files by renaming
+        // over them, which a watch on the file itself would not survive.
+        let (target, mode) = match path.parent() {
+            Some(parent) if !is_dir => (parent, RecursiveMode::NonRecursive),
+            _ => (path, RecursiveMode::Recursive),
+        };
+        match watcher.watch(target, mode) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 // A recursive watch that failed half way keeps the watches it
                 // made; give them back (they count against a per-user limit).
-                if let Err(unwatch) = watcher.unwatch(path) {
+                if let Err(unwatch) = watcher.unwatch(target) {
                     tracing::debug!("nothing to unwatch at {}: {unwatch}", path.display());
                 }
                 let err = WatchError::from_notify(e, path);
@@ -113,7 +127,8 @@ fn watch_one<W: Watcher>(watcher: &mut W, path: &Path) -> Result<(), WatchError>
 }
 
 /// Catches the common failures with a plainer reason than the watcher's.
-fn precheck(path: &Path) -> Result<(), WatchError> {
+/// True for a directory.
+fn precheck(path: &Path) -> Result<bool, WatchError> {
     let unreadable = |source: io::Error| {
         if source.kind() == io::ErrorKind::NotFound {
             WatchError::Missing
@@ -128,7 +143,7 @@ fn precheck(path: &Path) -> Result<(), WatchError> {
     if meta.is_dir() {
         std::fs::read_dir(path).map_err(unreadable)?;
     }
-    Ok(())
+    Ok(meta.is_dir())
 }
 
 /// Lists a path as unwatched (once) and counts it.

@@ -1,8 +1,9 @@
-//! Turns raw notify events into ECS file events.
+//! Turns raw notify events, and the fanotify reader's changes, into ECS
+//! file events.
 //!
-//! Runs on its own thread, fed by the watcher callback through a bounded
-//! channel. This is where the slow parts live (stat, glob matching, rename
-//! pairing); the callback only queues.
+//! Runs on its own thread, fed by the watcher callback (or the fanotify
+//! reader) through a bounded channel. This is where the slow parts live
+//! (stat, glob matching, rename pairing); the callback only queues.
 
 use std::collections::VecDeque;
 use std::fs::Metadata;
@@ -19,10 +20,11 @@ use notify::EventKind;
 use tokio_util::sync::CancellationToken;
 
 use super::hasher::{mark_skipped, HashQueue, Skip};
+use super::prefix::Prefixes;
 use super::Raw;
 use crate::CollectorContext;
 use edr_config::expand_home;
-use edr_model::event::{Action, EdrExt, Event, EventMeta, File, Timestamp};
+use edr_model::event::{Action, EdrExt, Event, EventMeta, File, Process, Timestamp};
 
 /// How long a rename's "from" half waits for its "to" half. inotify queues
 /// the two back to back, so this only expires for moves out of the tree.
@@ -35,7 +37,7 @@ const FILE_CATEGORY: &[&str] = &["file"];
 
 /// What happened to a path, once rename halves are paired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum What {
+pub(super) enum What {
     Created,
     Modified {
         data: bool,
@@ -82,11 +84,14 @@ impl What {
 }
 
 #[derive(Debug)]
-struct Change {
-    at: Timestamp,
-    what: What,
-    path: PathBuf,
-    original: Option<PathBuf>,
+pub(super) struct Change {
+    pub(super) at: Timestamp,
+    pub(super) what: What,
+    pub(super) path: PathBuf,
+    pub(super) original: Option<PathBuf>,
+    /// The process that made the change, where the source names it
+    /// (fanotify).
+    pub(super) actor: Option<Box<Process>>,
 }
 
 struct PendingFrom {
@@ -137,12 +142,14 @@ impl Renames {
                 what: What::Renamed,
                 path,
                 original: Some(from.path),
+                actor: None,
             },
             None => Change {
                 at,
                 what: What::RenamedIn,
                 path,
                 original: None,
+                actor: None,
             },
         }
     }
@@ -163,6 +170,7 @@ impl Renames {
             what: What::Renamed,
             path: new,
             original: Some(old),
+            actor: None,
         })
     }
 
@@ -198,6 +206,7 @@ impl PendingFrom {
             what: What::RenamedOut,
             path: self.path,
             original: None,
+            actor: None,
         }
     }
 }
@@ -210,6 +219,9 @@ pub(super) struct Hashing {
 
 pub(super) struct Worker {
     ctx: CollectorContext,
+    /// Only changes covered by these are reported: a watched single file
+    /// is watched through its directory, whose other entries are not news.
+    only: Option<Prefixes>,
     exclude: GlobSet,
     hashing: Option<Hashing>,
     renames: Renames,
@@ -225,10 +237,32 @@ impl Worker {
     ) -> Worker {
         Worker {
             ctx,
+            only: None,
             exclude: build_excludes(exclude_paths),
             hashing,
             renames: Renames::default(),
             changes: Vec::new(),
+        }
+    }
+
+    /// Reports only changes under `prefixes` (inotify watching a single
+    /// file through its directory).
+    pub(super) fn only_under(&mut self, prefixes: Prefixes) {
+        self.only = Some(prefixes);
+    }
+
+    /// Reports changes a kernel source already translated (fanotify),
+    /// until cancelled or the source is gone; then what is still queued.
+    pub(super) fn run_changes(&mut self, rx: &Receiver<Change>, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
+            match rx.recv_timeout(IDLE_WAIT) {
+                Ok(c) => self.emit(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        while let Ok(c) = rx.recv_timeout(Duration::from_secs(1)) {
+            self.emit(c);
         }
     }
 
@@ -286,6 +320,7 @@ impl Worker {
                 what,
                 path,
                 original: None,
+                actor: None,
             }));
         };
         let tracker = event.tracker();
@@ -317,6 +352,7 @@ impl Worker {
             what,
             path,
             original: None,
+            actor: None,
         };
         match (mode, tracker) {
             (RenameMode::From, Some(t)) => {
@@ -342,6 +378,7 @@ impl Worker {
                             what: What::Renamed,
                             path: new,
                             original: Some(old),
+                            actor: None,
                         }),
                     };
                     out.extend(change);
@@ -366,7 +403,12 @@ impl Worker {
         }
     }
 
-    fn emit(&self, change: Change) {
+    fn emit(&self, mut change: Change) {
+        if let Some(only) = &self.only {
+            if !narrow(only, &mut change) {
+                return;
+            }
+        }
         if self.excluded(&change) {
             return;
         }
@@ -376,7 +418,7 @@ impl Worker {
             .then(|| std::fs::symlink_metadata(&change.path));
         let mut event = build_event(
             &self.ctx,
-            &change,
+            &mut change,
             meta.as_ref().and_then(|m| m.as_ref().ok()),
         );
         let Some(hashing) = self
@@ -443,7 +485,33 @@ fn hash_plan(meta: Option<io::Result<Metadata>>, max_bytes: u64) -> HashPlan {
     }
 }
 
-fn build_event(ctx: &CollectorContext, change: &Change, meta: Option<&Metadata>) -> Event {
+/// Keeps a change if `only` covers it; a rename with one name outside
+/// becomes a move in or out. False: not reported.
+fn narrow(only: &Prefixes, change: &mut Change) -> bool {
+    let new_in = only.covers(&change.path);
+    let old_in = change.original.as_ref().is_some_and(|o| only.covers(o));
+    if change.what != What::Renamed {
+        return new_in;
+    }
+    match (new_in, old_in) {
+        (true, true) => true,
+        (true, false) => {
+            change.what = What::RenamedIn;
+            change.original = None;
+            true
+        }
+        (false, true) => {
+            change.what = What::RenamedOut;
+            if let Some(old) = change.original.take() {
+                change.path = old;
+            }
+            true
+        }
+        (false, false) => false,
+    }
+}
+
+fn build_event(ctx: &CollectorContext, change: &mut Change, meta: Option<&Metadata>) -> Event {
     let mut event = Event::new(
         &ctx.origin,
         change.at,
@@ -458,6 +526,7 @@ fn build_event(ctx: &CollectorContext, change: &Change, meta: Option<&Metadata>)
         },
     );
     event.file = Some(Box::new(describe(&change.path, meta)));
+    event.process = change.actor.take();
     if let Some(original) = &change.original {
         event.edr = Some(Box::new(EdrExt {
             original_path: Some(original.to_string_lossy().into_owned()),

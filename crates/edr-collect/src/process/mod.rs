@@ -32,7 +32,7 @@ mod source;
 #[cfg(target_os = "linux")]
 mod start_time;
 mod tracker;
-mod users;
+pub(crate) mod users;
 
 use std::sync::atomic::Ordering::Relaxed;
 
