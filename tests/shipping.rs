@@ -8,106 +8,20 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use common::agent::{write_config, Agent};
-use common::{test_config, touch_files, wait_for, wait_for_async, wait_watching, watched};
+use common::nats::NatsServer;
+use common::{test_config, touch_files, wait_for_async, wait_watching, watched};
 use edr_config::{Config, ShipCompression};
 use edr_engine::{EngineHandle, EngineOptions};
 use edr_store::sink::ShipState;
 use edr_store::{list_batches, open_batch_reader, seq_from_name};
 use tokio_util::sync::CancellationToken;
-
-/// A `nats-server` with JetStream on 127.0.0.1, killed with SIGKILL on drop.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    store: PathBuf,
-    conf: Option<PathBuf>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl NatsServer {
-    /// A server that is not running yet (see [`NatsServer::launch`]).
-    fn new(root: &Path, conf: Option<&str>) -> NatsServer {
-        let store = root.join("nats-store");
-        std::fs::create_dir_all(&store).expect("store dir");
-        let conf = conf.map(|text| {
-            let p = root.join("nats.conf");
-            std::fs::write(&p, text).expect("nats.conf");
-            p
-        });
-        NatsServer {
-            child: None,
-            port: free_port(),
-            store,
-            conf,
-        }
-    }
-
-    fn start(root: &Path, conf: Option<&str>) -> NatsServer {
-        let mut s = NatsServer::new(root, conf);
-        s.launch();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it on its port and store (again after a kill: the same
-    /// store, so the same stream); returns once it accepts connections.
-    fn launch(&mut self) {
-        let mut cmd = Command::new("nats-server");
-        if let Some(c) = &self.conf {
-            cmd.arg("-c").arg(c);
-        }
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(&self.store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        self.child = Some(
-            cmd.spawn()
-                .expect("nats-server runs (scripts/setup.sh installs it)"),
-        );
-        // It listens within a second; 15 s is for a loaded machine.
-        let up = wait_for(Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", self.port)).ok()
-        });
-        assert!(up.is_some(), "nats-server did not listen on {}", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One stored message, as a consumer sees it.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+pub mod collect;
 pub mod detect;
 pub mod events;
 pub mod report;

@@ -38,6 +38,9 @@ pub struct Launch {
     pub inotify_watch_limit: Option<u32>,
     /// Log filter passed to `--log`.
     pub log: Option<&'static str>,
+    /// Run inside a new UTS namespace with this host name (needs root):
+    /// several agents on one machine that look like several machines.
+    pub host_name: Option<&'static str>,
 }
 
 /// A running agent process, killed on drop if still alive.
@@ -71,7 +74,18 @@ impl Agent {
                     .arg(agent);
                 c
             }
-            None => Command::new(agent),
+            None => match how.host_name {
+                Some(name) => {
+                    let mut c = Command::new("unshare");
+                    c.args(["--uts", "sh", "-c"])
+                        .arg(format!(
+                            "echo {name} > /proc/sys/kernel/hostname && exec \"$0\" \"$@\""
+                        ))
+                        .arg(agent);
+                    c
+                }
+                None => Command::new(agent),
+            },
         };
         cmd.args(["run", "--log", log, "--config"])
             .arg(config)
