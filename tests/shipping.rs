@@ -669,3 +669,92 @@ fn an_agent_killed_and_restarted_resends_as_duplicates_only() {
         .block_on(read_stream(&url));
     assert_stream_matches(&data, &got);
 }
+
+#[test]
+fn status_shows_what_is_pending_and_the_lag_alert_fires_then_clears() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = NatsServer::new(dir.path(), None);
+    let url = server.url();
+    let config = write_config(dir.path(), |c| {
+        *c = ship_config(dir.path(), &url);
+        c.alerts.max_ship_lag_s = 1;
+    });
+    let data = dir.path().join("data");
+    let mut agent = Agent::spawn(&config, &data);
+    agent.wait_watching();
+    touch_files(&watched(dir.path()), "queued", 30);
+    let s = agent.wait_status("the lag alert while the broker is down", |s| {
+        s.alerts
+            .iter()
+            .any(|a| a.kind == edr_metrics::AlertKind::ShipLag)
+    });
+    let sh = s.shipping.expect("shipping status");
+    assert!(
+        sh.pending_batches > 0 && sh.oldest_pending_ms.is_some(),
+        "{sh:?}"
+    );
+    let out = common::agent::cli(&["status"], &data);
+    let text = common::agent::stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("shipping:"))
+        .unwrap_or_else(|| panic!("no shipping line: {text}"));
+    assert!(line.contains("error: cannot connect"), "{line}");
+    assert!(
+        line.contains("pending (") && line.contains("old)"),
+        "{line}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ALERT:") && l.contains("shipping is")),
+        "{text}"
+    );
+    server.launch();
+    agent.wait_status("drained, the alert cleared", |s| {
+        s.shipping
+            .as_ref()
+            .is_some_and(|sh| sh.pending_batches == 0 && sh.shipped_batches > 0)
+            && !s
+                .alerts
+                .iter()
+                .any(|a| a.kind == edr_metrics::AlertKind::ShipLag)
+    });
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    // The history has the shipping columns: pending while down, shipped
+    // after, with the lag that raised the alert.
+    let header = {
+        let day = std::fs::read_dir(data.join(edr_metrics::METRICS_DIR))
+            .expect("metrics dir")
+            .next()
+            .expect("a day file")
+            .expect("entry")
+            .path();
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(day).expect("open"))
+            .read_to_string(&mut text)
+            .expect("gunzip");
+        text.lines().next().expect("header").to_string()
+    };
+    for col in [
+        "ship_pending_batches",
+        "ship_pending_bytes",
+        "ship_shipped_batches",
+        "ship_shipped_events",
+        "ship_gaps",
+        "ship_lag_ms",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let rows = edr_metrics::read_history(&data, edr_model::event::Timestamp(0));
+    let ship: Vec<_> = rows.iter().filter_map(|r| r.ship).collect();
+    assert!(ship.len() >= 3, "{} rows with shipping", ship.len());
+    assert!(ship
+        .iter()
+        .any(|s| s.pending_batches > 0 && s.lag_ms > 1000));
+    let last = ship.last().expect("rows");
+    assert!(
+        last.shipped_batches > 0 && last.pending_batches == 0,
+        "{last:?}"
+    );
+}
