@@ -209,6 +209,18 @@ fn two_agents_collected_into_one_central_dir() {
         });
         datas.push(stop_shipped(agent));
     }
+    // Something on the subjects that is not a batch part: refused, once,
+    // and nothing written for it.
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect"));
+            js.publish("edr.mallory.events", "not a batch".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        });
     for (name, data) in hosts.iter().zip(&datas) {
         let host_dir = central.join("hosts").join(name);
         wait_collected(&mut collect, &host_dir, data);
@@ -227,12 +239,17 @@ fn two_agents_collected_into_one_central_dir() {
         .collect();
     names.sort();
     assert_eq!(names, hosts);
+    let refused = wait_for(Duration::from_secs(30), || {
+        collect.log().contains("not a batch part").then_some(())
+    });
+    assert!(refused.is_some(), "{}", collect.log());
     let summary = collect.stop();
     let total: usize = datas.iter().map(|d| batch_count(d)).sum();
     assert!(
         summary.starts_with(&format!("collected {total} batches")),
         "{summary}"
     );
+    assert!(summary.contains(", 1 messages rejected"), "{summary}");
 }
 
 #[test]

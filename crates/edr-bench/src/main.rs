@@ -599,9 +599,20 @@ fn ship_throughput(a: ShipThroughputArgs) -> anyhow::Result<()> {
     ))?;
     out(format_args!(
         "{:>6} {:>4} {:>9} {:>13} {:>11} {:>12} {:>11} {:>9} {:>13}\n",
-        "gzip", "run", "events", "batches/msgs", "MB sent", "shipped/s", "per CPU-s", "CPU %", "server CPU-s"
+        "gzip",
+        "run",
+        "events",
+        "batches/msgs",
+        "MB sent",
+        "shipped/s",
+        "per CPU-s",
+        "CPU %",
+        "server CPU-s"
     ))?;
-    for compression in [edr_config::ShipCompression::Gzip, edr_config::ShipCompression::None] {
+    for compression in [
+        edr_config::ShipCompression::Gzip,
+        edr_config::ShipCompression::None,
+    ] {
         let mut per_cpu = Vec::new();
         for run in 0..a.runs {
             let r = ship::throughput(a.events, a.batch, compression, &work.path)?;
@@ -609,7 +620,11 @@ fn ship_throughput(a: ShipThroughputArgs) -> anyhow::Result<()> {
             per_cpu.push(cpu_rate);
             out(format_args!(
                 "{:>6} {:>4} {:>9} {:>13} {:>11.1} {:>12.0} {:>11.0} {:>9.1} {:>13.2}\n",
-                if compression == edr_config::ShipCompression::Gzip { "on" } else { "off" },
+                if compression == edr_config::ShipCompression::Gzip {
+                    "on"
+                } else {
+                    "off"
+                },
                 run + 1,
                 r.events,
                 format!("{}/{}", r.batches, r.messages),
@@ -623,7 +638,11 @@ fn ship_throughput(a: ShipThroughputArgs) -> anyhow::Result<()> {
         per_cpu.sort_by(f64::total_cmp);
         out(format_args!(
             "gzip {}: median {:.0} events per CPU-second\n",
-            if compression == edr_config::ShipCompression::Gzip { "on" } else { "off" },
+            if compression == edr_config::ShipCompression::Gzip {
+                "on"
+            } else {
+                "off"
+            },
             per_cpu[per_cpu.len() / 2]
         ))?;
     }
@@ -642,7 +661,12 @@ fn ship_lag(a: ShipLagArgs) -> anyhow::Result<()> {
         let r = ship::lag(a.rate, a.duration, ship, use_time, &work.path)?;
         let lag = r
             .lag_ms
-            .map(|(p50, p99, max)| format!("lag median {p50} ms, p99 {p99} ms, max {max} ms; {} events received ({:.0}/s)", r.received, r.rate))
+            .map(|(p50, p99, max)| {
+                format!(
+                    "lag median {p50} ms, p99 {p99} ms, max {max} ms; {} events received ({:.0}/s)",
+                    r.received, r.rate
+                )
+            })
             .unwrap_or_else(|| "no consumer".to_string());
         out(format_args!(
             "shipping {:>3}: RSS median {:.1} MB, max {} (time -v); {lag}\n",

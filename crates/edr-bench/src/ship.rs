@@ -268,7 +268,10 @@ pub fn lag(
     }
     let time = agent.stop()?;
     rss.sort_unstable();
-    let mut l = lags.lock().map_err(|_| anyhow::anyhow!("lag list poisoned"))?.clone();
+    let mut l = lags
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lag list poisoned"))?
+        .clone();
     l.sort_unstable();
     let measured_s = duration.as_secs_f64() - 2.0;
     Ok(LagReport {

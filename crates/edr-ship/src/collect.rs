@@ -282,12 +282,13 @@ impl Collector {
     /// what is durable.
     async fn handle(&self, central: Option<Central>, m: jetstream::Message) -> Central {
         let (msg, acker) = m.split();
+        let subject = msg.subject.to_string();
         let central = central.unwrap_or_else(|| Central::new(&self.opts.data_dir, self.opts.codec));
-        let part = Part::parse(&msg);
         let stats = Arc::clone(&self.stats);
+        // Decompressing and writing both stay off the runtime threads.
         let joined = tokio::task::spawn_blocking(move || {
             let mut central = central;
-            let outcome = match part {
+            let outcome = match Part::parse(&msg) {
                 Ok(p) => central.take(p, acker),
                 Err(why) => Outcome::Rejected(why, acker),
             };
@@ -318,7 +319,7 @@ impl Collector {
             }
             Outcome::Rejected(why, a) => {
                 stats.rejected.fetch_add(1, Relaxed);
-                tracing::warn!(subject = %msg.subject, reason = %why, "not a batch part; terminated");
+                tracing::warn!(%subject, reason = %why, "not a batch part; terminated");
                 ack(&a, AckKind::Term).await;
             }
             Outcome::WriteFailed(why, ackers) => {
