@@ -267,8 +267,9 @@ struct ShipThroughputArgs {
 
 #[derive(Args, Debug)]
 struct ShipLagArgs {
-    /// Files written per second in the watched directory (one event each).
-    #[arg(long, default_value_t = 1000.0)]
+    /// Files written per second in the watched directory (each becomes a
+    /// created and a modified event: 500 make 1,000 events a second).
+    #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// Load time per run.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -653,7 +654,7 @@ fn ship_lag(a: ShipLagArgs) -> anyhow::Result<()> {
     let work = WorkDir::new(a.common.work_dir.as_deref())?;
     let use_time = !a.common.no_time;
     out(format_args!(
-        "ship-lag: {} files/s for {} (default config, process and network collectors off; lag from @timestamp to consumer receipt, after 2 s warm-up)\n",
+        "ship-lag: {} files/s for {} (default config, process and network collectors off; lag from @timestamp to consumer receipt, events after a 2 s warm-up; the load goes on 2 collection intervals past the window)\n",
         a.rate,
         humantime::format_duration(a.duration)
     ))?;

@@ -127,7 +127,10 @@ pub fn throughput(
         let f = b.commit()?;
         store.add(f);
     }
-    let server = NatsServer::start(&work.join(format!("nats-{compression:?}")))?;
+    let nats_store = work.join(format!("nats-{compression:?}"));
+    // A fresh stream each run.
+    let _ = std::fs::remove_dir_all(&nats_store);
+    let server = NatsServer::start(&nats_store)?;
     let config = NatsConfig {
         enabled: true,
         url: vec![server.url.clone()],
@@ -234,18 +237,24 @@ pub fn lag(
         .enable_all()
         .build()?;
     let lags = Arc::new(Mutex::new(Vec::<u64>::new()));
+    // Measured: events of [start + 2 s, start + duration]. The load goes
+    // on for two collection intervals after that, so the batches holding
+    // the measured events close as they do under a steady load (on size),
+    // not at the end of the load.
     let measure_from = Timestamp::now().as_millis() + 2000;
+    let measure_to = Timestamp::now().as_millis() + duration.as_millis() as u64;
+    let settle = Duration::from_millis(c.agent.collection_interval_ms) * 2;
     let stop = CancellationToken::new();
     let consumer_task = ship.then(|| {
         let (url, lags, stop) = (server.url.clone(), Arc::clone(&lags), stop.clone());
-        rt.spawn(async move { consume(&url, measure_from, lags, stop).await })
+        rt.spawn(async move { consume(&url, (measure_from, measure_to), lags, stop).await })
     });
     // The load: one new file per tick, at `rate` a second.
     let start = Instant::now();
     let mut rss = Vec::new();
     let mut next_rss = start;
     let mut i = 0u64;
-    while start.elapsed() < duration {
+    while start.elapsed() < duration + settle {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while i < due {
             std::fs::write(watched.join(format!("f-{i}.txt")), b"x")?;
@@ -256,11 +265,6 @@ pub fn lag(
             next_rss += Duration::from_secs(1);
         }
         std::thread::sleep(Duration::from_millis(1));
-    }
-    if ship {
-        // Let the last batch (open at most collection_interval_ms) ship.
-        let settle = Duration::from_millis(c.agent.collection_interval_ms) * 2;
-        std::thread::sleep(settle);
     }
     stop.cancel();
     if let Some(t) = consumer_task {
@@ -289,11 +293,11 @@ pub fn lag(
     })
 }
 
-/// Reads the stream from its start and records, for every file event with
-/// a `@timestamp` at or after `from_ms`, its receipt time minus that.
+/// Reads the stream from its start and records, for every event with a
+/// `@timestamp` in `window` (ms), its receipt time minus that.
 async fn consume(
     url: &str,
-    from_ms: u64,
+    window: (u64, u64),
     lags: Arc<Mutex<Vec<u64>>>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -342,7 +346,7 @@ async fn consume(
             let Some(ts) = v["@timestamp"].as_str().and_then(Timestamp::parse) else {
                 continue;
             };
-            if ts.as_millis() >= from_ms {
+            if (window.0..=window.1).contains(&ts.as_millis()) {
                 got.push(now.saturating_sub(ts.as_millis()));
             }
         }
