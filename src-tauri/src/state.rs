@@ -92,7 +92,6 @@ fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
         recent_events: RECENT_EVENTS,
         config_source: source,
         sinks,
-        ..EngineOptions::default()
     };
     EngineHandle::start(config, opts, CancellationToken::new()).map_err(|e| e.to_string())
 }
