@@ -88,6 +88,10 @@ enum Command {
     Config(ConfigCommand),
     /// Stored detection alerts: a table, or NDJSON with --json.
     Alerts(cli::detect::AlertsArgs),
+    /// The central side of shipping: a durable JetStream consumer writing
+    /// every host's events to DIR/hosts/<host>/ (read it with
+    /// `events|stats|alerts --data-dir DIR/hosts/<host>`).
+    Collect(cli::collect::CollectArgs),
     /// Detection rules: list, check files, test over events.
     #[command(subcommand)]
     Rules(cli::detect::RulesCommand),
@@ -119,7 +123,7 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_)) {
+    if !matches!(cli.command, Command::Run(_) | Command::Collect(_)) {
         // The library's warnings (a damaged history file, say) must reach
         // the operator of the read-only commands too.
         if let Err(e) = edr_engine::logging::init(Some("warn")) {
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         Command::Alerts(args) => cli::detect::alerts(args),
         Command::Rules(c) => cli::detect::rules(c),
         Command::Service(c) => cli::service::service(c),
+        Command::Collect(args) => cli::collect::collect(args),
     };
     match result {
         Ok(code) => code,

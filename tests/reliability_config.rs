@@ -133,12 +133,14 @@ fn config() -> impl Strategy<Value = Config> {
         positive_f64(1000.0),
         1u64..=10_485_760,
         prop_oneof![0.0..=1.0, Just(0.0), Just(1.0)],
+        1u64..=31_536_000,
     )
-        .prop_map(|(mem, cpu, growth, ratio)| AlertsConfig {
+        .prop_map(|(mem, cpu, growth, ratio, lag)| AlertsConfig {
             max_memory_mb: mem,
             max_cpu_percent: cpu,
             max_storage_growth_mb_per_day: growth,
             min_compression_ratio: ratio,
+            max_ship_lag_s: lag,
         });
     let filters = (
         0u64..=3_600_000,

@@ -8,106 +8,20 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use common::agent::{write_config, Agent};
-use common::{test_config, touch_files, wait_for, wait_for_async, wait_watching, watched};
+use common::nats::NatsServer;
+use common::{test_config, touch_files, wait_for_async, wait_watching, watched};
 use edr_config::{Config, ShipCompression};
 use edr_engine::{EngineHandle, EngineOptions};
 use edr_store::sink::ShipState;
 use edr_store::{list_batches, open_batch_reader, seq_from_name};
 use tokio_util::sync::CancellationToken;
-
-/// A `nats-server` with JetStream on 127.0.0.1, killed with SIGKILL on drop.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    store: PathBuf,
-    conf: Option<PathBuf>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl NatsServer {
-    /// A server that is not running yet (see [`NatsServer::launch`]).
-    fn new(root: &Path, conf: Option<&str>) -> NatsServer {
-        let store = root.join("nats-store");
-        std::fs::create_dir_all(&store).expect("store dir");
-        let conf = conf.map(|text| {
-            let p = root.join("nats.conf");
-            std::fs::write(&p, text).expect("nats.conf");
-            p
-        });
-        NatsServer {
-            child: None,
-            port: free_port(),
-            store,
-            conf,
-        }
-    }
-
-    fn start(root: &Path, conf: Option<&str>) -> NatsServer {
-        let mut s = NatsServer::new(root, conf);
-        s.launch();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it on its port and store (again after a kill: the same
-    /// store, so the same stream); returns once it accepts connections.
-    fn launch(&mut self) {
-        let mut cmd = Command::new("nats-server");
-        if let Some(c) = &self.conf {
-            cmd.arg("-c").arg(c);
-        }
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(&self.store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        self.child = Some(
-            cmd.spawn()
-                .expect("nats-server runs (scripts/setup.sh installs it)"),
-        );
-        // It listens within a second; 15 s is for a loaded machine.
-        let up = wait_for(Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", self.port)).ok()
-        });
-        assert!(up.is_some(), "nats-server did not listen on {}", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One stored message, as a consumer sees it.
 #[derive(Debug, Clone)]
@@ -754,4 +668,93 @@ fn an_agent_killed_and_restarted_resends_as_duplicates_only() {
         .expect("runtime")
         .block_on(read_stream(&url));
     assert_stream_matches(&data, &got);
+}
+
+#[test]
+fn status_shows_what_is_pending_and_the_lag_alert_fires_then_clears() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = NatsServer::new(dir.path(), None);
+    let url = server.url();
+    let config = write_config(dir.path(), |c| {
+        *c = ship_config(dir.path(), &url);
+        c.alerts.max_ship_lag_s = 1;
+    });
+    let data = dir.path().join("data");
+    let mut agent = Agent::spawn(&config, &data);
+    agent.wait_watching();
+    touch_files(&watched(dir.path()), "queued", 30);
+    let s = agent.wait_status("the lag alert while the broker is down", |s| {
+        s.alerts
+            .iter()
+            .any(|a| a.kind == edr_metrics::AlertKind::ShipLag)
+    });
+    let sh = s.shipping.expect("shipping status");
+    assert!(
+        sh.pending_batches > 0 && sh.oldest_pending_ms.is_some(),
+        "{sh:?}"
+    );
+    let out = common::agent::cli(&["status"], &data);
+    let text = common::agent::stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("shipping:"))
+        .unwrap_or_else(|| panic!("no shipping line: {text}"));
+    assert!(line.contains("error: cannot connect"), "{line}");
+    assert!(
+        line.contains("pending (") && line.contains("old)"),
+        "{line}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ALERT:") && l.contains("shipping is")),
+        "{text}"
+    );
+    server.launch();
+    agent.wait_status("drained, the alert cleared", |s| {
+        s.shipping
+            .as_ref()
+            .is_some_and(|sh| sh.pending_batches == 0 && sh.shipped_batches > 0)
+            && !s
+                .alerts
+                .iter()
+                .any(|a| a.kind == edr_metrics::AlertKind::ShipLag)
+    });
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    // The history has the shipping columns: pending while down, shipped
+    // after, with the lag that raised the alert.
+    let header = {
+        let day = std::fs::read_dir(data.join(edr_metrics::METRICS_DIR))
+            .expect("metrics dir")
+            .next()
+            .expect("a day file")
+            .expect("entry")
+            .path();
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(day).expect("open"))
+            .read_to_string(&mut text)
+            .expect("gunzip");
+        text.lines().next().expect("header").to_string()
+    };
+    for col in [
+        "ship_pending_batches",
+        "ship_pending_bytes",
+        "ship_shipped_batches",
+        "ship_shipped_events",
+        "ship_gaps",
+        "ship_lag_ms",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let rows = edr_metrics::read_history(&data, edr_model::event::Timestamp(0));
+    let ship: Vec<_> = rows.iter().filter_map(|r| r.ship).collect();
+    assert!(ship.len() >= 3, "{} rows with shipping", ship.len());
+    assert!(ship
+        .iter()
+        .any(|s| s.pending_batches > 0 && s.lag_ms > 1000));
+    let last = ship.last().expect("rows");
+    assert!(
+        last.shipped_batches > 0 && last.pending_batches == 0,
+        "{last:?}"
+    );
 }

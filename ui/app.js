@@ -99,6 +99,7 @@ function render(d) {
     renderCharts(d.charts);
     renderTotals(d.totals);
     renderCoverage(d.coverage, d.engine);
+    renderShipping(d.shipping);
     renderEvents(d.events, d.eventsHeld);
   }
 }
@@ -198,6 +199,20 @@ function renderCoverage(c, engine) {
     return li;
   }));
   $('paths-info').textContent = engine.dataDir ? `Data: ${engine.dataDir}` : '';
+}
+
+function renderShipping(s) {
+  const box = $('shipping');
+  box.classList.toggle('hidden', !s);
+  if (!s) return;
+  const state = $('ship-state');
+  state.textContent = s.state;
+  state.classList.toggle('warn', !s.ok);
+  $('ship-pending').textContent = s.pending;
+  const extra = [];
+  if (s.duplicates > 0) extra.push(`${s.duplicates.toLocaleString('en-US')} duplicates acknowledged`);
+  if (s.gaps > 0) extra.push(`${s.gaps.toLocaleString('en-US')} gaps`);
+  $('ship-shipped').textContent = extra.length ? `${s.shipped}; ${extra.join(', ')}` : s.shipped;
 }
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });

@@ -79,10 +79,19 @@ fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
         ..Default::default()
     };
     let config = source.load().map_err(|e| e.to_string())?;
+    // As `edr-agent run` does: shipping is a sink given to the engine at
+    // start (a change of `shipping.nats` applies at the next start).
+    let mut sinks: Vec<Box<dyn edr_store::sink::Sink>> = Vec::new();
+    if config.shipping.nats.enabled {
+        let host = edr_model::event::Host::detect().name;
+        let sink = edr_ship::NatsSink::new(config.shipping.nats.clone(), &config.data_dir(), &host)
+            .map_err(|e| format!("cannot start shipping: {e}"))?;
+        sinks.push(Box::new(sink));
+    }
     let opts = EngineOptions {
         recent_events: RECENT_EVENTS,
         config_source: source,
-        ..EngineOptions::default()
+        sinks,
     };
     EngineHandle::start(config, opts, CancellationToken::new()).map_err(|e| e.to_string())
 }

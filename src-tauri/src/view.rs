@@ -102,6 +102,8 @@ pub struct DashboardView {
     pub detections: DetectionsView,
     pub coverage: Option<CoverageView>,
     pub totals: Option<TotalsView>,
+    /// None unless shipping is on.
+    pub shipping: Option<ShippingView>,
     pub events: Vec<EventRow>,
     /// Events held before filtering.
     pub events_held: usize,
@@ -174,6 +176,21 @@ pub struct TotalsView {
     pub storage_used: String,
     pub storage_cap: String,
     pub files: u64,
+}
+
+/// Shipping (`shipping.nats`) in words, for the Capture card.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShippingView {
+    /// "connected", "not connected" or the last error.
+    pub state: String,
+    pub ok: bool,
+    /// "3 batches (12.0 KB), oldest 5m 2s", or "none".
+    pub pending: String,
+    /// "120 batches, 1,200 events (5.0 MB)".
+    pub shipped: String,
+    pub duplicates: u64,
+    pub gaps: u64,
 }
 
 /// One row of the recent-events table.
@@ -251,6 +268,7 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
             detections: DetectionsView::default(),
             coverage: None,
             totals: None,
+            shipping: None,
             events: Vec::new(),
             events_held: 0,
         };
@@ -290,6 +308,7 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
         detections,
         coverage: Some(coverage_view(&snap.coverage)),
         totals: Some(totals_view(&snap)),
+        shipping: snap.shipping.as_ref().map(shipping_view),
         events: filter_events(&lines, &req.events),
         events_held: lines.len(),
     }
@@ -332,6 +351,7 @@ pub fn alert_view(a: &Alert) -> AlertView {
         ),
         AlertKind::Compression => (Unit::Ratio.format(a.value), Unit::Ratio.format(a.threshold)),
         AlertKind::StorageWrite => (format!("{:.0} events lost", a.value), "none".into()),
+        AlertKind::ShipLag => (format!("{:.0} s", a.value), format!("{:.0} s", a.threshold)),
     };
     AlertView {
         kind: a.kind,
@@ -359,6 +379,46 @@ fn coverage_view(c: &Coverage) -> CoverageView {
                 reason: u.reason.clone(),
             })
             .collect(),
+    }
+}
+
+pub fn shipping_view(s: &edr_store::sink::ShippingStatus) -> ShippingView {
+    let (state, ok) = match (&s.last_error, s.connected) {
+        (Some(e), _) => (e.clone(), false),
+        (None, true) => ("connected".to_string(), true),
+        (None, false) => ("not connected".to_string(), false),
+    };
+    let pending = if s.pending_batches == 0 {
+        "none".to_string()
+    } else {
+        let age = s.oldest_pending_ms.map(|t| {
+            let now = edr_model::event::Timestamp::now().as_millis();
+            let secs = now.saturating_sub(t) / 1000;
+            match secs {
+                0..=59 => format!("{secs}s"),
+                60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+                _ => format!("{}h {}m", secs / 3600, (secs / 60) % 60),
+            }
+        });
+        format!(
+            "{} batches ({}){}",
+            s.pending_batches,
+            Unit::Bytes.format(s.pending_bytes as f64),
+            age.map(|a| format!(", oldest {a}")).unwrap_or_default()
+        )
+    };
+    ShippingView {
+        state,
+        ok,
+        pending,
+        shipped: format!(
+            "{} batches, {} events ({})",
+            s.shipped_batches,
+            s.shipped_events,
+            Unit::Bytes.format(s.shipped_bytes as f64)
+        ),
+        duplicates: s.duplicates,
+        gaps: s.gaps,
     }
 }
 
@@ -458,6 +518,45 @@ mod tests {
     use super::*;
     use edr_engine::recent::RecentProcess;
     use edr_model::event::{Action, Timestamp};
+
+    #[test]
+    fn shipping_reads_as_words() {
+        let now = Timestamp::now().as_millis();
+        let down = edr_store::sink::ShippingStatus {
+            last_error: Some("cannot connect to nats://127.0.0.1:4222: timed out".into()),
+            pending_batches: 3,
+            pending_bytes: 2048,
+            oldest_pending_ms: Some(now - 125_000),
+            gaps: 1,
+            ..Default::default()
+        };
+        let v = shipping_view(&down);
+        assert!(!v.ok);
+        assert!(v.state.starts_with("cannot connect"));
+        assert!(
+            v.pending.starts_with("3 batches (2.0 KB), oldest 2m "),
+            "{}",
+            v.pending
+        );
+        assert_eq!(v.gaps, 1);
+        let up = edr_store::sink::ShippingStatus {
+            connected: true,
+            shipped_batches: 12,
+            shipped_events: 120,
+            ..Default::default()
+        };
+        let v = shipping_view(&up);
+        assert!(v.ok);
+        assert_eq!(
+            (v.state.as_str(), v.pending.as_str()),
+            ("connected", "none")
+        );
+        assert!(
+            v.shipped.starts_with("12 batches, 120 events"),
+            "{}",
+            v.shipped
+        );
+    }
 
     fn query(kind: Option<&str>, text: &str) -> EventQuery {
         EventQuery {

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 pub mod api;
+pub mod collect;
 pub mod detect;
 pub mod events;
 pub mod report;

@@ -239,8 +239,18 @@ fn print_human(
             (None, true) => "connected".to_string(),
             (None, false) => "not connected".to_string(),
         };
+        let oldest = sh
+            .oldest_pending_ms
+            .map(|t| {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_millis(t);
+                let age = SystemTime::from(s.latest.ts)
+                    .duration_since(at)
+                    .unwrap_or_default();
+                format!(", oldest {} old", human_duration(age))
+            })
+            .unwrap_or_default();
         out(format_args!(
-            "shipping:    {state}; {} batches ({} events, {}) shipped, {} pending ({}), {} duplicates, {} gaps\n",
+            "shipping:    {state}; {} batches ({} events, {}) shipped, {} pending ({}{oldest}), {} duplicates acknowledged, {} gaps\n",
             sh.shipped_batches,
             sh.shipped_events,
             human_bytes(sh.shipped_bytes),

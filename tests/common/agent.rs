@@ -43,6 +43,9 @@ pub struct Launch {
     /// A command the agent runs under, e.g. `capsh --drop=cap_sys_admin --`
     /// (the agent's path and arguments follow it).
     pub wrapper: Option<Vec<String>>,
+    /// Run inside a new UTS namespace with this host name (needs root):
+    /// several agents on one machine that look like several machines.
+    pub host_name: Option<&'static str>,
 }
 
 /// A running agent process, killed on drop if still alive.
@@ -76,13 +79,22 @@ impl Agent {
                     .arg(agent);
                 c
             }
-            None => match &how.wrapper {
-                Some(wrapper) => {
+            None => match (&how.wrapper, how.host_name) {
+                (Some(wrapper), _) => {
                     let mut c = Command::new(&wrapper[0]);
                     c.args(&wrapper[1..]).arg(agent);
                     c
                 }
-                None => Command::new(agent),
+                (None, Some(name)) => {
+                    let mut c = Command::new("unshare");
+                    c.args(["--uts", "sh", "-c"])
+                        .arg(format!(
+                            "echo {name} > /proc/sys/kernel/hostname && exec \"$0\" \"$@\""
+                        ))
+                        .arg(agent);
+                    c
+                }
+                (None, None) => Command::new(agent),
             },
         };
         if let Some(home) = &how.home {

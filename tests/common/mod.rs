@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod agent;
+pub mod nats;
 pub mod root;
 
 use std::path::{Path, PathBuf};

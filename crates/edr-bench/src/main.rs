@@ -10,6 +10,7 @@ mod files;
 mod load;
 mod pipeline;
 mod probe;
+mod ship;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,13 @@ enum BenchCommand {
     /// Network sources: the agent's CPU while short TCP connections are
     /// made at a set rate, on eBPF or polling, and its idle RSS.
     Connections(ConnectionsArgs),
+    /// Shipping: the NATS sink's throughput per CPU-second on batches on
+    /// disk (gzip on and off), against a real nats-server.
+    ShipThroughput(ShipThroughputArgs),
+    /// Shipping: a real agent under a file load, shipping to a real
+    /// nats-server; event time to consumer receipt, and the agent's RSS
+    /// with shipping on and off.
+    ShipLag(ShipLagArgs),
     /// Used by `scale connections`: holds the client ends of N connections
     /// in a second process (one process may not open enough descriptors
     /// for both ends) until its stdin closes.
@@ -310,6 +318,34 @@ struct AlertLatencyArgs {
     common: Common,
 }
 
+#[derive(Args, Debug)]
+struct ShipThroughputArgs {
+    /// Events per run (synthetic, written as gzip-6 batches first).
+    #[arg(long, default_value_t = 400_000)]
+    events: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Runs per compression setting (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ShipLagArgs {
+    /// Files written per second in the watched directory (each becomes a
+    /// created and a modified event: 500 make 1,000 events a second).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Load time per run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" | "true" => Ok(true),
@@ -328,6 +364,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Files(a) => files_bench(a),
         BenchCommand::AlertLatency(a) => alert_latency(a),
         BenchCommand::Connections(a) => connections(a),
+        BenchCommand::ShipThroughput(a) => ship_throughput(a),
+        BenchCommand::ShipLag(a) => ship_lag(a),
         BenchCommand::HoldClients { port, count } => hold_clients(port, count),
     }?;
     Ok(ExitCode::SUCCESS)
@@ -621,6 +659,96 @@ fn print_workload(
         c.stored_bytes as f64 / c.events.max(1) as f64,
         (1.0 - c.stored_bytes as f64 / c.raw_bytes.max(1) as f64) * 100.0
     ))?;
+    Ok(())
+}
+
+fn ship_throughput(a: ShipThroughputArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    out(format_args!(
+        "ship-throughput: {} events in batches of {}, {} runs each; per CPU-s = events / CPU of this process (sink, reads, compression)\n",
+        a.events, a.batch, a.runs
+    ))?;
+    out(format_args!(
+        "{:>6} {:>4} {:>9} {:>13} {:>11} {:>12} {:>11} {:>9} {:>13}\n",
+        "gzip",
+        "run",
+        "events",
+        "batches/msgs",
+        "MB sent",
+        "shipped/s",
+        "per CPU-s",
+        "CPU %",
+        "server CPU-s"
+    ))?;
+    for compression in [
+        edr_config::ShipCompression::Gzip,
+        edr_config::ShipCompression::None,
+    ] {
+        let mut per_cpu = Vec::new();
+        for run in 0..a.runs {
+            let r = ship::throughput(a.events, a.batch, compression, &work.path)?;
+            let (wall_rate, cpu_rate) = ship::shipped(&r);
+            per_cpu.push(cpu_rate);
+            out(format_args!(
+                "{:>6} {:>4} {:>9} {:>13} {:>11.1} {:>12.0} {:>11.0} {:>9.1} {:>13.2}\n",
+                if compression == edr_config::ShipCompression::Gzip {
+                    "on"
+                } else {
+                    "off"
+                },
+                run + 1,
+                r.events,
+                format!("{}/{}", r.batches, r.messages),
+                r.bytes as f64 / 1e6,
+                wall_rate,
+                cpu_rate,
+                r.cpu.as_secs_f64() / r.wall.as_secs_f64().max(1e-9) * 100.0,
+                r.server_cpu.as_secs_f64(),
+            ))?;
+        }
+        per_cpu.sort_by(f64::total_cmp);
+        out(format_args!(
+            "gzip {}: median {:.0} events per CPU-second\n",
+            if compression == edr_config::ShipCompression::Gzip {
+                "on"
+            } else {
+                "off"
+            },
+            per_cpu[per_cpu.len() / 2]
+        ))?;
+    }
+    Ok(())
+}
+
+fn ship_lag(a: ShipLagArgs) -> anyhow::Result<()> {
+    let work = WorkDir::new(a.common.work_dir.as_deref())?;
+    let use_time = !a.common.no_time;
+    out(format_args!(
+        "ship-lag: {} files/s for {} (default config, process and network collectors off; lag from @timestamp to consumer receipt, events after a 2 s warm-up; the load goes on 2 collection intervals past the window)\n",
+        a.rate,
+        humantime::format_duration(a.duration)
+    ))?;
+    for ship in [false, true] {
+        let r = ship::lag(a.rate, a.duration, ship, use_time, &work.path)?;
+        let lag = r
+            .lag_ms
+            .map(|(p50, p99, max)| {
+                format!(
+                    "lag median {p50} ms, p99 {p99} ms, max {max} ms; {} events received ({:.0}/s)",
+                    r.received, r.rate
+                )
+            })
+            .unwrap_or_else(|| "no consumer".to_string());
+        out(format_args!(
+            "shipping {:>3}: RSS median {:.1} MB, max {} (time -v); {lag}\n",
+            if ship { "on" } else { "off" },
+            r.rss_median_kb as f64 / 1024.0,
+            r.time
+                .max_rss_kb
+                .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "?".into()),
+        ))?;
+    }
     Ok(())
 }
 

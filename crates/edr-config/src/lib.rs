@@ -508,6 +508,9 @@ pub struct AlertsConfig {
     pub max_storage_growth_mb_per_day: u64,
     /// Minimum size reduction of stored batches (1 - stored/raw). [0, 1].
     pub min_compression_ratio: f64,
+    /// Shipping: the oldest batch not yet acknowledged by the server may
+    /// be at most this many seconds old. 1..=31536000.
+    pub max_ship_lag_s: u64,
 }
 
 impl Default for AlertsConfig {
@@ -517,6 +520,7 @@ impl Default for AlertsConfig {
             max_cpu_percent: 20.0,
             max_storage_growth_mb_per_day: 1024,
             min_compression_ratio: 0.80,
+            max_ship_lag_s: 300,
         }
     }
 }

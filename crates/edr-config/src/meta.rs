@@ -302,6 +302,8 @@ pub const KEYS: &[KeyMeta] = &[
             Some(Range { min: 0.0, max: 1.0, min_open: false }), "",
             "Alert when stored batches are reduced by less than this (1 - stored/raw)."),
         "Compression below", "size saved (0.8 = 80%)"),
+    key("alerts.max_ship_lag_s", Kind::Integer, int(1, 31_536_000), "s",
+        "Alert when the oldest batch not yet shipped (shipping.nats) is older than this."),
     key("detection.enabled", Kind::Bool, None, "",
         "Evaluate Sigma rules on every event; a match is stored as an alert."),
     key("detection.builtin_rules", Kind::Bool, None, "",

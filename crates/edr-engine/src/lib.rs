@@ -898,7 +898,8 @@ fn sample_once(shared: &Shared, cfg: &Config) -> MetricsSample {
     let storage_error = shared.writer.storage_error();
     let mut m = lock(&shared.metrics);
     let capture = lock(&shared.coverage).process_capture;
-    let sample = m.sampler.sample(&shared.counters, capture);
+    let ship = shared.shipping.as_ref().map(|s| s.snapshot());
+    let sample = m.sampler.sample(&shared.counters, capture, ship.as_ref());
     let inputs = AlertInputs {
         recent_cpu: m.sampler.recent_cpu(),
         window_secs: m.sampler.window_secs(),

@@ -17,6 +17,7 @@ use edr_config::AlertsConfig;
 use edr_model::capture::ProcessCapture;
 use edr_model::event::{EventType, Timestamp};
 use edr_pipeline::Counters;
+use edr_store::sink::ShippingStatus;
 
 /// Samples kept in memory: one hour at one per second.
 pub const RING_CAPACITY: usize = 3600;
@@ -63,6 +64,37 @@ pub struct MetricsSample {
     /// collector off.
     #[serde(default)]
     pub process_capture: Option<ProcessCapture>,
+    /// Shipping's state at the sample; None when nothing ships.
+    #[serde(default)]
+    pub ship: Option<ShipSample>,
+}
+
+/// Shipping, as sampled each second (and kept in the history).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipSample {
+    pub pending_batches: u64,
+    pub pending_bytes: u64,
+    pub shipped_batches: u64,
+    pub shipped_events: u64,
+    pub gaps: u64,
+    /// Age of the oldest batch not yet acknowledged (0: none pending).
+    pub lag_ms: u64,
+}
+
+impl ShipSample {
+    /// From a shipping sink's status, at `now`.
+    pub fn from_status(s: &ShippingStatus, now: Timestamp) -> ShipSample {
+        ShipSample {
+            pending_batches: s.pending_batches,
+            pending_bytes: s.pending_bytes,
+            shipped_batches: s.shipped_batches,
+            shipped_events: s.shipped_events,
+            gaps: s.gaps,
+            lag_ms: s
+                .oldest_pending_ms
+                .map_or(0, |t| now.as_millis().saturating_sub(t)),
+        }
+    }
 }
 
 impl MetricsSample {
@@ -81,6 +113,8 @@ pub enum AlertKind {
     Compression,
     /// Batches cannot be written (disk full, data dir gone or read-only).
     StorageWrite,
+    /// The oldest batch not yet shipped is older than `max_ship_lag_s`.
+    ShipLag,
 }
 
 /// An active alert, with the value that raised it and the threshold.
@@ -265,6 +299,7 @@ impl Sampler {
         &mut self,
         counters: &Counters,
         process_capture: Option<ProcessCapture>,
+        ship: Option<&ShippingStatus>,
     ) -> MetricsSample {
         let (rss, vsz, cpu) = self.usage.sample();
         let now = std::time::Instant::now();
@@ -283,8 +318,9 @@ impl Sampler {
         self.last_at = Some(now);
 
         let stored_total = counters.stored.snapshot();
+        let ts = Timestamp::now();
         let mut s = MetricsSample {
-            ts: Timestamp::now(),
+            ts,
             rss_bytes: rss,
             vsz_bytes: vsz,
             cpu_percent: cpu,
@@ -300,6 +336,7 @@ impl Sampler {
             storage_growth_per_day: 0.0,
             batch_latency_ms: counters.last_batch_latency_us.load(Relaxed) as f32 / 1000.0,
             process_capture,
+            ship: ship.map(|st| ShipSample::from_status(st, ts)),
         };
         let stored_events: u64 = stored_total.iter().sum();
         if self.ring.len() == RING_CAPACITY {
@@ -468,6 +505,21 @@ impl Alerts {
                     )
                 }),
         ));
+        let lag_s = s.ship.map_or(0.0, |sh| sh.lag_ms as f64 / 1000.0);
+        checks.push((
+            AlertKind::ShipLag,
+            (lag_s > cfg.max_ship_lag_s as f64).then(|| {
+                let pending = s.ship.map_or(0, |sh| sh.pending_batches);
+                (
+                    lag_s,
+                    cfg.max_ship_lag_s as f64,
+                    format!(
+                        "shipping is {lag_s:.0} s behind ({pending} batches pending), more than {} s",
+                        cfg.max_ship_lag_s
+                    ),
+                )
+            }),
+        ));
         checks.push((
             AlertKind::StorageWrite,
             inputs.storage_failing.then(|| {
@@ -520,7 +572,7 @@ impl Alerts {
 pub const METRICS_DIR: &str = "metrics";
 /// Columns are only ever appended, so older files (with fewer columns)
 /// stay readable.
-const HISTORY_HEADER: &str = "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms,process_capture,detect_evaluated,detect_alerts_raised,detect_alerts_suppressed,detect_eval_ns_mean\n";
+const HISTORY_HEADER: &str = "ts_ms,rss_bytes,vsz_bytes,cpu_percent,process_eps,file_eps,network_eps,dropped,stored_events,raw_bytes,stored_bytes,storage_used_bytes,growth_bytes_per_day,batch_latency_ms,process_capture,ship_pending_batches,ship_pending_bytes,ship_shipped_batches,ship_shipped_events,ship_gaps,ship_lag_ms,detect_evaluated,detect_alerts_raised,detect_alerts_suppressed,detect_eval_ns_mean\n";
 /// Columns of the first history format.
 const HISTORY_COLUMNS_V1: usize = 14;
 
@@ -570,7 +622,7 @@ impl HistoryWriter {
         use std::fmt::Write as _;
         let _ = write!(
             self.pending,
-            "{},{},{},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{:.0},{:.2},{}",
+            "{},{},{},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{:.0},{:.2},{},{}",
             s.ts.as_millis(),
             s.rss_bytes,
             s.vsz_bytes,
@@ -588,6 +640,16 @@ impl HistoryWriter {
             s.process_capture
                 .map(ProcessCapture::as_str)
                 .unwrap_or_default(),
+            // Empty columns while nothing ships.
+            s.ship.map_or(",,,,,".to_string(), |sh| format!(
+                "{},{},{},{},{},{}",
+                sh.pending_batches,
+                sh.pending_bytes,
+                sh.shipped_batches,
+                sh.shipped_events,
+                sh.gaps,
+                sh.lag_ms
+            )),
         );
         match detection {
             Some(d) => {
@@ -677,6 +739,8 @@ pub struct HistoryRow {
     /// None in rows written before the column existed, or with the process
     /// collector off.
     pub process_capture: Option<ProcessCapture>,
+    /// None in older rows and while nothing shipped.
+    pub ship: Option<ShipSample>,
     /// None in rows written before the columns existed, or with detection
     /// off.
     pub detection: Option<DetectionTotals>,
@@ -702,16 +766,30 @@ impl HistoryRow {
             growth_per_day: f[12].parse().ok()?,
             batch_latency_ms: f[13].parse().ok()?,
             process_capture: f.get(14).and_then(|c| ProcessCapture::parse(c)),
+            ship: parse_ship(f.get(15..21)),
             detection: (|| {
                 Some(DetectionTotals {
-                    events_evaluated: f.get(15)?.parse().ok()?,
-                    alerts_raised: f.get(16)?.parse().ok()?,
-                    alerts_suppressed: f.get(17)?.parse().ok()?,
-                    eval_ns_mean: f.get(18)?.parse().ok()?,
+                    events_evaluated: f.get(21)?.parse().ok()?,
+                    alerts_raised: f.get(22)?.parse().ok()?,
+                    alerts_suppressed: f.get(23)?.parse().ok()?,
+                    eval_ns_mean: f.get(24)?.parse().ok()?,
                 })
             })(),
         })
     }
+}
+
+fn parse_ship(f: Option<&[&str]>) -> Option<ShipSample> {
+    let f = f?;
+    let n = |i: usize| f[i].parse::<u64>().ok();
+    Some(ShipSample {
+        pending_batches: n(0)?,
+        pending_bytes: n(1)?,
+        shipped_batches: n(2)?,
+        shipped_events: n(3)?,
+        gaps: n(4)?,
+        lag_ms: n(5)?,
+    })
 }
 
 /// Reads the metrics history of a data dir since `since`, oldest first.

@@ -27,6 +27,8 @@ use edr_config::{NatsConfig, ShipCompression};
 use edr_store::sink::{committed_since, CommittedBatch, ShipState, Sink, SinkContext};
 use tokio::time::Instant;
 
+pub mod collect;
+
 /// Batches published before waiting for their acknowledgements.
 const MAX_IN_FLIGHT_BATCHES: usize = 32;
 /// Messages awaiting an acknowledgement at most.
@@ -38,6 +40,12 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_ROOM: usize = 512;
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// Header of event messages: how many parts the batch was cut into.
+pub const HEADER_PARTS: &str = "Edr-Parts";
+/// Header of event messages: the batch's start time (ms since the epoch),
+/// the `<start>` of its file name.
+pub const HEADER_BATCH_START: &str = "Edr-Batch-Start";
 
 /// Why the sink could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -356,10 +364,16 @@ fn prepare(
     }
     let events_subject = format!("{}.{}.events", names.prefix, names.host);
     let mut messages = Vec::with_capacity(parts.len());
+    let count = parts.len().to_string();
+    let started = batch.started.as_millis().to_string();
     for (i, (body, n)) in parts.into_iter().enumerate() {
         let part = i.to_string();
         let id = format!("{}-{}-{part}", names.agent_id, batch.seq);
         let mut h = headers(names, &id, batch.seq, &part, n);
+        // What a consumer needs to rebuild the batch file as stored: when
+        // it has every part, and the time in the file's name.
+        h.insert(HEADER_PARTS, count.as_str());
+        h.insert(HEADER_BATCH_START, started.as_str());
         if gz {
             h.insert("Content-Encoding", "gzip");
         }
@@ -429,6 +443,26 @@ async fn connect(config: &NatsConfig, state: &Arc<ShipState>) -> Result<Session,
                 }
             }
         });
+    opts = with_auth(opts, config).await?;
+    let urls = config.url.join(", ");
+    let client = opts
+        .connect(config.url.as_slice())
+        .await
+        .map_err(|e| format!("cannot connect to {urls}: {e}"))?;
+    state.connected.store(true, Relaxed);
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(ACK_TIMEOUT);
+    if config.create_stream {
+        ensure_stream(&js, config).await?;
+    }
+    Ok(Session { client, js })
+}
+
+/// Adds the configured authentication and TLS to `opts`.
+async fn with_auth(
+    mut opts: async_nats::ConnectOptions,
+    config: &NatsConfig,
+) -> Result<async_nats::ConnectOptions, String> {
     if let Some(path) = &config.credentials_file {
         opts = opts
             .credentials_file(path)
@@ -450,18 +484,7 @@ async fn connect(config: &NatsConfig, state: &Arc<ShipState>) -> Result<Session,
     if config.url.iter().any(|u| u.starts_with("tls://")) {
         opts = opts.require_tls(true);
     }
-    let urls = config.url.join(", ");
-    let client = opts
-        .connect(config.url.as_slice())
-        .await
-        .map_err(|e| format!("cannot connect to {urls}: {e}"))?;
-    state.connected.store(true, Relaxed);
-    let mut js = jetstream::new(client.clone());
-    js.set_timeout(ACK_TIMEOUT);
-    if config.create_stream {
-        ensure_stream(&js, config).await?;
-    }
-    Ok(Session { client, js })
+    Ok(opts)
 }
 
 /// Creates the stream if it is missing; warns if an existing one differs.

@@ -439,12 +439,30 @@ impl Store {
         started: Timestamp,
         codec: Codec,
     ) -> Result<OpenBatch, StorageError> {
+        let seq = self.seq + 1;
+        self.open_batch_numbered(started, seq, codec)
+    }
+
+    /// Starts a batch file with a sequence number chosen by the caller: a
+    /// copy of another store's batch under its own number (the central
+    /// copy `edr-agent collect` keeps). The caller makes sure the number is
+    /// not in use; later [`Store::open_batch`] numbers continue above it.
+    pub fn open_batch_numbered(
+        &mut self,
+        started: Timestamp,
+        seq: u64,
+        codec: Codec,
+    ) -> Result<OpenBatch, StorageError> {
         let day_dir = self.events_dir.join(started.day());
         if !day_dir.is_dir() {
             create_private_dir(&day_dir)?;
+            // The new day directory's own entry must be durable too, or a
+            // crash could lose the batch committed into it.
+            if let Ok(d) = File::open(&self.events_dir) {
+                let _ = d.sync_all();
+            }
         }
-        self.seq += 1;
-        let seq = self.seq;
+        self.seq = self.seq.max(seq);
         let name = format!("{}-{:06}{}", started.compact(), seq, codec.extension());
         let final_path = day_dir.join(&name);
         let tmp_path = day_dir.join(format!(".{name}{TMP_SUFFIX}"));
