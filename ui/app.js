@@ -109,6 +109,10 @@ function setStatus(engine) {
   pill.dataset.state = engine.state;
   pill.dataset.alert = String(Boolean(engine.alerting));
   $('status-text').textContent = engine.status;
+  const mode = $('mode-text');
+  mode.textContent = engine.mode || '';
+  mode.title = engine.mode || '';
+  mode.dataset.service = String(engine.mode === 'Real-time · service');
   const pause = $('pause-btn');
   const live = engine.state === 'running' || engine.state === 'paused';
   pause.disabled = !live;
@@ -116,7 +120,19 @@ function setStatus(engine) {
   $('folder-btn').disabled = !engine.dataDir;
 }
 
+function renderServiceBanner(engine) {
+  const b = $('service-banner');
+  if (!engine.serviceNote) {
+    b.classList.add('hidden');
+    b.replaceChildren();
+    return;
+  }
+  b.replaceChildren(el('span', null, engine.serviceNote));
+  b.classList.remove('hidden');
+}
+
 function renderEngineBanner(engine) {
+  renderServiceBanner(engine);
   const b = $('engine-banner');
   if (!engine.message) {
     b.classList.add('hidden');

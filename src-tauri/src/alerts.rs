@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use edr_api::wire::{AlertRow as AlertRecord, ProcessRow as AlertProcess};
 use edr_config::DetectionException;
-use edr_engine::alerts::{AlertProcess, AlertRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandError;
@@ -178,10 +178,12 @@ pub fn alert_view(a: &AlertRecord) -> AlertView {
             .map(cut),
         user: a.user.clone(),
         file_path: a.file_path.as_deref().map(cut),
-        destination: a.destination.map(|(ip, port)| match ip {
-            std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
-            std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
-        }),
+        destination: a
+            .destination
+            .map(|edr_api::wire::Endpoint { ip, port }| match ip {
+                std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
+                std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
+            }),
         tree,
         matched_fields: a
             .matched_fields
@@ -372,10 +374,11 @@ pub fn remove_exception(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edr_engine::alerts::{AlertProcess, AlertRecord as EngineRecord};
     use edr_model::event::{AlertAncestor, Timestamp};
 
     fn record(seq: u64, rule: &str) -> AlertRecord {
-        AlertRecord {
+        AlertRecord::of(&EngineRecord {
             seq,
             timestamp: Timestamp(1_795_600_800_000),
             level: "high".into(),
@@ -419,7 +422,7 @@ mod tests {
             matched_fields: vec![("process.command_line".into(), "base64 -d".into())],
             count: 2,
             first_seen: Timestamp(1_795_600_700_000),
-        }
+        })
     }
 
     #[test]

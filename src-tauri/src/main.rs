@@ -1,12 +1,14 @@
-//! The menu-bar app of edr-agent: the engine in Tauri's tokio runtime, a
-//! tray icon with its status, and a dashboard window made on demand.
+//! The menu-bar app of edr-agent: the client of the root service when it
+//! answers, otherwise the engine in Tauri's tokio runtime; a tray icon with its status, and a dashboard window made on demand.
 //!
 //! The engine knows nothing of this crate: here we only translate between
 //! its handle and the window (commands, view types) and the tray.
 
 mod alerts;
+mod backend;
 mod commands;
 mod error;
+mod service;
 mod settings;
 mod state;
 mod tray;
@@ -72,9 +74,10 @@ fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
     #[cfg(target_os = "macos")]
     app.set_activation_policy(tauri::ActivationPolicy::Accessory)?;
     // Inside the runtime: the engine spawns its tasks on it.
-    let state = tauri::async_runtime::block_on(async { AppState::start() });
+    let state = tauri::async_runtime::block_on(AppState::start());
     app.manage(state);
     tray::build(app)?;
+    tauri::async_runtime::spawn(service::watch(app.clone()));
     if !minimized {
         window::show(app, View::Dashboard);
     }
@@ -86,9 +89,9 @@ fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
 pub(crate) fn quit(app: &AppHandle) {
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
-        if let Some(engine) = app.state::<AppState>().handle() {
-            engine.shutdown().await;
-        }
+        // The embedded engine stops; the service (if that is what the
+        // app showed) keeps running.
+        app.state::<AppState>().shutdown().await;
         tracing::info!("quit");
         app.exit(0);
     });

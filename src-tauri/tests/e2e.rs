@@ -50,6 +50,8 @@ impl Driver {
                 &native.to_string(),
             ])
             .env("EDR_APP_CONFIG", &fx.config)
+            // No service here: these tests are of the embedded engine.
+            .env("EDR_APP_API_SOCKET", fx.dir.path().join("no-service.sock"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
