@@ -20,11 +20,11 @@ use crate::{tray, window};
 /// The embedded engine or the service, whichever the app talks to now.
 fn engine(state: &AppState) -> Result<Backend, CommandError> {
     state.backend().ok_or_else(|| {
-        CommandError::NoEngine(
-            state
-                .no_engine()
-                .map_or_else(|| "no engine".to_string(), |(_, m)| m),
-        )
+        // The status line the tray and the window show for it.
+        CommandError::NoEngine(match state.no_engine() {
+            Some((false, _)) => "Engine off".to_string(),
+            _ => "Engine failed to start".to_string(),
+        })
     })
 }
 

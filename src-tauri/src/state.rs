@@ -196,7 +196,13 @@ impl AppState {
 /// Looks for the service at `socket`: a client when it answers with this
 /// app's protocol and lets this user in.
 async fn look(socket: &Path) -> (Service, Option<Client>) {
-    match tokio::time::timeout(LOOK_TIMEOUT, Client::connect(socket)).await {
+    // A test hook: speak another protocol version, to see how the app
+    // takes a service it cannot talk to.
+    let protocol = std::env::var("EDR_APP_API_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(edr_api::PROTOCOL_VERSION);
+    match tokio::time::timeout(LOOK_TIMEOUT, Client::connect_speaking(socket, protocol)).await {
         Ok(Ok((client, _hello))) => (Service::Attached, Some(client)),
         Ok(Err(e)) if e.is_unavailable() => (Service::Absent(e.to_string()), None),
         Ok(Err(e)) => (Service::Unusable(e.to_string()), None),

@@ -274,7 +274,9 @@ fn service_note(service: &Service, switched: Option<String>) -> Option<String> {
         return Some(s);
     }
     match service {
-        Service::Unusable(m) => Some(format!("The edr-agent service runs, but {m}")),
+        Service::Unusable(m) => Some(format!(
+            "The edr-agent service runs, but the app cannot use it: {m}"
+        )),
         _ => None,
     }
 }

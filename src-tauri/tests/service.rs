@@ -247,7 +247,14 @@ fn user_home(top: &Path, uid: u32, gid: u32) -> (PathBuf, PathBuf, PathBuf) {
     (home, runtime, config)
 }
 
-fn start_driver(home: &Path, runtime: &Path, config: &Path, socket: &Path, log: &Path) -> Driver {
+fn start_driver(
+    home: &Path,
+    runtime: &Path,
+    config: &Path,
+    socket: &Path,
+    log: &Path,
+    extra_env: &[(&str, &str)],
+) -> Driver {
     // /root is closed to the user: a copy of tauri-driver it can run.
     let found = String::from_utf8_lossy(&sh("sh", &["-c", "command -v tauri-driver"]).stdout)
         .trim()
@@ -262,7 +269,7 @@ fn start_driver(home: &Path, runtime: &Path, config: &Path, socket: &Path, log: 
     let (port, native) = (free_port(), free_port());
     let log = std::fs::File::create(log).expect("log");
     let display = std::env::var("DISPLAY").expect("a display (run under xvfb-run)");
-    let env = [
+    let mut env = vec![
         format!("HOME={}", home.display()),
         format!("USER={USER}"),
         format!("LOGNAME={USER}"),
@@ -275,6 +282,7 @@ fn start_driver(home: &Path, runtime: &Path, config: &Path, socket: &Path, log: 
         "NO_AT_BRIDGE=1".to_string(),
         "RUST_LOG=info".to_string(),
     ];
+    env.extend(extra_env.iter().map(|(k, v)| format!("{k}={v}")));
     let mut cmd = Command::new("runuser");
     cmd.args(["-u", USER, "--", "env", "-i"])
         .args(&env)
@@ -298,8 +306,24 @@ fn start_driver(home: &Path, runtime: &Path, config: &Path, socket: &Path, log: 
     Driver { child, port }
 }
 
-#[test]
-fn an_unprivileged_member_sees_the_service_falls_back_and_reattaches() {
+/// What a scenario gets besides the WebDriver client.
+struct Ctx {
+    /// The root agent, while it runs.
+    agent: Option<Agent>,
+    agent_cfg: PathBuf,
+    agent_log: PathBuf,
+    marker: String,
+}
+
+/// The root agent with its API on a temp socket, and the real app run as
+/// the group member `USER` (with `extra_env`) under tauri-driver; runs
+/// `scenario`, then deletes the session (which ends the app) and stops
+/// the driver and the agent, whether the scenario passed or panicked.
+fn with_member_app<F, Fut>(extra_env: &[(&str, &str)], scenario: F)
+where
+    F: FnOnce(Client, Ctx) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     require_root();
     let (uid, gid) = make_user();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -318,16 +342,9 @@ fn an_unprivileged_member_sees_the_service_falls_back_and_reattaches() {
         socket.exists().then_some(())
     });
 
-    let show_logs = || {
-        eprintln!(
-            "--- agent log ---\n{}\n--- app log ---\n{}",
-            std::fs::read_to_string(&agent_log).unwrap_or_default(),
-            std::fs::read_to_string(&app_log).unwrap_or_default()
-        );
-    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let outcome = rt.block_on(async {
-        let driver = start_driver(&home, &runtime, &app_cfg, &socket, &app_log);
+        let driver = start_driver(&home, &runtime, &app_cfg, &socket, &app_log, extra_env);
         let mut caps = serde_json::Map::new();
         caps.insert("tauri:options".into(), json!({ "application": APP }));
         let mut builder = ClientBuilder::native();
@@ -342,104 +359,19 @@ fn an_unprivileged_member_sees_the_service_falls_back_and_reattaches() {
                 .first()
                 .copied()
         });
-        let c = client.clone();
-        let mut agent = Some(agent);
-        let (cfg, log, marker) = (agent_cfg.clone(), agent_log.clone(), marker.clone());
-        let scenario = async move {
-            // The app runs as the user, not root.
-            let owner = std::fs::metadata(format!("/proc/{app_pid}")).expect("app proc");
-            assert_eq!(std::os::unix::fs::MetadataExt::uid(&owner), uid);
-
-            eventually("the service mode in the window", START, || async {
-                (mode(&c).await == SERVICE).then_some(())
-            })
-            .await;
-
-            // A 10 ms process, shown in the Events view (filtered on its
-            // marker, as a person would type it).
-            js(
-                &c,
-                &format!(
-                    "const i = document.getElementById('event-text'); i.value = '{marker}'; \
-                     i.dispatchEvent(new Event('input')); return true"
-                ),
-            )
-            .await;
-            let mut seen = false;
-            for _ in 0..5 {
-                let status = Command::new("sh")
-                    .args(["-c", "sleep 0.01", &marker])
-                    .status()
-                    .expect("sh");
-                assert!(status.success());
-                let deadline = Instant::now() + Duration::from_secs(6);
-                while Instant::now() < deadline {
-                    let rows = js(
-                        &c,
-                        "return document.getElementById('events-body').innerText",
-                    )
-                    .await;
-                    if rows.as_str().is_some_and(|r| r.contains(&marker)) {
-                        seen = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                if seen {
-                    break;
-                }
-            }
-            assert!(seen, "the 10 ms process never showed in the Events view");
-
-            // The service stops: the app runs its own engine and says so.
-            if let Some(mut a) = agent.take() {
-                a.kill();
-            }
-            let killed = Instant::now();
-            let fallback = eventually("the embedded mode in the window", SOON, || async {
-                let m = mode(&c).await;
-                m.starts_with("Embedded ·").then_some(m)
-            })
-            .await;
-            let took = killed.elapsed();
-            eprintln!("fell back to the embedded engine {took:?} after the service was killed");
-            assert!(
-                took <= FALLBACK,
-                "fell back after {took:?}, more than {FALLBACK:?}"
-            );
-            // Polling, unless this kernel gives an unprivileged user the
-            // proc connector's events (then the line says real-time).
-            assert!(
-                fallback == "Embedded · polling (processes shorter than 1 s can be missed)"
-                    || fallback == "Embedded · real-time",
-                "{fallback}"
-            );
-            let note = js(
-                &c,
-                "return document.getElementById('service-banner').innerText",
-            )
-            .await;
-            assert!(
-                note.as_str()
-                    .is_some_and(|n| n.contains("stopped answering")),
-                "{note}"
-            );
-
-            // The service is back: the app is its client again.
-            agent = Some(Agent::start(&cfg, &log));
-            eventually("the service mode again", START, || async {
-                (mode(&c).await == SERVICE).then_some(())
-            })
-            .await;
-            let note = js(
-                &c,
-                "return document.getElementById('service-banner').innerText",
-            )
-            .await;
-            assert_eq!(note.as_str(), Some(""), "the note is gone once attached");
-            drop(agent);
+        // The app runs as the user, not root.
+        let owner = std::fs::metadata(format!("/proc/{app_pid}")).expect("app proc");
+        let ctx = Ctx {
+            agent: Some(agent),
+            agent_cfg: agent_cfg.clone(),
+            agent_log: agent_log.clone(),
+            marker,
         };
-        let outcome = tokio::spawn(scenario).await;
+        let outcome = if std::os::unix::fs::MetadataExt::uid(&owner) == uid {
+            tokio::spawn(scenario(client.clone(), ctx)).await
+        } else {
+            tokio::spawn(async { panic!("the app does not run as {USER}") }).await
+        };
         if let Err(e) = client.close().await {
             eprintln!("closing the session: {e}");
         }
@@ -447,10 +379,146 @@ fn an_unprivileged_member_sees_the_service_falls_back_and_reattaches() {
         outcome
     });
     if let Err(e) = outcome {
-        show_logs();
+        eprintln!(
+            "--- agent log ---\n{}\n--- app log ---\n{}",
+            std::fs::read_to_string(&agent_log).unwrap_or_default(),
+            std::fs::read_to_string(&app_log).unwrap_or_default()
+        );
         match e.try_into_panic() {
             Ok(p) => std::panic::resume_unwind(p),
             Err(e) => panic!("scenario: {e}"),
         }
     }
+}
+
+async fn service_note(c: &Client) -> String {
+    js(
+        c,
+        "return document.getElementById('service-banner').textContent",
+    )
+    .await
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
+#[test]
+fn an_unprivileged_member_sees_the_service_falls_back_and_reattaches() {
+    with_member_app(&[], |c, ctx| async move {
+        let Ctx {
+            mut agent,
+            agent_cfg: cfg,
+            agent_log: log,
+            marker,
+        } = ctx;
+        eventually("the service mode in the window", START, || async {
+            (mode(&c).await == SERVICE).then_some(())
+        })
+        .await;
+
+        // A 10 ms process, shown in the Events view (filtered on its
+        // marker, as a person would type it).
+        js(
+            &c,
+            &format!(
+                "const i = document.getElementById('event-text'); i.value = '{marker}'; \
+                 i.dispatchEvent(new Event('input')); return true"
+            ),
+        )
+        .await;
+        let mut seen = false;
+        for _ in 0..5 {
+            let status = Command::new("sh")
+                .args(["-c", "sleep 0.01", &marker])
+                .status()
+                .expect("sh");
+            assert!(status.success());
+            let deadline = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < deadline {
+                let rows = js(
+                    &c,
+                    "return document.getElementById('events-body').innerText",
+                )
+                .await;
+                if rows.as_str().is_some_and(|r| r.contains(&marker)) {
+                    seen = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if seen {
+                break;
+            }
+        }
+        assert!(seen, "the 10 ms process never showed in the Events view");
+
+        // The service stops: the app runs its own engine and says so.
+        if let Some(mut a) = agent.take() {
+            a.kill();
+        }
+        let killed = Instant::now();
+        let fallback = eventually("the embedded mode in the window", SOON, || async {
+            let m = mode(&c).await;
+            m.starts_with("Embedded ·").then_some(m)
+        })
+        .await;
+        let took = killed.elapsed();
+        eprintln!("fell back to the embedded engine {took:?} after the service was killed");
+        assert!(
+            took <= FALLBACK,
+            "fell back after {took:?}, more than {FALLBACK:?}"
+        );
+        // Polling, unless this kernel gives an unprivileged user the
+        // proc connector's events (then the line says real-time).
+        assert!(
+            fallback == "Embedded · polling (processes shorter than 1 s can be missed)"
+                || fallback == "Embedded · real-time",
+            "{fallback}"
+        );
+        let note = service_note(&c).await;
+        assert!(note.contains("stopped answering"), "{note}");
+
+        // The service is back: the app is its client again.
+        agent = Some(Agent::start(&cfg, &log));
+        eventually("the service mode again", START, || async {
+            (mode(&c).await == SERVICE).then_some(())
+        })
+        .await;
+        assert_eq!(service_note(&c).await, "", "the note is gone once attached");
+        drop(agent);
+    });
+}
+
+/// A service speaking another protocol version: the window says so and
+/// works on its own engine (the app is made to speak version 2 with
+/// `EDR_APP_API_PROTOCOL`, a test hook; the agent is the real one).
+#[test]
+fn a_protocol_mismatch_is_explained_in_a_working_window() {
+    with_member_app(&[("EDR_APP_API_PROTOCOL", "2")], |c, _ctx| async move {
+        let m = eventually("the embedded mode", START, || async {
+            let m = mode(&c).await;
+            m.starts_with("Embedded ·").then_some(m)
+        })
+        .await;
+        let note = eventually("the mismatch note", SOON, || async {
+            Some(service_note(&c).await).filter(|n| !n.is_empty())
+        })
+        .await;
+        assert!(
+            note.contains("speaks API protocol 1 and this program speaks 2"),
+            "{note}"
+        );
+        let status = eventually("a running engine", SOON, || async {
+            let s = js(
+                &c,
+                "return document.getElementById('status-text').textContent",
+            )
+            .await;
+            s.as_str()
+                .filter(|s| s.starts_with("Running ·"))
+                .map(str::to_string)
+        })
+        .await;
+        eprintln!("{m} / {status} / {note}");
+    });
 }
