@@ -507,7 +507,32 @@ function say(text, kind) {
   m.className = `message ${kind || ''}`;
 }
 
+async function loadAutostart() {
+  const box = $('autostart');
+  try {
+    box.checked = await invoke('get_autostart');
+    $('autostart-message').textContent = '';
+  } catch (e) {
+    $('autostart-message').textContent = errorText(e);
+  }
+}
+
+async function setAutostart() {
+  const box = $('autostart');
+  box.disabled = true;
+  try {
+    box.checked = await invoke('set_autostart', { enabled: box.checked });
+    $('autostart-message').textContent = '';
+  } catch (e) {
+    box.checked = !box.checked;
+    $('autostart-message').textContent = errorText(e);
+  } finally {
+    box.disabled = false;
+  }
+}
+
 async function loadSettings() {
+  loadAutostart();
   clearErrors();
   try {
     const settings = await invoke('get_settings');
@@ -576,6 +601,7 @@ function init() {
   $('folder-btn').addEventListener('click', () => invoke('open_data_folder').catch((e) => say(errorText(e), 'bad')));
   $('event-kind').addEventListener('change', poll);
   $('event-text').addEventListener('input', poll);
+  $('autostart').addEventListener('change', setAutostart);
   $('settings-form').addEventListener('submit', applySettings);
   $('revert-btn').addEventListener('click', loadSettings);
   $('preset-btn').addEventListener('click', fillPreset);

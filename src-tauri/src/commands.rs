@@ -8,6 +8,7 @@
 
 use edr_config as config;
 use tauri::{AppHandle, Manager, State};
+use tauri_plugin_autostart::ManagerExt;
 
 use crate::alerts::{self, AddException, ExceptionView};
 use crate::backend::Backend;
@@ -158,4 +159,28 @@ pub async fn remove_exception(
     exception: ExceptionView,
 ) -> Result<Vec<ExceptionView>, CommandError> {
     edit_exceptions(&state, |list| alerts::remove_exception(list, &exception)).await
+}
+
+/// Whether the app starts at login ("Launch at login" in Settings).
+#[tauri::command]
+pub async fn get_autostart(app: AppHandle) -> Result<bool, CommandError> {
+    blocking(move || app.autolaunch().is_enabled())
+        .await?
+        .map_err(|e| {
+            CommandError::Failed(format!("cannot tell whether the app starts at login: {e}"))
+        })
+}
+
+/// Switches "Launch at login": writes or removes the autostart entry
+/// (XDG autostart on Linux, a LaunchAgent on macOS); returns the state now.
+#[tauri::command]
+pub async fn set_autostart(app: AppHandle, enabled: bool) -> Result<bool, CommandError> {
+    blocking(move || {
+        let m = app.autolaunch();
+        if enabled { m.enable() } else { m.disable() }?;
+        m.is_enabled()
+    })
+    .await?
+    .map_err(|e| CommandError::Failed(format!("cannot change launch at login: {e}")))
+    .inspect(|on| tracing::info!(enabled = on, "launch at login"))
 }

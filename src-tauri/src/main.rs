@@ -22,6 +22,10 @@ use tauri::{AppHandle, Manager, RunEvent};
 use crate::state::AppState;
 use crate::window::View;
 
+/// The autostart entry's name (`~/.config/autostart/edr-agent-app.desktop`
+/// on Linux, `~/Library/LaunchAgents/edr-agent-app.plist` on macOS).
+const AUTOSTART_NAME: &str = "edr-agent-app";
+
 fn main() -> ExitCode {
     if let Err(e) = edr_engine::logging::init(None) {
         // A bad RUST_LOG must not keep the app from starting.
@@ -35,6 +39,15 @@ fn main() -> ExitCode {
             window::show(app, View::Dashboard)
         }))
         .plugin(tauri_plugin_notification::init())
+        // "Launch at login" (off until switched on in Settings): an XDG
+        // autostart entry on Linux, a LaunchAgent on macOS, starting the
+        // app in the menu bar only.
+        .plugin(
+            tauri_plugin_autostart::Builder::new()
+                .app_name(AUTOSTART_NAME)
+                .arg("--minimized")
+                .build(),
+        )
         .invoke_handler(tauri::generate_handler![
             commands::dashboard,
             commands::get_settings,
@@ -44,6 +57,8 @@ fn main() -> ExitCode {
             commands::open_data_folder,
             commands::add_exception,
             commands::remove_exception,
+            commands::get_autostart,
+            commands::set_autostart,
         ])
         .setup(move |app| {
             setup(app.handle(), minimized)?;
