@@ -42,6 +42,7 @@ impl App {
             .env("EDR_APP_CONFIG", &fx.config)
             // No service here: these tests are of the embedded engine.
             .env("EDR_APP_API_SOCKET", fx.dir.path().join("no-service.sock"))
+            .env("HOME", fx.home())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
