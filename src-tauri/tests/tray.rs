@@ -429,3 +429,117 @@ fn a_detection_alert_is_notified_and_marked_in_the_menu_until_the_alerts_view_op
 fn web_processes(pid: u32) -> usize {
     descendants_named(pid, "WebKitWebProces").len()
 }
+
+/// `edr-agent run` (built beside the app) serving its API on `socket`.
+struct ServiceAgent(Child);
+
+impl ServiceAgent {
+    fn start(dir: &std::path::Path, socket: &std::path::Path) -> ServiceAgent {
+        let agent = std::path::Path::new(APP)
+            .parent()
+            .expect("app dir")
+            .join("edr-agent");
+        assert!(
+            agent.exists(),
+            "{} is missing: build it first (`cargo build --bin edr-agent`; `cargo test --workspace` does)",
+            agent.display()
+        );
+        let config = dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
+                 file_monitor:\n    watch_paths: []\n\
+                 storage:\n  local_storage:\n    data_dir: \"{}\"\n\
+                 detection:\n  enabled: false\n\
+                 api:\n  enabled: true\n  socket: \"{}\"\n",
+                dir.join("agent-data").display(),
+                socket.display()
+            ),
+        )
+        .expect("agent config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(agent)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        ServiceAgent(child)
+    }
+}
+
+impl Drop for ServiceAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const MODE_SERVICE: &str = "Real-time · service";
+const INSTALL: &str = "Install the service…";
+
+/// The tray follows the service: its mode line, "Install the service…"
+/// only while none answers, and Pause steering the service itself.
+#[test]
+fn the_tray_says_service_mode_and_follows_the_service_coming_and_going() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 2000);
+    let socket = fx.dir.path().join("run").join("api.sock");
+    let agent = ServiceAgent::start(fx.dir.path(), &socket);
+    wait_for("the service's socket", START, || {
+        socket.exists().then_some(())
+    });
+    let conn = session_bus();
+    let socket_env = socket.display().to_string();
+    let app = App::launch(
+        &fx,
+        &["--minimized"],
+        &[("EDR_APP_API_SOCKET", socket_env.as_str())],
+    );
+    let menu = tray_of(&conn, &app);
+    let mode = || menu.labels().get(1).cloned().unwrap_or_default();
+    wait_for("the service mode line", START, || {
+        (mode() == MODE_SERVICE).then_some(())
+    });
+    wait_status(&menu, "a running status", |s| s.starts_with("Running ·"));
+    assert!(
+        !menu.labels().iter().any(|l| l == INSTALL),
+        "{:?}",
+        menu.labels()
+    );
+
+    // Pause goes to the service: its own status says paused.
+    menu.click("Pause");
+    wait_status(&menu, "the service paused", |s| s == "Paused");
+    let paused = || edr_engine::read_status(&fx.dir.path().join("agent-data")).map(|s| s.paused);
+    wait_for("the service's status to say paused", SOON, || {
+        (paused() == Some(true)).then_some(())
+    });
+    menu.click("Resume");
+    wait_for("the service's status to say running", SOON, || {
+        (paused() == Some(false)).then_some(())
+    });
+
+    drop(agent);
+    wait_for("the embedded mode line", SOON, || {
+        mode().starts_with("Embedded ·").then_some(())
+    });
+    wait_for("Install the service… offered", SOON, || {
+        menu.labels().iter().any(|l| l == INSTALL).then_some(())
+    });
+
+    let _agent = ServiceAgent::start(fx.dir.path(), &socket);
+    wait_for("the service mode line again", START, || {
+        (mode() == MODE_SERVICE).then_some(())
+    });
+    wait_for("Install the service… gone", SOON, || {
+        (!menu.labels().iter().any(|l| l == INSTALL)).then_some(())
+    });
+}
