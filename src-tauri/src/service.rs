@@ -88,11 +88,10 @@ pub fn install_command(user: &str) -> Result<(PathBuf, Vec<String>), String> {
 pub fn install(app: &AppHandle) {
     let app = app.clone();
     tauri::async_runtime::spawn_blocking(move || {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_default();
+        // The user database, not $USER: the environment may lack it or lie.
+        let user = edr_api::peer::current_user_name().unwrap_or_default();
         let outcome = if user.is_empty() {
-            Err("cannot tell who you are (USER is not set)".to_string())
+            Err("cannot tell who you are (no user database entry for this uid)".to_string())
         } else {
             install_command(&user).and_then(|(program, args)| {
                 tracing::info!(program = %program.display(), ?args, "installing the service");

@@ -543,3 +543,32 @@ fn the_tray_says_service_mode_and_follows_the_service_coming_and_going() {
         (!menu.labels().iter().any(|l| l == INSTALL)).then_some(())
     });
 }
+
+/// "Install the service…" without pkexec says what to run instead, and
+/// the app lives on.
+#[test]
+fn install_the_service_without_pkexec_says_what_to_run() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 2000);
+    // A PATH without pkexec (edr-agent is found beside the app).
+    let empty = fx.dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let path = empty.display().to_string();
+    let conn = session_bus();
+    let mut app = App::launch(&fx, &["--minimized"], &[("PATH", path.as_str())]);
+    let menu = tray_of(&conn, &app);
+    wait_for("Install the service… offered", START, || {
+        menu.labels().iter().any(|l| l == INSTALL).then_some(())
+    });
+    menu.click(INSTALL);
+    let said = wait_for("the app to say pkexec is missing", SOON, || {
+        std::fs::read_to_string(fx.log_path())
+            .ok()?
+            .lines()
+            .find(|l| l.contains("service not installed"))
+            .map(str::to_string)
+    });
+    assert!(said.contains("pkexec is not installed"), "{said}");
+    assert!(said.contains("service install --operator"), "{said}");
+    assert!(app.running(), "the app lives on");
+}
