@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{descendants_named, wait_for, APP};
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 /// The API's group (edr_config::api::API_GROUP).
@@ -391,6 +391,15 @@ where
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
 async fn service_note(c: &Client) -> String {
     js(
         c,
@@ -451,6 +460,47 @@ fn an_unprivileged_member_sees_the_service_falls_back_and_reattaches() {
             }
         }
         assert!(seen, "the 10 ms process never showed in the Events view");
+
+        // Settings and Pause steer the service: its config file (root's)
+        // and its status say so.
+        click(&c, "#tab-settings").await;
+        let batch = "[name=\"agent.max_events_per_batch\"]";
+        eventually("the service's settings in the form", SOON, || async {
+            let e = c.find(Locator::Css(batch)).await.ok()?;
+            let v = e.prop("value").await.ok().flatten()?;
+            (!v.is_empty()).then_some(())
+        })
+        .await;
+        let e = c.find(Locator::Css(batch)).await.expect("field");
+        e.clear().await.expect("clear");
+        e.send_keys("77").await.expect("type");
+        click(&c, "#apply-btn").await;
+        eventually(
+            "the service's config file to hold the change",
+            SOON,
+            || async {
+                std::fs::read_to_string(&cfg)
+                    .ok()
+                    .filter(|t| t.contains("max_events_per_batch: 77"))
+                    .map(|_| ())
+            },
+        )
+        .await;
+        let data = cfg.parent().expect("agent dir").join("data");
+        click(&c, "#pause-btn").await;
+        eventually("the service paused", SOON, || async {
+            edr_engine::read_status(&data)
+                .filter(|s| s.paused)
+                .map(|_| ())
+        })
+        .await;
+        click(&c, "#pause-btn").await;
+        eventually("the service resumed", SOON, || async {
+            edr_engine::read_status(&data)
+                .filter(|s| !s.paused)
+                .map(|_| ())
+        })
+        .await;
 
         // The service stops: the app runs its own engine and says so.
         if let Some(mut a) = agent.take() {
