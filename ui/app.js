@@ -244,6 +244,18 @@ const levelOf = (a) => (LEVELS.includes(a.level) ? a.level : 'low');
 
 function renderDetections(d) {
   if (!d) return;
+  if (d.fromService !== ui.alertsFromService) {
+    // The app switched between the service and its own engine: another
+    // numbering; start the list over from the new one's first alert.
+    const first = ui.alertsFromService === undefined;
+    ui.alertsFromService = d.fromService;
+    if (!first) {
+      ui.alerts = [];
+      ui.selected = null;
+      ui.alertsSince = 0;
+      return;
+    }
+  }
   if (d.lastSeq < ui.alertsSince) {
     // The engine started over (it is numbered from 1 again).
     ui.alerts = [];

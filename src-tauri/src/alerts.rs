@@ -42,6 +42,11 @@ impl AlertMarks {
     pub fn mark_seen(&self, seq: u64) {
         self.seen.fetch_max(seq, Ordering::Relaxed);
     }
+
+    /// Another engine numbers its alerts from 1: nothing of it is seen yet.
+    pub fn reset(&self) {
+        self.seen.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The `detections` part of a dashboard poll.
@@ -61,6 +66,9 @@ pub struct DetectionsView {
     pub evaluated: u64,
     /// Mean evaluation time per event since start, in microseconds.
     pub eval_us_mean: f64,
+    /// The alerts are the service's (numbered apart from the embedded
+    /// engine's): the window starts its list over when this changes.
+    pub from_service: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -156,6 +156,7 @@ impl AppState {
                 // The note first: a view that sees the service never
                 // shows the note of the fallback.
                 *write(&self.switch_note) = None;
+                self.marks.reset();
                 let old = std::mem::replace(&mut *write(&self.engine), Engine::Service(c));
                 tracing::info!(socket = %self.socket.display(), "attached to the edr-agent service");
                 if let Engine::Running(h) = old {
@@ -178,6 +179,7 @@ impl AppState {
                 } else {
                     embedded(&self.config_path)
                 };
+                self.marks.reset();
                 *write(&self.engine) = engine;
                 true
             }

@@ -323,6 +323,7 @@ pub struct Fetched {
     pub config: Option<Arc<Config>>,
     pub events: Vec<WireEvent>,
     pub alerts: Alerts,
+    pub from_service: bool,
 }
 
 pub async fn fetch(state: &AppState, req: &DashboardRequest) -> Fetched {
@@ -337,6 +338,7 @@ pub async fn fetch(state: &AppState, req: &DashboardRequest) -> Fetched {
             last_seq: 0,
             alerts: Vec::new(),
         },
+        from_service: false,
     };
     if f.snap.is_none() {
         return f;
@@ -344,6 +346,7 @@ pub async fn fetch(state: &AppState, req: &DashboardRequest) -> Fetched {
     let Some(backend) = state.backend() else {
         return f;
     };
+    f.from_service = backend.is_service();
     let warn = |what: &str, e: CommandError| {
         tracing::warn!(error = %e, "{what} not read");
     };
@@ -405,6 +408,7 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest, f: Fetched) -> Dashbo
         excepted: d.alerts_excepted,
         evaluated: d.events_evaluated,
         eval_us_mean: d.eval_ns_mean as f64 / 1000.0,
+        from_service: f.from_service,
     };
     DashboardView {
         engine: f.engine,
