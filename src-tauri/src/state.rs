@@ -172,7 +172,7 @@ impl AppState {
                 };
                 tracing::warn!(reason = %why, "the service stopped answering: running the engine in the app");
                 *write(&self.switch_note) = Some(format!(
-                    "The edr-agent service stopped answering ({why}); the app runs the engine itself until the service is back."
+                    "The edr-agent service stopped answering: {why}. Until it is back, the app runs the engine itself."
                 ));
                 let engine = if std::env::var("EDR_APP_ENGINE").is_ok_and(|v| v == "off") {
                     Engine::Off
