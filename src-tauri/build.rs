@@ -9,6 +9,8 @@ const COMMANDS: &[&str] = &[
     "open_data_folder",
     "add_exception",
     "remove_exception",
+    "get_autostart",
+    "set_autostart",
 ];
 
 fn main() {

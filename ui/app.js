@@ -110,6 +110,10 @@ function setStatus(engine) {
   pill.dataset.state = engine.state;
   pill.dataset.alert = String(Boolean(engine.alerting));
   $('status-text').textContent = engine.status;
+  const mode = $('mode-text');
+  mode.textContent = engine.mode || '';
+  mode.title = engine.mode || '';
+  mode.dataset.service = String(engine.mode === 'Real-time · service');
   const pause = $('pause-btn');
   const live = engine.state === 'running' || engine.state === 'paused';
   pause.disabled = !live;
@@ -117,7 +121,19 @@ function setStatus(engine) {
   $('folder-btn').disabled = !engine.dataDir;
 }
 
+function renderServiceBanner(engine) {
+  const b = $('service-banner');
+  if (!engine.serviceNote) {
+    b.classList.add('hidden');
+    b.replaceChildren();
+    return;
+  }
+  b.replaceChildren(el('span', null, engine.serviceNote));
+  b.classList.remove('hidden');
+}
+
 function renderEngineBanner(engine) {
+  renderServiceBanner(engine);
   const b = $('engine-banner');
   if (!engine.message) {
     b.classList.add('hidden');
@@ -243,6 +259,18 @@ const levelOf = (a) => (LEVELS.includes(a.level) ? a.level : 'low');
 
 function renderDetections(d) {
   if (!d) return;
+  if (d.fromService !== ui.alertsFromService) {
+    // The app switched between the service and its own engine: another
+    // numbering; start the list over from the new one's first alert.
+    const first = ui.alertsFromService === undefined;
+    ui.alertsFromService = d.fromService;
+    if (!first) {
+      ui.alerts = [];
+      ui.selected = null;
+      ui.alertsSince = 0;
+      return;
+    }
+  }
   if (d.lastSeq < ui.alertsSince) {
     // The engine started over (it is numbered from 1 again).
     ui.alerts = [];
@@ -506,7 +534,32 @@ function say(text, kind) {
   m.className = `message ${kind || ''}`;
 }
 
+async function loadAutostart() {
+  const box = $('autostart');
+  try {
+    box.checked = await invoke('get_autostart');
+    $('autostart-message').textContent = '';
+  } catch (e) {
+    $('autostart-message').textContent = errorText(e);
+  }
+}
+
+async function setAutostart() {
+  const box = $('autostart');
+  box.disabled = true;
+  try {
+    box.checked = await invoke('set_autostart', { enabled: box.checked });
+    $('autostart-message').textContent = '';
+  } catch (e) {
+    box.checked = !box.checked;
+    $('autostart-message').textContent = errorText(e);
+  } finally {
+    box.disabled = false;
+  }
+}
+
 async function loadSettings() {
+  loadAutostart();
   clearErrors();
   try {
     const settings = await invoke('get_settings');
@@ -575,6 +628,7 @@ function init() {
   $('folder-btn').addEventListener('click', () => invoke('open_data_folder').catch((e) => say(errorText(e), 'bad')));
   $('event-kind').addEventListener('change', poll);
   $('event-text').addEventListener('input', poll);
+  $('autostart').addEventListener('change', setAutostart);
   $('settings-form').addEventListener('submit', applySettings);
   $('revert-btn').addEventListener('click', loadSettings);
   $('preset-btn').addEventListener('click', fillPreset);

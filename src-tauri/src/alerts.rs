@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use edr_api::wire::{AlertRow as AlertRecord, ProcessRow as AlertProcess};
 use edr_config::DetectionException;
-use edr_engine::alerts::{AlertProcess, AlertRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CommandError;
@@ -42,6 +42,11 @@ impl AlertMarks {
     pub fn mark_seen(&self, seq: u64) {
         self.seen.fetch_max(seq, Ordering::Relaxed);
     }
+
+    /// Another engine numbers its alerts from 1: nothing of it is seen yet.
+    pub fn reset(&self) {
+        self.seen.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The `detections` part of a dashboard poll.
@@ -61,6 +66,9 @@ pub struct DetectionsView {
     pub evaluated: u64,
     /// Mean evaluation time per event since start, in microseconds.
     pub eval_us_mean: f64,
+    /// The alerts are the service's (numbered apart from the embedded
+    /// engine's): the window starts its list over when this changes.
+    pub from_service: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -178,10 +186,12 @@ pub fn alert_view(a: &AlertRecord) -> AlertView {
             .map(cut),
         user: a.user.clone(),
         file_path: a.file_path.as_deref().map(cut),
-        destination: a.destination.map(|(ip, port)| match ip {
-            std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
-            std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
-        }),
+        destination: a
+            .destination
+            .map(|edr_api::wire::Endpoint { ip, port }| match ip {
+                std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
+                std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
+            }),
         tree,
         matched_fields: a
             .matched_fields
@@ -372,10 +382,11 @@ pub fn remove_exception(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edr_engine::alerts::{AlertProcess, AlertRecord as EngineRecord};
     use edr_model::event::{AlertAncestor, Timestamp};
 
     fn record(seq: u64, rule: &str) -> AlertRecord {
-        AlertRecord {
+        AlertRecord::of(&EngineRecord {
             seq,
             timestamp: Timestamp(1_795_600_800_000),
             level: "high".into(),
@@ -419,7 +430,7 @@ mod tests {
             matched_fields: vec![("process.command_line".into(), "base64 -d".into())],
             count: 2,
             first_seen: Timestamp(1_795_600_700_000),
-        }
+        })
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! The menu-bar app of edr-agent: the engine in Tauri's tokio runtime, a
-//! tray icon with its status, and a dashboard window made on demand.
+//! The menu-bar app of edr-agent: the client of the root service when it
+//! answers, otherwise the engine in Tauri's tokio runtime; a tray icon with its status, and a dashboard window made on demand.
 //!
 //! The engine knows nothing of this crate: here we only translate between
 //! its handle and the window (commands, view types) and the tray.
 
 mod alerts;
+mod backend;
 mod commands;
 mod error;
+mod service;
 mod settings;
 mod state;
 mod tray;
@@ -19,6 +21,10 @@ use tauri::{AppHandle, Manager, RunEvent};
 
 use crate::state::AppState;
 use crate::window::View;
+
+/// The autostart entry's name (`~/.config/autostart/edr-agent-app.desktop`
+/// on Linux, `~/Library/LaunchAgents/edr-agent-app.plist` on macOS).
+const AUTOSTART_NAME: &str = "edr-agent-app";
 
 fn main() -> ExitCode {
     if let Err(e) = edr_engine::logging::init(None) {
@@ -33,6 +39,15 @@ fn main() -> ExitCode {
             window::show(app, View::Dashboard)
         }))
         .plugin(tauri_plugin_notification::init())
+        // "Launch at login" (off until switched on in Settings): an XDG
+        // autostart entry on Linux, a LaunchAgent on macOS, starting the
+        // app in the menu bar only.
+        .plugin(
+            tauri_plugin_autostart::Builder::new()
+                .app_name(AUTOSTART_NAME)
+                .arg("--minimized")
+                .build(),
+        )
         .invoke_handler(tauri::generate_handler![
             commands::dashboard,
             commands::get_settings,
@@ -42,6 +57,8 @@ fn main() -> ExitCode {
             commands::open_data_folder,
             commands::add_exception,
             commands::remove_exception,
+            commands::get_autostart,
+            commands::set_autostart,
         ])
         .setup(move |app| {
             setup(app.handle(), minimized)?;
@@ -72,9 +89,10 @@ fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
     #[cfg(target_os = "macos")]
     app.set_activation_policy(tauri::ActivationPolicy::Accessory)?;
     // Inside the runtime: the engine spawns its tasks on it.
-    let state = tauri::async_runtime::block_on(async { AppState::start() });
+    let state = tauri::async_runtime::block_on(AppState::start());
     app.manage(state);
     tray::build(app)?;
+    tauri::async_runtime::spawn(service::watch(app.clone()));
     if !minimized {
         window::show(app, View::Dashboard);
     }
@@ -86,9 +104,9 @@ fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
 pub(crate) fn quit(app: &AppHandle) {
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
-        if let Some(engine) = app.state::<AppState>().handle() {
-            engine.shutdown().await;
-        }
+        // The embedded engine stops; the service (if that is what the
+        // app showed) keeps running.
+        app.state::<AppState>().shutdown().await;
         tracing::info!("quit");
         app.exit(0);
     });

@@ -16,6 +16,7 @@ use tauri_plugin_notification::NotificationExt;
 use tokio::sync::Notify;
 
 use crate::alerts;
+use crate::backend::Backend;
 use crate::state::AppState;
 use crate::view::{self, EngineState, EngineView};
 use crate::window::{self, View};
@@ -28,9 +29,14 @@ const ICON_ALERT: Image<'static> = include_image!("../icons/tray-alert.png");
 pub const TRAY_ID: &str = "edr-agent";
 pub const LABEL_PAUSE: &str = "Pause";
 pub const LABEL_RESUME: &str = "Resume";
+pub const LABEL_INSTALL: &str = "Install the service…";
+/// Where "Install the service…" goes in the menu: after "Open Data Folder".
+const INSTALL_POSITION: usize = 8;
 
 mod id {
     pub const STATUS: &str = "status";
+    pub const MODE: &str = "mode";
+    pub const INSTALL: &str = "install-service";
     pub const PAUSE: &str = "pause";
     pub const OPEN: &str = "open";
     pub const ALERTS: &str = "alerts";
@@ -51,6 +57,12 @@ enum IconKind {
 #[derive(Debug, Clone, PartialEq)]
 struct Shown {
     status: String,
+    mode: String,
+    /// Why the app is not the service's client, or what just switched
+    /// (in the tooltip).
+    note: Option<String>,
+    /// "Install the service…" is in the menu (no service answers).
+    install: bool,
     pause_label: &'static str,
     pause_enabled: bool,
     alerts_label: String,
@@ -63,7 +75,10 @@ struct Wake(Arc<Notify>);
 #[derive(Clone)]
 struct Items {
     tray: TrayIcon,
+    menu: Menu<Wry>,
     status: MenuItem<Wry>,
+    mode: MenuItem<Wry>,
+    install: MenuItem<Wry>,
     pause: MenuItem<Wry>,
     alerts: MenuItem<Wry>,
 }
@@ -71,12 +86,21 @@ struct Items {
 /// Builds the tray and starts the task that keeps it current.
 pub fn build(app: &AppHandle) -> tauri::Result<()> {
     let status = MenuItem::with_id(app, id::STATUS, "Starting…", false, None::<&str>)?;
+    let mode = MenuItem::with_id(
+        app,
+        id::MODE,
+        "Looking for the service…",
+        false,
+        None::<&str>,
+    )?;
+    let install = MenuItem::with_id(app, id::INSTALL, LABEL_INSTALL, true, None::<&str>)?;
     let pause = MenuItem::with_id(app, id::PAUSE, LABEL_PAUSE, true, None::<&str>)?;
     let alerts = MenuItem::with_id(app, id::ALERTS, alerts_label(0), true, None::<&str>)?;
     let menu = Menu::with_items(
         app,
         &[
             &status,
+            &mode,
             &PredefinedMenuItem::separator(app)?,
             &pause,
             &MenuItem::with_id(app, id::OPEN, "Open Dashboard", true, None::<&str>)?,
@@ -103,7 +127,10 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
     app.manage(Wake(Arc::clone(&wake)));
     let items = Items {
         tray,
+        menu,
         status,
+        mode,
+        install,
         pause,
         alerts,
     };
@@ -121,24 +148,40 @@ pub fn refresh(app: &AppHandle) {
 fn on_menu_event(app: &AppHandle, event: MenuEvent) {
     match event.id().as_ref() {
         id::PAUSE => {
-            if let Some(engine) = app.state::<AppState>().handle() {
-                if engine.is_paused() {
-                    engine.resume();
-                } else {
-                    engine.pause();
+            let app = app.clone();
+            tauri::async_runtime::spawn(async move {
+                if let Some(b) = app.state::<AppState>().backend() {
+                    let paused = b.snapshot().await.map(|s| s.paused);
+                    match paused {
+                        Ok(p) => {
+                            if let Err(e) = b.set_paused(!p).await {
+                                tracing::warn!(error = %e, "cannot pause or resume");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot pause or resume"),
+                    }
                 }
-            }
-            refresh(app);
+                refresh(&app);
+            });
         }
+        id::INSTALL => crate::service::install(app),
         id::OPEN => window::show(app, View::Dashboard),
         id::ALERTS => window::show(app, View::Alerts),
         id::SETTINGS => window::show(app, View::Settings),
         id::DATA => {
-            if let Some(engine) = app.state::<AppState>().handle() {
-                if let Err(e) = window::open_folder(engine.data_dir()) {
-                    tracing::warn!(error = %e, "cannot open the data folder");
+            let app = app.clone();
+            tauri::async_runtime::spawn(async move {
+                if let Some(b) = app.state::<AppState>().backend() {
+                    match b.snapshot().await {
+                        Ok(s) => {
+                            if let Err(e) = window::open_folder(std::path::Path::new(&s.data_dir)) {
+                                tracing::warn!(error = %e, "cannot open the data folder");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot open the data folder"),
+                    }
                 }
-            }
+            });
         }
         id::QUIT => crate::quit(app),
         _ => {}
@@ -149,15 +192,13 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
     let mut shown: Option<Shown> = None;
     let mut alerts: Vec<AlertKind> = Vec::new();
     // Detection alerts numbered up to this were notified; those raised
-    // before the app started are the engine's, not news.
-    let mut notified_seq = app
-        .state::<AppState>()
-        .handle()
-        .map_or(0, |h| h.alerts(u64::MAX, 0).last_seq);
+    // before the app started (or attached) are the engine's, not news.
+    let mut notified: Option<(bool, u64)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A detection alert wakes the loop at once: its notification should not
-    // wait for the next tick.
+    // A detection alert of the embedded engine wakes the loop at once: its
+    // notification should not wait for the next tick. (The service's are
+    // read each tick.)
     let mut raised: Option<tokio::sync::watch::Receiver<u64>> = None;
     loop {
         if raised.is_none() {
@@ -177,14 +218,28 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
             } => !ok,
         };
         if engine_gone {
-            // The engine was replaced (settings applied): follow the new one.
+            // The engine was replaced (settings applied, or the service
+            // took over): follow the new one.
             raised = None;
         }
         let state = app.state::<AppState>();
-        let engine = view::engine_view(&state);
-        let last_seq = state
-            .handle()
-            .map_or(notified_seq, |h| h.alerts(u64::MAX, 0).last_seq);
+        let (engine, snap) = view::engine_view(&state).await;
+        let backend = state.backend();
+        let last = match &backend {
+            Some(b) => b
+                .alerts(u64::MAX, 0)
+                .await
+                .ok()
+                .map(|a| (b.is_service(), a.last_seq)),
+            None => None,
+        };
+        // A new backend numbers its alerts anew: start from its newest.
+        if let Some((service, seq)) = last {
+            if notified.is_none_or(|(s, _)| s != service) {
+                notified = Some((service, seq));
+            }
+        }
+        let last_seq = last.map_or(0, |(_, s)| s);
         let want = wanted(&engine, state.marks.unseen(last_seq));
         if shown.as_ref() != Some(&want) {
             let (items, was, now) = (items.clone(), shown.clone(), want.clone());
@@ -198,9 +253,9 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
             }
             shown = Some(want);
         }
-        if let Some(h) = state.handle() {
-            notify_new_alerts(&app, &h.snapshot().alerts, &mut alerts);
-            notify_detections(&app, h, &mut notified_seq);
+        if let (Some(b), Some(snap), Some((_, seq))) = (&backend, &snap, notified.as_mut()) {
+            notify_new_alerts(&app, &snap.alerts, &mut alerts);
+            notify_detections(&app, b, seq).await;
         }
     }
 }
@@ -219,6 +274,9 @@ fn wanted(engine: &EngineView, unseen: u64) -> Shown {
     Shown {
         alerts_label: alerts_label(unseen),
         status: engine.status.clone(),
+        mode: engine.mode.clone(),
+        note: engine.service_note.clone(),
+        install: engine.service_absent,
         pause_label: if engine.state == EngineState::Paused {
             LABEL_RESUME
         } else {
@@ -243,11 +301,27 @@ fn apply(
 ) -> tauri::Result<()> {
     if was.map(|w| &w.status) != Some(&want.status) {
         items.status.set_text(&want.status)?;
-        let tip = match &engine.message {
-            Some(m) => format!("EDR Agent: {}\n{m}", want.status),
-            None => format!("EDR Agent: {}", want.status),
-        };
+    }
+    if was.map(|w| (&w.status, &w.mode, &w.note)) != Some((&want.status, &want.mode, &want.note)) {
+        let mut tip = format!("EDR Agent: {}\n{}", want.status, want.mode);
+        for m in [&engine.message, &engine.service_note]
+            .into_iter()
+            .flatten()
+        {
+            tip.push('\n');
+            tip.push_str(m);
+        }
         items.tray.set_tooltip(Some(tip))?;
+    }
+    if was.map(|w| &w.mode) != Some(&want.mode) {
+        items.mode.set_text(&want.mode)?;
+    }
+    if was.map(|w| w.install) != Some(want.install) {
+        if want.install {
+            items.menu.insert(&items.install, INSTALL_POSITION)?;
+        } else if was.is_some() {
+            items.menu.remove(&items.install)?;
+        }
     }
     if was.map(|w| w.pause_label) != Some(want.pause_label) {
         items.pause.set_text(want.pause_label)?;
@@ -273,8 +347,14 @@ fn apply(
 
 /// A desktop notification per new detection alert; a burst (more than
 /// a few in one tick) is one "N alerts" notification.
-fn notify_detections(app: &AppHandle, h: &edr_engine::EngineHandle, notified_seq: &mut u64) {
-    let got = h.alerts(*notified_seq, alerts::NOTIFY_EACH_MAX + 1);
+async fn notify_detections(app: &AppHandle, b: &Backend, notified_seq: &mut u64) {
+    let got = match b.alerts(*notified_seq, alerts::NOTIFY_EACH_MAX + 1).await {
+        Ok(got) => got,
+        Err(e) => {
+            tracing::debug!(error = %e, "alerts not read");
+            return;
+        }
+    };
     let total = got.last_seq.saturating_sub(*notified_seq);
     *notified_seq = got.last_seq;
     for n in alerts::notices(&got.alerts, total) {
@@ -332,6 +412,9 @@ mod tests {
             config_file: "/etc/edr-agent/config.yaml".into(),
             data_dir: None,
             alerting,
+            mode: view::MODE_POLLING.into(),
+            service_note: None,
+            service_absent: true,
         }
     }
 

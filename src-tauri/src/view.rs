@@ -2,19 +2,22 @@
 //! engine's snapshot, history and recent events. Only translation: every
 //! number comes from the engine, every chart from `edr_charts`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use edr_api::wire::{Alerts, Endpoint, EventRow as WireEvent};
 use edr_charts::{self as charts, Unit};
 use edr_collect::Coverage;
-use edr_engine::recent::RecentEvent;
-use edr_engine::{EngineHandle, Snapshot};
-use edr_metrics::{Alert, AlertKind};
+use edr_config::Config;
+use edr_engine::Snapshot;
+use edr_metrics::{Alert, AlertKind, MetricsSample};
+use edr_model::capture::ProcessCapture;
 use edr_model::event::EventType;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{self as detections, DetectionsView, MAX_ALERTS_PER_POLL};
 use crate::error::CommandError;
-use crate::state::{AppState, Engine, RECENT_EVENTS};
+use crate::state::{AppState, Service, RECENT_EVENTS};
 
 /// Time windows the dashboard offers, in seconds.
 pub const WINDOWS_SECS: [u64; 3] = [60, 600, 3600];
@@ -134,6 +137,13 @@ pub struct EngineView {
     pub config_file: String,
     pub data_dir: Option<String>,
     pub alerting: bool,
+    /// How events are captured: the service, or the engine in the app.
+    pub mode: String,
+    /// Why the app is not the service's client although one runs, or
+    /// that it just switched.
+    pub service_note: Option<String>,
+    /// No service answers (the tray offers to install it).
+    pub service_absent: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,27 +213,88 @@ pub struct EventRow {
     pub summary: String,
 }
 
-/// The engine's state for the window header and the tray.
-pub fn engine_view(state: &AppState) -> EngineView {
+/// The engine's state for the window header and the tray, and the
+/// snapshot it was made from (None without an engine, or when the
+/// service did not answer).
+pub async fn engine_view(state: &AppState) -> (EngineView, Option<Snapshot>) {
     let config_file = state.config_path.display().to_string();
-    match &state.engine {
-        Engine::Running(h) => engine_view_of(&h.snapshot(), config_file),
-        Engine::Off => EngineView {
-            state: EngineState::Off,
-            status: "Engine off".into(),
-            message: Some("The engine is off (started with EDR_APP_ENGINE=off).".into()),
+    let service = state.service();
+    let Some(backend) = state.backend() else {
+        let (failed, message) = state.no_engine().unwrap_or((true, "no engine".to_string()));
+        let view = EngineView {
+            state: if failed {
+                EngineState::Failed
+            } else {
+                EngineState::Off
+            },
+            status: if failed {
+                "Engine failed to start".into()
+            } else {
+                "Engine off".into()
+            },
+            message: Some(message),
             config_file,
             data_dir: None,
-            alerting: false,
-        },
-        Engine::Failed(e) => EngineView {
-            state: EngineState::Failed,
-            status: "Engine failed to start".into(),
-            message: Some(e.clone()),
-            config_file,
-            data_dir: None,
-            alerting: true,
-        },
+            alerting: failed,
+            mode: mode_line(false, None),
+            service_note: service_note(&service, state.switch_note()),
+            service_absent: matches!(service, Service::Absent(_)),
+        };
+        return (view, None);
+    };
+    let is_service = backend.is_service();
+    match backend.snapshot().await {
+        Ok(snap) => {
+            let mut view = engine_view_of(&snap, config_file);
+            if is_service {
+                view.config_file = "the edr-agent service's config file".into();
+            }
+            view.mode = mode_line(is_service, Some(&snap));
+            view.service_note = service_note(&service, state.switch_note());
+            view.service_absent = matches!(service, Service::Absent(_));
+            (view, Some(snap))
+        }
+        Err(e) => (
+            EngineView {
+                state: EngineState::Failed,
+                status: "Service not answering".into(),
+                message: Some(e.to_string()),
+                config_file,
+                data_dir: None,
+                alerting: true,
+                mode: mode_line(is_service, None),
+                service_note: None,
+                service_absent: false,
+            },
+            None,
+        ),
+    }
+}
+
+/// How events are captured, in one line (the tray's second line).
+pub fn mode_line(service: bool, snap: Option<&Snapshot>) -> String {
+    if service {
+        return MODE_SERVICE.to_string();
+    }
+    match snap.and_then(|s| s.coverage.process_capture) {
+        Some(ProcessCapture::Event) => "Embedded · real-time".to_string(),
+        _ => MODE_POLLING.to_string(),
+    }
+}
+
+pub const MODE_SERVICE: &str = "Real-time · service";
+pub const MODE_POLLING: &str = "Embedded · polling (processes shorter than 1 s can be missed)";
+
+/// Why the app is not the service's client, or what just changed.
+fn service_note(service: &Service, switched: Option<String>) -> Option<String> {
+    if let Some(s) = switched {
+        return Some(s);
+    }
+    match service {
+        Service::Unusable(m) => Some(format!(
+            "The edr-agent service runs, but the app cannot use it: {m}"
+        )),
+        _ => None,
     }
 }
 
@@ -247,6 +318,9 @@ fn engine_view_of(s: &Snapshot, config_file: String) -> EngineView {
         config_file,
         data_dir: Some(s.data_dir.clone()),
         alerting: !s.alerts.is_empty(),
+        mode: String::new(),
+        service_note: None,
+        service_absent: false,
     }
 }
 
@@ -258,11 +332,66 @@ fn rate(v: f32) -> String {
     }
 }
 
-pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
-    let engine = engine_view(state);
-    let Some(h) = state.handle() else {
+/// What one poll needs, fetched from the backend.
+pub struct Fetched {
+    pub engine: EngineView,
+    pub snap: Option<Snapshot>,
+    pub samples: Vec<MetricsSample>,
+    pub config: Option<Arc<Config>>,
+    pub events: Vec<WireEvent>,
+    pub alerts: Alerts,
+    pub from_service: bool,
+}
+
+pub async fn fetch(state: &AppState, req: &DashboardRequest) -> Fetched {
+    let (engine, snap) = engine_view(state).await;
+    let mut f = Fetched {
+        engine,
+        snap,
+        samples: Vec::new(),
+        config: None,
+        events: Vec::new(),
+        alerts: Alerts {
+            last_seq: 0,
+            alerts: Vec::new(),
+        },
+        from_service: false,
+    };
+    if f.snap.is_none() {
+        return f;
+    }
+    let Some(backend) = state.backend() else {
+        return f;
+    };
+    f.from_service = backend.is_service();
+    let warn = |what: &str, e: CommandError| {
+        tracing::warn!(error = %e, "{what} not read");
+    };
+    if req.charts {
+        match backend.history(Duration::from_secs(req.window_secs)).await {
+            Ok(s) => f.samples = s,
+            Err(e) => warn("history", e),
+        }
+        match backend.config().await {
+            Ok(c) => f.config = Some(c),
+            Err(e) => warn("config", e),
+        }
+    }
+    match backend.events(RECENT_EVENTS).await {
+        Ok(e) => f.events = e,
+        Err(e) => warn("events", e),
+    }
+    match backend.alerts(req.alerts_since, MAX_ALERTS_PER_POLL).await {
+        Ok(a) => f.alerts = a,
+        Err(e) => warn("alerts", e),
+    }
+    f
+}
+
+pub fn dashboard(state: &AppState, req: &DashboardRequest, f: Fetched) -> DashboardView {
+    let Some(snap) = f.snap else {
         return DashboardView {
-            engine,
+            engine: f.engine,
             charts: Vec::new(),
             alerts: Vec::new(),
             detections: DetectionsView::default(),
@@ -273,14 +402,11 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
             events_held: 0,
         };
     };
-    let snap = h.snapshot();
-    let charts = if req.charts {
-        charts_view(h, req)
-    } else {
-        Vec::new()
+    let charts = match (&f.config, req.charts) {
+        (Some(config), true) => charts_view(&f.samples, config, req),
+        _ => Vec::new(),
     };
-    let lines = h.recent_events(RECENT_EVENTS);
-    let got = h.alerts(req.alerts_since, MAX_ALERTS_PER_POLL);
+    let got = f.alerts;
     if req.alerts_open {
         state.marks.mark_seen(got.last_seq);
     }
@@ -300,24 +426,27 @@ pub fn dashboard(state: &AppState, req: &DashboardRequest) -> DashboardView {
         excepted: d.alerts_excepted,
         evaluated: d.events_evaluated,
         eval_us_mean: d.eval_ns_mean as f64 / 1000.0,
+        from_service: f.from_service,
     };
     DashboardView {
-        engine,
+        engine: f.engine,
         charts,
         alerts: snap.alerts.iter().map(alert_view).collect(),
         detections,
         coverage: Some(coverage_view(&snap.coverage)),
         totals: Some(totals_view(&snap)),
         shipping: snap.shipping.as_ref().map(shipping_view),
-        events: filter_events(&lines, &req.events),
-        events_held: lines.len(),
+        events: filter_events(&f.events, &req.events),
+        events_held: f.events.len(),
     }
 }
 
-fn charts_view(h: &EngineHandle, req: &DashboardRequest) -> Vec<ChartView> {
-    let samples = h.history(Duration::from_secs(req.window_secs));
-    let config = h.config();
-    charts::dashboard_from_samples(&samples, config.max_storage_bytes(), &config.alerts)
+fn charts_view(
+    samples: &[MetricsSample],
+    config: &Config,
+    req: &DashboardRequest,
+) -> Vec<ChartView> {
+    charts::dashboard_from_samples(samples, config.max_storage_bytes(), &config.alerts)
         .into_iter()
         .filter_map(|chart| {
             let svg = charts::render_svg(&chart, req.chart_width, req.chart_height)
@@ -437,7 +566,7 @@ fn totals_view(s: &Snapshot) -> TotalsView {
 
 /// The recent events (newest last) as rows (newest first) that match the
 /// query.
-pub fn filter_events(events: &[RecentEvent], q: &EventQuery) -> Vec<EventRow> {
+pub fn filter_events(events: &[WireEvent], q: &EventQuery) -> Vec<EventRow> {
     let needle = q.text.trim().to_lowercase();
     events
         .iter()
@@ -454,45 +583,45 @@ pub fn filter_events(events: &[RecentEvent], q: &EventQuery) -> Vec<EventRow> {
 }
 
 /// The few fields a person scans a table for.
-pub fn event_row(e: &RecentEvent) -> EventRow {
-    let summary = match e.kind {
-        EventType::Process => process_summary(e),
-        EventType::File => {
+pub fn event_row(e: &WireEvent) -> EventRow {
+    let summary = match e.kind.as_str() {
+        "process" => process_summary(e),
+        "file" => {
             let path = e.file_path.as_deref().unwrap_or("?");
             match &e.original_path {
                 Some(from) => format!("{from} → {path}"),
                 None => path.to_string(),
             }
         }
-        EventType::Network => network_summary(e),
+        _ => network_summary(e),
     };
     EventRow {
         time: e.timestamp.to_string(),
-        kind: e.kind.as_str().to_string(),
-        action: e.action.to_string(),
+        kind: e.kind.clone(),
+        action: e.action.clone(),
         summary: truncate(summary, MAX_SUMMARY_CHARS),
     }
 }
 
-fn process_summary(e: &RecentEvent) -> String {
+fn process_summary(e: &WireEvent) -> String {
     let Some(p) = &e.process else {
         return "?".to_string();
     };
-    let who = format!("{} ({})", p.name, p.pid);
+    let who = format!("{} ({})", p.name.as_deref().unwrap_or("?"), p.pid);
     match &p.command_line {
         Some(c) if !c.is_empty() => format!("{who}: {c}"),
         _ => who,
     }
 }
 
-fn network_summary(e: &RecentEvent) -> String {
-    let end = |side: Option<(std::net::IpAddr, u16)>| {
-        side.map(|(ip, port)| match ip {
+fn network_summary(e: &WireEvent) -> String {
+    let end = |side: Option<Endpoint>| {
+        side.map(|Endpoint { ip, port }| match ip {
             std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
             std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
         })
     };
-    let transport = e.transport.unwrap_or("");
+    let transport = e.transport.as_deref().unwrap_or("");
     let mut out = match (end(e.source), end(e.destination)) {
         (Some(s), Some(d)) => format!("{transport} {s} → {d}"),
         (Some(s), None) => format!("{transport} {s}"),
@@ -500,7 +629,7 @@ fn network_summary(e: &RecentEvent) -> String {
         (None, None) => transport.to_string(),
     };
     if let Some(p) = &e.process {
-        out.push_str(&format!(" ({})", p.name));
+        out.push_str(&format!(" ({})", p.name.as_deref().unwrap_or("?")));
     }
     out.trim().to_string()
 }
@@ -516,7 +645,7 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edr_engine::recent::RecentProcess;
+    use edr_engine::recent::{RecentEvent, RecentProcess};
     use edr_model::event::{Action, Timestamp};
 
     #[test]
@@ -556,6 +685,10 @@ mod tests {
             "{}",
             v.shipped
         );
+    }
+
+    fn wire(e: &RecentEvent) -> WireEvent {
+        WireEvent::of(e)
     }
 
     fn query(kind: Option<&str>, text: &str) -> EventQuery {
@@ -613,7 +746,7 @@ mod tests {
 
     #[test]
     fn rows_summarize_each_type() {
-        let [file, rename, proc, net] = samples();
+        let [file, rename, proc, net] = samples().map(|e| wire(&e));
         assert_eq!(event_row(&file).summary, "/tmp/w/a.txt");
         assert_eq!(event_row(&file).time, "2026-11-25T10:00:00.000Z");
         assert_eq!(event_row(&rename).summary, "/tmp/w/a.txt → /tmp/w/b.txt");
@@ -627,7 +760,7 @@ mod tests {
 
     #[test]
     fn newest_first_filtered_by_type_and_text() {
-        let [file, rename, proc, net] = samples();
+        let [file, rename, proc, net] = samples().map(|e| wire(&e));
         let events = vec![file, proc, rename, net];
         let all = filter_events(&events, &query(None, ""));
         assert_eq!(all.len(), 4);

@@ -50,6 +50,10 @@ impl Driver {
                 &native.to_string(),
             ])
             .env("EDR_APP_CONFIG", &fx.config)
+            // No service here: these tests are of the embedded engine.
+            .env("EDR_APP_API_SOCKET", fx.dir.path().join("no-service.sock"))
+            // A home of its own: "Launch at login" writes under it.
+            .env("HOME", fx.home())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -1113,6 +1117,50 @@ fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next()
                     .find(|r| r.contains(&needle))
             },
         )
+        .await;
+    });
+}
+
+#[test]
+fn launch_at_login_writes_and_removes_the_autostart_entry_naming_the_app() {
+    let fx = Fixture::new(1000, 2000);
+    with_app(fx, |c, fx| async move {
+        let entry = fx.home().join(".config/autostart/edr-agent-app.desktop");
+        open_settings(&c, "agent.max_events_per_batch", "1000").await;
+        let checked = "return document.getElementById('autostart').checked";
+        assert_eq!(js(&c, checked).await, json!(false), "off by default");
+        assert!(!entry.exists());
+
+        click(&c, "#autostart").await;
+        let text = eventually("the autostart entry", SOON, || async {
+            std::fs::read_to_string(&entry).ok()
+        })
+        .await;
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Exec="))
+            .unwrap_or_else(|| panic!("no Exec= in {text}"));
+        let (program, args) = exec.split_once(' ').unwrap_or((exec, ""));
+        assert_eq!(args.trim(), "--minimized", "{text}");
+        assert_eq!(
+            std::fs::canonicalize(program).expect("the named program exists"),
+            std::fs::canonicalize(APP).expect("app"),
+            "the entry names this app: {text}"
+        );
+        assert!(text.contains("Type=Application"), "{text}");
+        eventually("the box checked", SOON, || async {
+            (js(&c, checked).await == json!(true)).then_some(())
+        })
+        .await;
+
+        click(&c, "#autostart").await;
+        eventually("the entry removed", SOON, || async {
+            (!entry.exists()).then_some(())
+        })
+        .await;
+        eventually("the box unchecked", SOON, || async {
+            (js(&c, checked).await == json!(false)).then_some(())
+        })
         .await;
     });
 }

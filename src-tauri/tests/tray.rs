@@ -40,6 +40,9 @@ impl App {
         let child = Command::new(APP)
             .args(args)
             .env("EDR_APP_CONFIG", &fx.config)
+            // No service here: these tests are of the embedded engine.
+            .env("EDR_APP_API_SOCKET", fx.dir.path().join("no-service.sock"))
+            .env("HOME", fx.home())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -229,17 +232,28 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
         status.ends_with("MB") && status.contains("ev/s"),
         "{status}"
     );
+    // No service at the test's socket: the engine runs in the app (in real
+    // time when the test runs as root, by polling otherwise), and the menu
+    // offers to install the service.
+    let labels = menu.labels();
+    assert!(
+        labels[1] == "Embedded · real-time"
+            || labels[1] == "Embedded · polling (processes shorter than 1 s can be missed)",
+        "{labels:?}"
+    );
     assert_eq!(
-        menu.labels()[1..],
+        labels[2..],
         [
             "Pause",
             "Open Dashboard",
             "Alerts",
             "Settings…",
             "Open Data Folder",
+            "Install the service…",
             "Quit"
         ]
     );
+    assert!(!menu.items()[1].enabled, "the mode line is not clickable");
     assert!(!menu.items()[0].enabled, "the status line is not clickable");
 
     let _activity = FileActivity::start(&fx.watch);
@@ -247,7 +261,7 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
 
     menu.click("Pause");
     wait_for("the Resume item", SOON, || {
-        (menu.labels()[1] == "Resume").then_some(())
+        (menu.labels()[2] == "Resume").then_some(())
     });
     wait_status(&menu, "a paused status", |s| s == "Paused");
     assert_file_events_stay(&fx, Duration::from_secs(3));
@@ -255,7 +269,7 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
     let paused_at = fx.file_events();
     menu.click("Resume");
     wait_for("the Pause item", SOON, || {
-        (menu.labels()[1] == "Pause").then_some(())
+        (menu.labels()[2] == "Pause").then_some(())
     });
     wait_for("file events after resume", SOON, || {
         (fx.file_events() > paused_at).then_some(())
@@ -348,7 +362,7 @@ fn the_tray_says_when_the_engine_is_not_running() {
     let mut app = App::launch(&bad, &["--minimized"], &[]);
     let menu = tray_of(&conn, &app);
     wait_status(&menu, "a failed status", |s| s == "Engine failed to start");
-    assert!(!menu.items()[1].enabled, "no Pause without an engine");
+    assert!(!menu.items()[2].enabled, "no Pause without an engine");
     assert!(app.running(), "a bad config does not end the app");
     menu.click("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
@@ -414,4 +428,147 @@ fn a_detection_alert_is_notified_and_marked_in_the_menu_until_the_alerts_view_op
 /// WebKit web processes under `pid`: one exists while a window is open.
 fn web_processes(pid: u32) -> usize {
     descendants_named(pid, "WebKitWebProces").len()
+}
+
+/// `edr-agent run` (built beside the app) serving its API on `socket`.
+struct ServiceAgent(Child);
+
+impl ServiceAgent {
+    fn start(dir: &std::path::Path, socket: &std::path::Path) -> ServiceAgent {
+        let agent = std::path::Path::new(APP)
+            .parent()
+            .expect("app dir")
+            .join("edr-agent");
+        assert!(
+            agent.exists(),
+            "{} is missing: build it first (`cargo build --bin edr-agent`; `cargo test --workspace` does)",
+            agent.display()
+        );
+        let config = dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
+                 file_monitor:\n    watch_paths: []\n\
+                 storage:\n  local_storage:\n    data_dir: \"{}\"\n\
+                 detection:\n  enabled: false\n\
+                 api:\n  enabled: true\n  socket: \"{}\"\n",
+                dir.join("agent-data").display(),
+                socket.display()
+            ),
+        )
+        .expect("agent config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(agent)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        ServiceAgent(child)
+    }
+}
+
+impl Drop for ServiceAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const MODE_SERVICE: &str = "Real-time · service";
+const INSTALL: &str = "Install the service…";
+
+/// The tray follows the service: its mode line, "Install the service…"
+/// only while none answers, and Pause steering the service itself.
+#[test]
+fn the_tray_says_service_mode_and_follows_the_service_coming_and_going() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 2000);
+    let socket = fx.dir.path().join("run").join("api.sock");
+    let agent = ServiceAgent::start(fx.dir.path(), &socket);
+    wait_for("the service's socket", START, || {
+        socket.exists().then_some(())
+    });
+    let conn = session_bus();
+    let socket_env = socket.display().to_string();
+    let app = App::launch(
+        &fx,
+        &["--minimized"],
+        &[("EDR_APP_API_SOCKET", socket_env.as_str())],
+    );
+    let menu = tray_of(&conn, &app);
+    let mode = || menu.labels().get(1).cloned().unwrap_or_default();
+    wait_for("the service mode line", START, || {
+        (mode() == MODE_SERVICE).then_some(())
+    });
+    wait_status(&menu, "a running status", |s| s.starts_with("Running ·"));
+    assert!(
+        !menu.labels().iter().any(|l| l == INSTALL),
+        "{:?}",
+        menu.labels()
+    );
+
+    // Pause goes to the service: its own status says paused.
+    menu.click("Pause");
+    wait_status(&menu, "the service paused", |s| s == "Paused");
+    let paused = || edr_engine::read_status(&fx.dir.path().join("agent-data")).map(|s| s.paused);
+    wait_for("the service's status to say paused", SOON, || {
+        (paused() == Some(true)).then_some(())
+    });
+    menu.click("Resume");
+    wait_for("the service's status to say running", SOON, || {
+        (paused() == Some(false)).then_some(())
+    });
+
+    drop(agent);
+    wait_for("the embedded mode line", SOON, || {
+        mode().starts_with("Embedded ·").then_some(())
+    });
+    wait_for("Install the service… offered", SOON, || {
+        menu.labels().iter().any(|l| l == INSTALL).then_some(())
+    });
+
+    let _agent = ServiceAgent::start(fx.dir.path(), &socket);
+    wait_for("the service mode line again", START, || {
+        (mode() == MODE_SERVICE).then_some(())
+    });
+    wait_for("Install the service… gone", SOON, || {
+        (!menu.labels().iter().any(|l| l == INSTALL)).then_some(())
+    });
+}
+
+/// "Install the service…" without pkexec says what to run instead, and
+/// the app lives on.
+#[test]
+fn install_the_service_without_pkexec_says_what_to_run() {
+    let _turn = one_app_at_a_time();
+    let fx = Fixture::new(1000, 2000);
+    // A PATH without pkexec (edr-agent is found beside the app).
+    let empty = fx.dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let path = empty.display().to_string();
+    let conn = session_bus();
+    let mut app = App::launch(&fx, &["--minimized"], &[("PATH", path.as_str())]);
+    let menu = tray_of(&conn, &app);
+    wait_for("Install the service… offered", START, || {
+        menu.labels().iter().any(|l| l == INSTALL).then_some(())
+    });
+    menu.click(INSTALL);
+    let said = wait_for("the app to say pkexec is missing", SOON, || {
+        std::fs::read_to_string(fx.log_path())
+            .ok()?
+            .lines()
+            .find(|l| l.contains("service not installed"))
+            .map(str::to_string)
+    });
+    assert!(said.contains("pkexec is not installed"), "{said}");
+    assert!(said.contains("service install --operator"), "{said}");
+    assert!(app.running(), "the app lives on");
 }

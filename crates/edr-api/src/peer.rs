@@ -93,6 +93,33 @@ fn process_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The login name of this process's real user, from the user database
+/// (what `--operator` of `service install` takes).
+pub fn current_user_name() -> Option<String> {
+    // SAFETY: getuid has no side effects.
+    let uid = unsafe { libc::getuid() };
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: zeroed `passwd` is a valid out-parameter for getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string in `buf`, alive here.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
 /// The groups the user database gives a uid (primary included).
 fn user_groups(uid: u32) -> Vec<u32> {
     let mut buf = vec![0u8; 16 * 1024];

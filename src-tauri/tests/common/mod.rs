@@ -113,6 +113,13 @@ impl Fixture {
         self.status().map_or(0, |s| s.totals.produced[1])
     }
 
+    /// The app's home (created on first use).
+    pub fn home(&self) -> PathBuf {
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        home
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("app.log")
     }
