@@ -8,9 +8,9 @@
 //! against the start time on every use, so a reused pid is a new process.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 
+use crate::process::procfs::{read_cmdline, read_effective_uid};
 use crate::process::users::UserNames;
 use crate::process::{process_start_ms, wall_start_ms};
 use edr_model::event::{entity_id, Process, Timestamp, User};
@@ -18,8 +18,6 @@ use edr_model::event::{entity_id, Process, Timestamp, User};
 /// Processes whose description is kept; past this the cache starts over
 /// (a burst of short-lived writers must not pin memory).
 const MAX_CACHED: usize = 1024;
-/// Bytes of a command line kept, as the network collector keeps.
-const CMDLINE_MAX: u64 = 64 * 1024;
 
 pub(super) struct Actors {
     host: String,
@@ -72,7 +70,7 @@ impl Actors {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim_end_matches('\n').to_string())
             .unwrap_or_default();
-        let user = effective_uid(pid).map(|uid| User {
+        let user = read_effective_uid(pid).map(|uid| User {
             id: Some(uid.to_string()),
             name: self.users.name(uid).map(String::from),
         });
@@ -93,46 +91,9 @@ impl Actors {
     }
 }
 
-fn read_cmdline(pid: u32) -> Vec<String> {
-    let mut bytes = Vec::new();
-    let read = std::fs::File::open(format!("/proc/{pid}/cmdline"))
-        .and_then(|f| f.take(CMDLINE_MAX).read_to_end(&mut bytes));
-    if read.is_err() {
-        return Vec::new();
-    }
-    let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes
-        .split(|b| *b == 0)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
-/// The effective uid from `Uid:` (real, effective, saved, fs).
-fn effective_uid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_effective_uid(&status)
-}
-
-fn parse_effective_uid(status: &str) -> Option<u32> {
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn effective_uid_is_the_second_number() {
-        assert_eq!(
-            parse_effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t0\n"),
-            Some(0)
-        );
-        assert_eq!(parse_effective_uid("Name:\tx\n"), None);
-    }
 
     #[test]
     fn our_own_process_is_described_with_the_process_collectors_id() {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Owner, OwnerUser, PortKey, Socket, SocketKey, Transport};
+use crate::process::procfs::read_cmdline;
 use crate::process::UserNames;
 use crate::process::{process_start_ms, wall_start_ms};
 use edr_model::event::{entity_id, Timestamp};
@@ -475,9 +476,6 @@ struct Cached {
     seen: u64,
 }
 
-/// Bytes of a command line kept, as the process collector keeps.
-const CMDLINE_MAX: u64 = 64 * 1024;
-
 /// Maps socket inodes to their owning process.
 struct Owners {
     host_name: String,
@@ -684,25 +682,6 @@ pub(super) fn describe_process(
             name: users.name(id).map(String::from),
         }),
     })
-}
-
-/// The arguments of `pid`, empty if they cannot be read.
-fn read_cmdline(pid: u32) -> Vec<String> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    let read = fs::File::open(format!("/proc/{pid}/cmdline"))
-        .and_then(|f| f.take(CMDLINE_MAX).read_to_end(&mut bytes));
-    if read.is_err() {
-        return Vec::new();
-    }
-    let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes
-        .split(|b| *b == 0)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
 }
 
 /// The socket inode an fd points to, read relative to the open fd

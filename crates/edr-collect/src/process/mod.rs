@@ -26,7 +26,7 @@ mod monitor;
 #[cfg(target_os = "linux")]
 mod netlink;
 #[cfg(target_os = "linux")]
-mod procfs;
+pub(crate) mod procfs;
 mod scanner;
 mod source;
 #[cfg(target_os = "linux")]

@@ -193,6 +193,31 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat<'_>> {
     })
 }
 
+/// The arguments of `pid`, empty if they cannot be read (gone, or not
+/// the agent's to read): for sources that name a pid after the fact (a
+/// file's writer, a connection's owner).
+pub(crate) fn read_cmdline(pid: u32) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let read = File::open(format!("/proc/{pid}/cmdline"))
+        .and_then(|f| f.take(CMDLINE_MAX as u64).read_to_end(&mut bytes));
+    if read.is_err() {
+        return Vec::new();
+    }
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The effective uid of `pid`, None if it cannot be read.
+pub(crate) fn read_effective_uid(pid: u32) -> Option<u32> {
+    effective_uid(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
 /// The second value of the `Uid:` line (real, effective, saved, fs).
 fn effective_uid(status: &str) -> Option<u32> {
     let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
