@@ -25,6 +25,7 @@ impl Prefixes {
     /// path that exists resolved (links followed): fanotify reports the
     /// kernel's path of a file, which has no links in it. A missing tail
     /// is kept as written so its creation can be matched.
+    #[cfg(target_os = "linux")]
     pub(super) fn resolved(configured: &[String]) -> Prefixes {
         Prefixes {
             paths: configured.iter().map(|p| resolve(&absolute(p))).collect(),
@@ -47,6 +48,7 @@ fn absolute(configured: &str) -> PathBuf {
 }
 
 /// The longest existing ancestor canonicalized, the rest appended.
+#[cfg(target_os = "linux")]
 fn resolve(path: &Path) -> PathBuf {
     let mut existing = path;
     let mut rest = Vec::new();
@@ -68,6 +70,7 @@ fn resolve(path: &Path) -> PathBuf {
 
 /// The nearest existing directory at or above `path` (the directory
 /// itself, a file's parent, or a missing path's nearest ancestor).
+#[cfg(target_os = "linux")]
 pub(super) fn anchor_dir(path: &Path) -> Option<PathBuf> {
     let mut p = Some(path);
     while let Some(cur) = p {

@@ -253,6 +253,7 @@ impl Worker {
 
     /// Reports changes a kernel source already translated (fanotify),
     /// until cancelled or the source is gone; then what is still queued.
+    #[cfg(target_os = "linux")]
     pub(super) fn run_changes(&mut self, rx: &Receiver<Change>, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             match rx.recv_timeout(IDLE_WAIT) {

@@ -47,6 +47,7 @@ pub(crate) use netlink::Priority;
 pub(crate) use start_time::{clock_ns, clock_ticks_per_sec, start_ms_from_ticks};
 #[cfg(target_os = "linux")]
 pub use start_time::{process_start_ms, wall_start_ms};
+#[cfg(target_os = "linux")]
 pub(crate) use users::UserNames;
 
 /// Elsewhere the identity start is already the best date known.
