@@ -303,6 +303,12 @@ fn start_driver(
     wait_for("tauri-driver to listen", START, || {
         TcpStream::connect(("127.0.0.1", port)).ok()
     });
+    // tauri-driver starts WebKitWebDriver and forwards each request to it:
+    // a session asked for before that one listens fails ("client error
+    // (Connect)"), as it did once on a cold machine.
+    wait_for("WebKitWebDriver to listen", START, || {
+        TcpStream::connect(("127.0.0.1", native)).ok()
+    });
     Driver { child, port }
 }
 
