@@ -203,14 +203,7 @@ pub(crate) fn read_cmdline(pid: u32) -> Vec<String> {
     if read.is_err() {
         return Vec::new();
     }
-    let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
-    if bytes.is_empty() {
-        return Vec::new();
-    }
-    bytes
-        .split(|b| *b == 0)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+    nul_separated(&bytes)
 }
 
 /// The effective uid of `pid`, None if it cannot be read.
