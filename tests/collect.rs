@@ -50,6 +50,9 @@ fn agent_config(root: &Path, url: &str) -> PathBuf {
         c.shipping.nats.enabled = true;
         c.shipping.nats.url = vec![url.to_string()];
         c.shipping.nats.shutdown_timeout_ms = 30_000;
+        // The server reserves the stream's cap out of 75% of the free
+        // disk: the default 10 GiB is refused on a fuller machine.
+        c.shipping.nats.stream_max_gb = 0.25;
     })
 }
 

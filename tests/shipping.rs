@@ -157,8 +157,14 @@ fn ship_config(root: &Path, url: &str) -> Config {
     c.shipping.nats.url = vec![url.to_string()];
     // Long enough for a test to restart a broker or an agent.
     c.shipping.nats.shutdown_timeout_ms = 10_000;
+    // The server reserves the stream's cap when it creates it, out of 75%
+    // of the free disk: the default 10 GiB is refused on a fuller machine.
+    c.shipping.nats.stream_max_gb = TEST_STREAM_GB;
     c
 }
+
+/// What test streams may hold; their tests write a few megabytes.
+const TEST_STREAM_GB: f64 = 0.25;
 
 fn start_shipping(c: Config) -> (EngineHandle, Arc<ShipState>) {
     let sink =
@@ -375,6 +381,37 @@ async fn a_batch_larger_than_max_payload_is_split_and_reassembled() {
         parts.values().any(|n| *n > 2),
         "no batch was split: {parts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_less_storage_than_the_stream_asks_for_names_the_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = NatsServer::start(dir.path(), Some("jetstream {\n  max_file_store: 64MB\n}\n"));
+    let mut c = ship_config(dir.path(), &server.url());
+    c.shipping.nats.shutdown_timeout_ms = 1000;
+    let data = c.data_dir();
+    let (engine, state) = start_shipping(c);
+    wait_watching(&engine).await;
+    touch_files(&watched(dir.path()), "no-room", 15);
+    let err = wait_for_async(Duration::from_secs(20), || {
+        state
+            .snapshot()
+            .last_error
+            .filter(|e| e.contains("insufficient storage"))
+    })
+    .await;
+    let err = err.unwrap_or_else(|| panic!("no storage error: {:?}", state.snapshot()));
+    assert!(
+        err.contains("shipping.nats.stream_max_gb")
+            && err.contains(&format!("{TEST_STREAM_GB} GiB")),
+        "the error does not say which setting to change: {err}"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(15), engine.shutdown()).await;
+    assert!(stopped.is_ok(), "the engine did not stop");
+    let s = state.snapshot();
+    assert_eq!(s.shipped_batches, 0);
+    assert!(s.pending_batches > 0, "{s:?}");
+    assert!(!batches_on_disk(&data).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -498,10 +498,25 @@ async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<(
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let s = js
-        .get_or_create_stream(want.clone())
-        .await
-        .map_err(|e| format!("cannot get or create stream {}: {e}", config.stream))?;
+    let s = js.get_or_create_stream(want.clone()).await.map_err(|e| {
+        let hint = match e.kind() {
+            // The server reserves max_bytes when it creates the stream, and by
+            // default has 75% of its disk's free space to give: a small
+            // server or a full disk refuses the default 10 GiB.
+            jetstream::context::CreateStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+            {
+                format!(
+                    " (the server has less JetStream storage than the {} GiB that \
+                         shipping.nats.stream_max_gb asks for: lower it, or raise the \
+                         server's jetstream max_file_store or free its disk)",
+                    config.stream_max_gb
+                )
+            }
+            _ => String::new(),
+        };
+        format!("cannot get or create stream {}: {e}{hint}", config.stream)
+    })?;
     let have = &s.cached_info().config;
     if have.subjects != want.subjects
         || have.max_age != want.max_age
