@@ -80,9 +80,20 @@ pub(super) struct Probe {
 /// system refused (not root, no BTF, a kernel too old, a lowered
 /// capability set, a seccomp filter).
 pub(super) fn open() -> Result<Probe, String> {
-    let probe = load();
     // Parsing the kernel's BTF (5 MB here) takes tens of MB of heap for a
-    // moment; freed, it would stay in the process's RSS for good.
+    // moment. glibc would raise its mmap threshold to the size of the
+    // freed BTF buffer, and its trim threshold to twice that: the next
+    // large buffers then come from a thread's arena, whose free top
+    // (~5 MB after the load) neither free() nor malloc_trim() gives back.
+    // Pinning the threshold at glibc's default (128 KiB) keeps large
+    // buffers in their own mappings, returned to the system when freed.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+    let probe = load();
+    // What the parse leaves free in the heap's bins, given back.
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
