@@ -18,6 +18,8 @@ use edr_model::event::Origin;
 use edr_pipeline::{Counters, EventTx};
 
 pub mod adaptive;
+#[cfg(any(target_os = "macos", test))]
+mod eslogger;
 pub mod file;
 pub mod network;
 pub mod process;

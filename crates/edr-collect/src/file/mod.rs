@@ -32,6 +32,8 @@
 
 #[cfg(target_os = "linux")]
 mod actor;
+#[cfg(any(target_os = "macos", test))]
+mod eslogger;
 #[cfg(target_os = "linux")]
 mod fanotify;
 mod hasher;
