@@ -622,6 +622,17 @@ mod tests {
     }
 
     #[test]
+    fn the_subscribed_event_types_are_the_ones_parsed() {
+        for name in EVENTS {
+            let l = line(1, 0, PROC_V9, &format!(r#"{{"{name}":{{}}}}"#));
+            let err = translator()
+                .line(l.as_bytes(), &mut Vec::new())
+                .expect_err("no fields");
+            assert!(err.to_string().contains("missing field"), "{name}: {err}");
+        }
+    }
+
+    #[test]
     fn paths_outside_the_watch_paths_are_ignored() {
         let mut t = translator();
         for l in [

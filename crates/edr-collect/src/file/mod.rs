@@ -2,16 +2,19 @@
 //! configured paths.
 //!
 //! Two sources (`collectors.file_monitor.source`):
-//! - fanotify ([`fanotify`], Linux 5.9+ as root): filesystem-wide marks,
-//!   the watch paths as prefix filters, and the acting process on every
-//!   event (`process.*`, read from `/proc` at the event with the process
-//!   collector's `entity_id`);
+//! - the kernel's file events with the process: fanotify ([`fanotify`],
+//!   Linux 5.9+ as root: filesystem-wide marks, `process.*` read from
+//!   `/proc` at the event) or, on macOS as root, `eslogger`'s Endpoint
+//!   Security events ([`eslogger`]: the process is in the event). The
+//!   watch paths are prefix filters and every event names the process
+//!   with the process collector's `entity_id`;
 //! - inotify on Linux, FSEvents on macOS (through `notify`): one watch
 //!   per directory, no process. A watched single file is watched through
 //!   its directory, filtered by name.
 //!
-//! `auto` takes fanotify when the kernel grants it and says why not
-//! otherwise (`coverage.file_source` / `file_note`).
+//! `auto` takes the kernel source when it is granted and says why not
+//! otherwise (`coverage.file_source` / `file_note`); `fanotify` names the
+//! kernel source on either OS (eslogger on macOS).
 //!
 //! Three threads keep the kernel queue drained:
 //! - the reader: notify's own thread running our callback, which only
@@ -156,7 +159,7 @@ fn start(
                 match cfg.source {
                     FileSource::Inotify => inotify(&paths, &ctx, worker, &stop, &roots, None),
                     FileSource::Auto | FileSource::Fanotify => {
-                        if let Err(refused) = try_fanotify(&paths, &ctx, worker, &stop, &roots) {
+                        if let Err(refused) = try_kernel(&paths, &ctx, worker, &stop, &roots) {
                             let (worker, why) = *refused;
                             if cfg.source == FileSource::Auto {
                                 inotify(&paths, &ctx, worker, &stop, &roots, Some(&why));
@@ -171,10 +174,17 @@ fn start(
     Ok(threads)
 }
 
+/// The source that names the process, as status shows it.
+const KERNEL_NAME: &str = if cfg!(target_os = "macos") {
+    "eslogger"
+} else {
+    "fanotify"
+};
+
 /// Runs the fanotify source until cancelled; gives the worker back with
 /// the reason when fanotify is refused.
 #[cfg(target_os = "linux")]
-fn try_fanotify(
+fn try_kernel(
     paths: &[String],
     ctx: &CollectorContext,
     mut worker: Worker,
@@ -234,15 +244,104 @@ fn try_fanotify(
     Ok(())
 }
 
-#[cfg(not(target_os = "linux"))]
-fn try_fanotify(
+/// Runs `eslogger` until cancelled; gives the worker back with the reason
+/// when it cannot run (not root, no Full Disk Access, before macOS 13) or
+/// stops by itself, so FSEvents takes over and status says why.
+#[cfg(target_os = "macos")]
+fn try_kernel(
+    paths: &[String],
+    ctx: &CollectorContext,
+    mut worker: Worker,
+    stop: &CancellationToken,
+    roots: &dyn Fn(&Prefixes),
+) -> Result<(), Box<(Worker, String)>> {
+    use crate::eslogger::{spawn, stop_on_cancel, ESLOGGER, STARTUP};
+
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let why = "not root (eslogger needs root and Full Disk Access)".to_string();
+        return Err(Box::new((worker, why)));
+    }
+    let (child, stdout) = match spawn(ESLOGGER, &eslogger::EVENTS, STARTUP) {
+        Ok(running) => running,
+        Err(why) => return Err(Box::new((worker, why))),
+    };
+    // Its own token, so a failed start below can end it too. Should this
+    // thread not start, `stdout` is dropped on return and eslogger ends on
+    // its next write.
+    let es_stop = stop.child_token();
+    let s = es_stop.clone();
+    let stopper = match thread::Builder::new()
+        .name("edr-eslogger-stop".into())
+        .spawn(move || stop_on_cancel(child, s))
+    {
+        Ok(stopper) => stopper,
+        Err(e) => {
+            let why = format!("cannot start the eslogger watcher: {e}");
+            return Err(Box::new((worker, why)));
+        }
+    };
+    let prefixes = Prefixes::resolved(paths);
+    roots(&prefixes);
+    let note = "Endpoint Security's file events, the watch paths are prefix filters \
+                (no watch per directory; paths not created yet are covered); every event \
+                names the process that made it";
+    tracing::info!("file events from eslogger: {note}");
+    {
+        let mut cov = coverage(ctx);
+        cov.file_source = Some("eslogger".into());
+        cov.file_note = Some(note.into());
+        cov.watched_paths = prefixes
+            .paths()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+    }
+    let (tx, rx) = mpsc::sync_channel(RAW_QUEUE);
+    let translator = eslogger::Translator::new(prefixes, &ctx.origin.host.name);
+    let counters = Arc::clone(&ctx.counters);
+    let reader = thread::Builder::new()
+        .name("edr-eslogger-files".into())
+        .spawn(move || {
+            let output = io::BufReader::new(stdout);
+            eslogger::read_loop(output, translator, &tx, &counters)
+        });
+    let ended = match reader {
+        Ok(reader) => {
+            worker.run_changes(&rx, stop);
+            es_stop.cancel();
+            match reader.join() {
+                Ok(Ok(())) => "eslogger stopped".to_string(),
+                Ok(Err(e)) => format!("eslogger output unreadable: {e}"),
+                Err(_) => "the eslogger reader panicked".to_string(),
+            }
+        }
+        Err(e) => {
+            es_stop.cancel();
+            format!("cannot start the eslogger reader: {e}")
+        }
+    };
+    if stopper.join().is_err() {
+        tracing::warn!("the eslogger watcher panicked");
+    }
+    if stop.is_cancelled() {
+        worker.finish();
+        return Ok(());
+    }
+    // eslogger ended by itself (killed, Full Disk Access revoked).
+    coverage(ctx).watched_paths.clear();
+    Err(Box::new((worker, ended)))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn try_kernel(
     _: &[String],
     _: &CollectorContext,
     worker: Worker,
     _: &CancellationToken,
     _: &dyn Fn(&Prefixes),
 ) -> Result<(), Box<(Worker, String)>> {
-    Err(Box::new((worker, "fanotify is Linux-only".into())))
+    Err(Box::new((worker, "no kernel file events on this OS".into())))
 }
 
 /// The name status shows for the notify backend.
@@ -260,7 +359,7 @@ fn inotify(
     mut worker: Worker,
     stop: &CancellationToken,
     roots: &dyn Fn(&Prefixes),
-    why_not_fanotify: Option<&str>,
+    why_not_kernel: Option<&str>,
 ) {
     let prefixes = Prefixes::as_configured(paths);
     roots(&prefixes);
@@ -268,9 +367,9 @@ fn inotify(
     let mut note = "one watch per watched directory (a single file is watched through its \
                     directory); events do not name the process that made the change"
         .to_string();
-    if let Some(why) = why_not_fanotify {
-        tracing::warn!("fanotify unavailable ({why}); file events from {NOTIFY_NAME}");
-        note = format!("fanotify unavailable ({why}); {note}");
+    if let Some(why) = why_not_kernel {
+        tracing::warn!("{KERNEL_NAME} unavailable ({why}); file events from {NOTIFY_NAME}");
+        note = format!("{KERNEL_NAME} unavailable ({why}); {note}");
     }
     {
         let mut cov = coverage(ctx);
@@ -296,18 +395,18 @@ fn inotify(
     worker.finish();
 }
 
-/// `source: fanotify` without fanotify: nothing is recorded, and status
-/// says so.
+/// `source: fanotify` without the kernel source: nothing is recorded, and
+/// status says so.
 fn record_none(ctx: &CollectorContext, paths: &[String], why: &str) {
     tracing::error!(
-        "fanotify unavailable ({why}) and inotify is off \
+        "{KERNEL_NAME} unavailable ({why}) and {NOTIFY_NAME} is off \
          (collectors.file_monitor.source: fanotify): no file events are recorded"
     );
     {
         let mut cov = coverage(ctx);
         cov.file_source = Some("none".into());
         cov.file_note = Some(format!(
-            "fanotify unavailable ({why}) and inotify is off (source: fanotify): \
+            "{KERNEL_NAME} unavailable ({why}) and {NOTIFY_NAME} is off (source: fanotify): \
              no file events are recorded"
         ));
     }
