@@ -680,6 +680,78 @@ mod tests {
         assert!(out[0].actor.as_deref().expect("process").args.is_empty());
     }
 
+    #[test]
+    fn lines_become_the_ecs_file_events_the_worker_stores() {
+        use super::super::worker::Worker;
+        use crate::CollectorContext;
+        use tokio_util::sync::CancellationToken;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let watched = std::fs::canonicalize(dir.path())
+            .expect("canon")
+            .join("LaunchDaemons");
+        std::fs::create_dir(&watched).expect("mkdir");
+        std::fs::write(watched.join("com.evil.plist"), b"<plist/>").expect("write");
+        let w = watched.display().to_string();
+        let (ctx, events) = CollectorContext::standalone(64);
+        let mut worker = Worker::new(ctx.clone(), &["**/*.swp".into()], None);
+        let e = |s: &str| s.replace('/', "\\/");
+        let input = [
+            create_new(1, &w, "com.evil.plist"),
+            line(
+                2,
+                12,
+                PROC_V9,
+                &format!(
+                    r#"{{"close":{{"modified":true,"target":{{"path":"{}"}}}}}}"#,
+                    e(&format!("{w}/.com.evil.plist.swp"))
+                ),
+            ),
+            line(
+                3,
+                32,
+                PROC_V10,
+                &format!(
+                    r#"{{"unlink":{{"target":{{"path":"{}"}}}}}}"#,
+                    e(&format!("{w}/old.plist"))
+                ),
+            ),
+        ]
+        .join("\n");
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let translator = Translator::new(Prefixes::resolved(&[w.clone()]), &ctx.origin.host.name);
+        read_loop(input.as_bytes(), translator, &tx, &ctx.counters).expect("reads");
+        drop(tx);
+        worker.run_changes(&rx, &CancellationToken::new());
+        let mut stored = Vec::new();
+        while let Ok(ev) = events.try_recv() {
+            stored.push(serde_json::to_value(&ev).expect("json"));
+        }
+        assert_eq!(stored.len(), 2, "the .swp is excluded: {stored:#?}");
+        let created = &stored[0];
+        assert_eq!(created["event"]["action"], "file-created");
+        assert_eq!(created["file"]["path"], format!("{w}/com.evil.plist"));
+        assert_eq!(created["file"]["name"], "com.evil.plist");
+        assert_eq!(created["file"]["directory"], w.as_str());
+        assert_eq!(created["file"]["size"], 8);
+        let p = &created["process"];
+        assert_eq!(p["pid"], 4242);
+        assert_eq!(p["name"], "tee");
+        assert_eq!(p["executable"], "/usr/bin/tee");
+        let start = Timestamp::parse("2025-08-07T13:21:35Z")
+            .expect("t")
+            .as_millis();
+        assert_eq!(
+            p["entity_id"],
+            entity_id(&ctx.origin.host.name, 4242, start)
+        );
+        assert_eq!(p["user"]["id"], "0");
+        let deleted = &stored[1];
+        assert_eq!(deleted["event"]["action"], "file-deleted");
+        assert_eq!(deleted["file"]["name"], "old.plist");
+        assert_eq!(deleted["process"]["pid"], 4343);
+    }
+
     fn run(input: &[u8], queue: usize) -> (Vec<Change>, Arc<Counters>) {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(queue);

@@ -341,7 +341,10 @@ fn try_kernel(
     _: &CancellationToken,
     _: &dyn Fn(&Prefixes),
 ) -> Result<(), Box<(Worker, String)>> {
-    Err(Box::new((worker, "no kernel file events on this OS".into())))
+    Err(Box::new((
+        worker,
+        "no kernel file events on this OS".into(),
+    )))
 }
 
 /// The name status shows for the notify backend.
