@@ -719,7 +719,10 @@ mod tests {
         ]
         .join("\n");
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
-        let translator = Translator::new(Prefixes::resolved(&[w.clone()]), &ctx.origin.host.name);
+        let translator = Translator::new(
+            Prefixes::resolved(std::slice::from_ref(&w)),
+            &ctx.origin.host.name,
+        );
         read_loop(input.as_bytes(), translator, &tx, &ctx.counters).expect("reads");
         drop(tx);
         worker.run_changes(&rx, &CancellationToken::new());

@@ -251,18 +251,35 @@ fn try_kernel(
 fn try_kernel(
     paths: &[String],
     ctx: &CollectorContext,
+    worker: Worker,
+    stop: &CancellationToken,
+    roots: &dyn Fn(&Prefixes),
+) -> Result<(), Box<(Worker, String)>> {
+    use crate::eslogger::{ESLOGGER, STARTUP};
+
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let why = "not root; it needs root and Full Disk Access".to_string();
+        return Err(Box::new((worker, why)));
+    }
+    run_eslogger(ESLOGGER, STARTUP, paths, ctx, worker, stop, roots)
+}
+
+/// The eslogger source with `program` as eslogger (tested on Linux with a
+/// script that plays eslogger's part).
+#[cfg(any(target_os = "macos", test))]
+fn run_eslogger(
+    program: &str,
+    startup: std::time::Duration,
+    paths: &[String],
+    ctx: &CollectorContext,
     mut worker: Worker,
     stop: &CancellationToken,
     roots: &dyn Fn(&Prefixes),
 ) -> Result<(), Box<(Worker, String)>> {
-    use crate::eslogger::{spawn, stop_on_cancel, ESLOGGER, STARTUP};
+    use crate::eslogger::{spawn, stop_on_cancel};
 
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        let why = "not root (eslogger needs root and Full Disk Access)".to_string();
-        return Err(Box::new((worker, why)));
-    }
-    let (child, stdout) = match spawn(ESLOGGER, &eslogger::EVENTS, STARTUP) {
+    let (child, stdout) = match spawn(program, &eslogger::EVENTS, startup) {
         Ok(running) => running,
         Err(why) => return Err(Box::new((worker, why))),
     };
@@ -455,5 +472,104 @@ fn is_overflow(res: &notify::Result<notify::Event>) -> bool {
         Err(e) => {
             matches!(&e.kind, notify::ErrorKind::Generic(msg) if msg.to_ascii_lowercase().contains("overflow"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A stand-in for eslogger: waits for `go`, writes `lines`, then exits
+    /// or keeps running.
+    fn fake_eslogger(dir: &Path, then: &str) -> String {
+        let script = dir.join("eslogger");
+        let d = dir.display();
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nwhile [ ! -e '{d}/go' ]; do sleep 0.05; done\ncat '{d}/lines'\n{then}\n"),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        script.display().to_string()
+    }
+
+    /// Starts the source on a thread, waits until status names it, then
+    /// lets the stand-in write one create under the watch path.
+    fn start(
+        then: &str,
+    ) -> (
+        tempfile::TempDir,
+        CollectorContext,
+        edr_pipeline::EventRx,
+        CancellationToken,
+        JoinHandle<Option<String>>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let watched = std::fs::canonicalize(dir.path()).expect("canon").join("w");
+        std::fs::create_dir(&watched).expect("mkdir");
+        std::fs::write(watched.join("a.plist"), b"x").expect("write");
+        let w = watched.display().to_string().replace('/', "\\/");
+        let line = format!(
+            r#"{{"event_type":13,"global_seq_num":1,"time":"2025-08-07T13:21:36Z","process":{{"audit_token":{{"pid":4242,"euid":0}},"start_time":"2025-08-07T13:21:35Z","executable":{{"path":"\/bin\/cp"}}}},"event":{{"create":{{"destination_type":1,"destination":{{"new_path":{{"dir":{{"path":"{w}"}},"filename":"a.plist","mode":420}}}}}}}}}}"#
+        );
+        std::fs::write(dir.path().join("lines"), format!("{line}\n")).expect("lines");
+        let program = fake_eslogger(dir.path(), then);
+        let (ctx, events) = CollectorContext::standalone(64);
+        let stop = CancellationToken::new();
+        let (c, s) = (ctx.clone(), stop.clone());
+        let paths = vec![watched.display().to_string()];
+        let source = thread::spawn(move || {
+            let worker = Worker::new(c.clone(), &[], None);
+            let startup = Duration::from_millis(200);
+            run_eslogger(&program, startup, &paths, &c, worker, &s, &|_| {})
+                .err()
+                .map(|refused| refused.1)
+        });
+        let began = Instant::now();
+        while coverage(&ctx).file_source.as_deref() != Some("eslogger") {
+            assert!(!source.is_finished(), "the source ended before running");
+            assert!(began.elapsed() < Duration::from_secs(60), "never started");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            coverage(&ctx).watched_paths,
+            [watched.display().to_string()]
+        );
+        std::fs::write(dir.path().join("go"), b"").expect("go");
+        (dir, ctx, events, stop, source)
+    }
+
+    fn assert_the_create(events: &edr_pipeline::EventRx) {
+        let ev = events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the create is stored");
+        assert_eq!(ev.event.action.as_str(), "file-created");
+        assert_eq!(
+            ev.file.as_ref().map(|f| f.name.as_deref()),
+            Some(Some("a.plist"))
+        );
+        let p = ev.process.as_deref().expect("process");
+        assert_eq!((p.pid, p.name.as_str()), (4242, "cp"));
+    }
+
+    #[test]
+    fn eslogger_ending_by_itself_gives_the_worker_back_with_the_reason() {
+        let (_dir, ctx, events, _stop, source) = start("exit 0");
+        let why = source.join().expect("source thread");
+        assert_eq!(why.as_deref(), Some("eslogger stopped"));
+        assert_the_create(&events);
+        assert!(coverage(&ctx).watched_paths.is_empty());
+    }
+
+    #[test]
+    fn cancelling_stops_a_running_eslogger() {
+        let (_dir, _ctx, events, stop, source) = start("exec sleep 600");
+        assert_the_create(&events);
+        stop.cancel();
+        assert_eq!(source.join().expect("source thread"), None);
     }
 }
