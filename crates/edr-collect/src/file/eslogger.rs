@@ -227,9 +227,12 @@ impl Translator {
                     out.push(change(What::Created, path, None));
                 }
             }
+            // Most closes on a machine wrote nothing: not even the path
+            // is looked at.
+            EsEvent::Close(c) if !c.modified => {}
             EsEvent::Close(c) => {
                 let path = absolute(&c.target.path)?;
-                if c.modified && self.prefixes.covers(&path) {
+                if self.prefixes.covers(&path) {
                     out.push(change(What::Modified { data: true }, path, None));
                 }
             }
