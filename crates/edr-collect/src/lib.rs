@@ -18,6 +18,8 @@ use edr_model::event::Origin;
 use edr_pipeline::{Counters, EventTx};
 
 pub mod adaptive;
+#[cfg(any(target_os = "macos", test))]
+mod eslogger;
 pub mod file;
 pub mod network;
 pub mod process;
@@ -72,9 +74,9 @@ pub struct Coverage {
     /// (e.g. that eBPF was refused).
     #[serde(default)]
     pub network_note: Option<String>,
-    /// Where file changes come from: `fanotify`, `inotify`, `fsevents`, or
-    /// `none` (`source: fanotify` without fanotify); None while the file
-    /// collector is off.
+    /// Where file changes come from: `fanotify`, `eslogger`, `inotify`,
+    /// `fsevents`, or `none` (`source: fanotify` without the kernel
+    /// source); None while the file collector is off.
     #[serde(default)]
     pub file_source: Option<String>,
     /// What the file source implies, and why it was chosen.

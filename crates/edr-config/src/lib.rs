@@ -257,12 +257,14 @@ pub struct FileMonitorConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FileSource {
-    /// fanotify where permitted (Linux 5.9+, CAP_SYS_ADMIN), else inotify
-    /// (FSEvents on macOS).
+    /// The kernel's file events where permitted (Linux 5.9+: fanotify,
+    /// CAP_SYS_ADMIN; macOS 13+: `eslogger`, root and Full Disk Access),
+    /// else inotify (FSEvents on macOS).
     #[default]
     Auto,
-    /// fanotify or nothing: if it is refused the file collector records
-    /// nothing and says why.
+    /// The kernel's file events or nothing (fanotify; `eslogger` on
+    /// macOS): if they are refused the file collector records nothing
+    /// and says why.
     Fanotify,
     /// inotify (FSEvents on macOS) only: no acting process on file events.
     Inotify,

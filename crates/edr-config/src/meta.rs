@@ -222,7 +222,8 @@ pub const KEYS: &[KeyMeta] = &[
         key("collectors.file_monitor.enabled", Kind::Bool, None, "", "Collect file events."),
         "Collect file events", ""),
     key("collectors.file_monitor.source", Kind::Enum { values: &["auto", "fanotify", "inotify"] }, None, "",
-        "Where file changes come from."),
+        "Where file changes come from: auto, the kernel's events with the process where permitted \
+         (fanotify; eslogger on macOS); fanotify, those or nothing; inotify, inotify/FSEvents only."),
     on_form(
         key("collectors.file_monitor.watch_paths", STRINGS, None, "",
             "Directories (recursively) and files watched on every OS; `~` is the user's home."),

@@ -2,16 +2,19 @@
 //! configured paths.
 //!
 //! Two sources (`collectors.file_monitor.source`):
-//! - fanotify ([`fanotify`], Linux 5.9+ as root): filesystem-wide marks,
-//!   the watch paths as prefix filters, and the acting process on every
-//!   event (`process.*`, read from `/proc` at the event with the process
-//!   collector's `entity_id`);
+//! - the kernel's file events with the process: fanotify ([`fanotify`],
+//!   Linux 5.9+ as root: filesystem-wide marks, `process.*` read from
+//!   `/proc` at the event) or, on macOS as root, `eslogger`'s Endpoint
+//!   Security events ([`eslogger`]: the process is in the event). The
+//!   watch paths are prefix filters and every event names the process
+//!   with the process collector's `entity_id`;
 //! - inotify on Linux, FSEvents on macOS (through `notify`): one watch
 //!   per directory, no process. A watched single file is watched through
 //!   its directory, filtered by name.
 //!
-//! `auto` takes fanotify when the kernel grants it and says why not
-//! otherwise (`coverage.file_source` / `file_note`).
+//! `auto` takes the kernel source when it is granted and says why not
+//! otherwise (`coverage.file_source` / `file_note`); `fanotify` names the
+//! kernel source on either OS (eslogger on macOS).
 //!
 //! Three threads keep the kernel queue drained:
 //! - the reader: notify's own thread running our callback, which only
@@ -32,6 +35,8 @@
 
 #[cfg(target_os = "linux")]
 mod actor;
+#[cfg(any(target_os = "macos", test))]
+mod eslogger;
 #[cfg(target_os = "linux")]
 mod fanotify;
 mod hasher;
@@ -154,7 +159,7 @@ fn start(
                 match cfg.source {
                     FileSource::Inotify => inotify(&paths, &ctx, worker, &stop, &roots, None),
                     FileSource::Auto | FileSource::Fanotify => {
-                        if let Err(refused) = try_fanotify(&paths, &ctx, worker, &stop, &roots) {
+                        if let Err(refused) = try_kernel(&paths, &ctx, worker, &stop, &roots) {
                             let (worker, why) = *refused;
                             if cfg.source == FileSource::Auto {
                                 inotify(&paths, &ctx, worker, &stop, &roots, Some(&why));
@@ -169,10 +174,17 @@ fn start(
     Ok(threads)
 }
 
+/// The source that names the process, as status shows it.
+const KERNEL_NAME: &str = if cfg!(target_os = "macos") {
+    "eslogger"
+} else {
+    "fanotify"
+};
+
 /// Runs the fanotify source until cancelled; gives the worker back with
 /// the reason when fanotify is refused.
 #[cfg(target_os = "linux")]
-fn try_fanotify(
+fn try_kernel(
     paths: &[String],
     ctx: &CollectorContext,
     mut worker: Worker,
@@ -232,15 +244,124 @@ fn try_fanotify(
     Ok(())
 }
 
-#[cfg(not(target_os = "linux"))]
-fn try_fanotify(
+/// Runs `eslogger` until cancelled; gives the worker back with the reason
+/// when it cannot run (not root, no Full Disk Access, before macOS 13) or
+/// stops by itself, so FSEvents takes over and status says why.
+#[cfg(target_os = "macos")]
+fn try_kernel(
+    paths: &[String],
+    ctx: &CollectorContext,
+    worker: Worker,
+    stop: &CancellationToken,
+    roots: &dyn Fn(&Prefixes),
+) -> Result<(), Box<(Worker, String)>> {
+    use crate::eslogger::{ESLOGGER, STARTUP};
+
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let why = "not root; it needs root and Full Disk Access".to_string();
+        return Err(Box::new((worker, why)));
+    }
+    run_eslogger(ESLOGGER, STARTUP, paths, ctx, worker, stop, roots)
+}
+
+/// The eslogger source with `program` as eslogger (tested on Linux with a
+/// script that plays eslogger's part).
+#[cfg(any(target_os = "macos", test))]
+fn run_eslogger(
+    program: &str,
+    startup: std::time::Duration,
+    paths: &[String],
+    ctx: &CollectorContext,
+    mut worker: Worker,
+    stop: &CancellationToken,
+    roots: &dyn Fn(&Prefixes),
+) -> Result<(), Box<(Worker, String)>> {
+    use crate::eslogger::{spawn, stop_on_cancel};
+
+    let (child, stdout) = match spawn(program, &eslogger::EVENTS, startup) {
+        Ok(running) => running,
+        Err(why) => return Err(Box::new((worker, why))),
+    };
+    // Its own token, so a failed start below can end it too. Should this
+    // thread not start, `stdout` is dropped on return and eslogger ends on
+    // its next write.
+    let es_stop = stop.child_token();
+    let s = es_stop.clone();
+    let stopper = match thread::Builder::new()
+        .name("edr-eslogger-stop".into())
+        .spawn(move || stop_on_cancel(child, s))
+    {
+        Ok(stopper) => stopper,
+        Err(e) => {
+            let why = format!("cannot start the eslogger watcher: {e}");
+            return Err(Box::new((worker, why)));
+        }
+    };
+    let prefixes = Prefixes::resolved(paths);
+    roots(&prefixes);
+    let note = "Endpoint Security's file events, the watch paths are prefix filters \
+                (no watch per directory; paths not created yet are covered); every event \
+                names the process that made it";
+    tracing::info!("file events from eslogger: {note}");
+    {
+        let mut cov = coverage(ctx);
+        cov.file_source = Some("eslogger".into());
+        cov.file_note = Some(note.into());
+        cov.watched_paths = prefixes
+            .paths()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+    }
+    let (tx, rx) = mpsc::sync_channel(RAW_QUEUE);
+    let translator = eslogger::Translator::new(prefixes, &ctx.origin.host.name);
+    let counters = Arc::clone(&ctx.counters);
+    let reader = thread::Builder::new()
+        .name("edr-eslogger-files".into())
+        .spawn(move || {
+            let output = io::BufReader::new(stdout);
+            eslogger::read_loop(output, translator, &tx, &counters)
+        });
+    let ended = match reader {
+        Ok(reader) => {
+            worker.run_changes(&rx, stop);
+            es_stop.cancel();
+            match reader.join() {
+                Ok(Ok(())) => "eslogger stopped".to_string(),
+                Ok(Err(e)) => format!("eslogger output unreadable: {e}"),
+                Err(_) => "the eslogger reader panicked".to_string(),
+            }
+        }
+        Err(e) => {
+            es_stop.cancel();
+            format!("cannot start the eslogger reader: {e}")
+        }
+    };
+    if stopper.join().is_err() {
+        tracing::warn!("the eslogger watcher panicked");
+    }
+    if stop.is_cancelled() {
+        worker.finish();
+        return Ok(());
+    }
+    // eslogger ended by itself (killed, Full Disk Access revoked).
+    coverage(ctx).watched_paths.clear();
+    Err(Box::new((worker, ended)))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn try_kernel(
     _: &[String],
     _: &CollectorContext,
     worker: Worker,
     _: &CancellationToken,
     _: &dyn Fn(&Prefixes),
 ) -> Result<(), Box<(Worker, String)>> {
-    Err(Box::new((worker, "fanotify is Linux-only".into())))
+    Err(Box::new((
+        worker,
+        "no kernel file events on this OS".into(),
+    )))
 }
 
 /// The name status shows for the notify backend.
@@ -258,7 +379,7 @@ fn inotify(
     mut worker: Worker,
     stop: &CancellationToken,
     roots: &dyn Fn(&Prefixes),
-    why_not_fanotify: Option<&str>,
+    why_not_kernel: Option<&str>,
 ) {
     let prefixes = Prefixes::as_configured(paths);
     roots(&prefixes);
@@ -266,9 +387,9 @@ fn inotify(
     let mut note = "one watch per watched directory (a single file is watched through its \
                     directory); events do not name the process that made the change"
         .to_string();
-    if let Some(why) = why_not_fanotify {
-        tracing::warn!("fanotify unavailable ({why}); file events from {NOTIFY_NAME}");
-        note = format!("fanotify unavailable ({why}); {note}");
+    if let Some(why) = why_not_kernel {
+        tracing::warn!("{KERNEL_NAME} unavailable ({why}); file events from {NOTIFY_NAME}");
+        note = format!("{KERNEL_NAME} unavailable ({why}); {note}");
     }
     {
         let mut cov = coverage(ctx);
@@ -294,18 +415,18 @@ fn inotify(
     worker.finish();
 }
 
-/// `source: fanotify` without fanotify: nothing is recorded, and status
-/// says so.
+/// `source: fanotify` without the kernel source: nothing is recorded, and
+/// status says so.
 fn record_none(ctx: &CollectorContext, paths: &[String], why: &str) {
     tracing::error!(
-        "fanotify unavailable ({why}) and inotify is off \
+        "{KERNEL_NAME} unavailable ({why}) and {NOTIFY_NAME} is off \
          (collectors.file_monitor.source: fanotify): no file events are recorded"
     );
     {
         let mut cov = coverage(ctx);
         cov.file_source = Some("none".into());
         cov.file_note = Some(format!(
-            "fanotify unavailable ({why}) and inotify is off (source: fanotify): \
+            "{KERNEL_NAME} unavailable ({why}) and {NOTIFY_NAME} is off (source: fanotify): \
              no file events are recorded"
         ));
     }
@@ -351,5 +472,104 @@ fn is_overflow(res: &notify::Result<notify::Event>) -> bool {
         Err(e) => {
             matches!(&e.kind, notify::ErrorKind::Generic(msg) if msg.to_ascii_lowercase().contains("overflow"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A stand-in for eslogger: waits for `go`, writes `lines`, then exits
+    /// or keeps running.
+    fn fake_eslogger(dir: &Path, then: &str) -> String {
+        let script = dir.join("eslogger");
+        let d = dir.display();
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nwhile [ ! -e '{d}/go' ]; do sleep 0.05; done\ncat '{d}/lines'\n{then}\n"),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        script.display().to_string()
+    }
+
+    /// Starts the source on a thread, waits until status names it, then
+    /// lets the stand-in write one create under the watch path.
+    fn start(
+        then: &str,
+    ) -> (
+        tempfile::TempDir,
+        CollectorContext,
+        edr_pipeline::EventRx,
+        CancellationToken,
+        JoinHandle<Option<String>>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let watched = std::fs::canonicalize(dir.path()).expect("canon").join("w");
+        std::fs::create_dir(&watched).expect("mkdir");
+        std::fs::write(watched.join("a.plist"), b"x").expect("write");
+        let w = watched.display().to_string().replace('/', "\\/");
+        let line = format!(
+            r#"{{"event_type":13,"global_seq_num":1,"time":"2025-08-07T13:21:36Z","process":{{"audit_token":{{"pid":4242,"euid":0}},"start_time":"2025-08-07T13:21:35Z","executable":{{"path":"\/bin\/cp"}}}},"event":{{"create":{{"destination_type":1,"destination":{{"new_path":{{"dir":{{"path":"{w}"}},"filename":"a.plist","mode":420}}}}}}}}}}"#
+        );
+        std::fs::write(dir.path().join("lines"), format!("{line}\n")).expect("lines");
+        let program = fake_eslogger(dir.path(), then);
+        let (ctx, events) = CollectorContext::standalone(64);
+        let stop = CancellationToken::new();
+        let (c, s) = (ctx.clone(), stop.clone());
+        let paths = vec![watched.display().to_string()];
+        let source = thread::spawn(move || {
+            let worker = Worker::new(c.clone(), &[], None);
+            let startup = Duration::from_millis(200);
+            run_eslogger(&program, startup, &paths, &c, worker, &s, &|_| {})
+                .err()
+                .map(|refused| refused.1)
+        });
+        let began = Instant::now();
+        while coverage(&ctx).file_source.as_deref() != Some("eslogger") {
+            assert!(!source.is_finished(), "the source ended before running");
+            assert!(began.elapsed() < Duration::from_secs(60), "never started");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            coverage(&ctx).watched_paths,
+            [watched.display().to_string()]
+        );
+        std::fs::write(dir.path().join("go"), b"").expect("go");
+        (dir, ctx, events, stop, source)
+    }
+
+    fn assert_the_create(events: &edr_pipeline::EventRx) {
+        let ev = events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the create is stored");
+        assert_eq!(ev.event.action.as_str(), "file-created");
+        assert_eq!(
+            ev.file.as_ref().map(|f| f.name.as_deref()),
+            Some(Some("a.plist"))
+        );
+        let p = ev.process.as_deref().expect("process");
+        assert_eq!((p.pid, p.name.as_str()), (4242, "cp"));
+    }
+
+    #[test]
+    fn eslogger_ending_by_itself_gives_the_worker_back_with_the_reason() {
+        let (_dir, ctx, events, _stop, source) = start("exit 0");
+        let why = source.join().expect("source thread");
+        assert_eq!(why.as_deref(), Some("eslogger stopped"));
+        assert_the_create(&events);
+        assert!(coverage(&ctx).watched_paths.is_empty());
+    }
+
+    #[test]
+    fn cancelling_stops_a_running_eslogger() {
+        let (_dir, _ctx, events, stop, source) = start("exec sleep 600");
+        assert_the_create(&events);
+        stop.cancel();
+        assert_eq!(source.join().expect("source thread"), None);
     }
 }

@@ -23,9 +23,10 @@ impl Prefixes {
 
     /// Like [`as_configured`](Self::as_configured), with the part of each
     /// path that exists resolved (links followed): fanotify reports the
-    /// kernel's path of a file, which has no links in it. A missing tail
-    /// is kept as written so its creation can be matched.
-    #[cfg(target_os = "linux")]
+    /// kernel's path of a file, which has no links in it (as does
+    /// Endpoint Security's: `/etc` is `/private/etc` on macOS). A missing
+    /// tail is kept as written so its creation can be matched.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     pub(super) fn resolved(configured: &[String]) -> Prefixes {
         Prefixes {
             paths: configured.iter().map(|p| resolve(&absolute(p))).collect(),
@@ -48,7 +49,7 @@ fn absolute(configured: &str) -> PathBuf {
 }
 
 /// The longest existing ancestor canonicalized, the rest appended.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn resolve(path: &Path) -> PathBuf {
     let mut existing = path;
     let mut rest = Vec::new();

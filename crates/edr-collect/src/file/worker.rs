@@ -90,7 +90,7 @@ pub(super) struct Change {
     pub(super) path: PathBuf,
     pub(super) original: Option<PathBuf>,
     /// The process that made the change, where the source names it
-    /// (fanotify).
+    /// (fanotify, eslogger).
     pub(super) actor: Option<Box<Process>>,
 }
 
@@ -251,9 +251,10 @@ impl Worker {
         self.only = Some(prefixes);
     }
 
-    /// Reports changes a kernel source already translated (fanotify),
-    /// until cancelled or the source is gone; then what is still queued.
-    #[cfg(target_os = "linux")]
+    /// Reports changes a kernel source already translated (fanotify,
+    /// eslogger), until cancelled or the source is gone; then what is
+    /// still queued.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     pub(super) fn run_changes(&mut self, rx: &Receiver<Change>, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             match rx.recv_timeout(IDLE_WAIT) {

@@ -122,21 +122,20 @@ pub(crate) use spawn::start;
 
 #[cfg(target_os = "macos")]
 mod spawn {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::{Child, Command, Stdio};
+    use std::io::{BufReader, Read};
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
 
     use tokio_util::sync::CancellationToken;
 
     use super::super::monitor::Source;
     use super::super::source::{source_queue, SourceEvent, SourceTx};
     use super::parse_line;
+    use crate::eslogger::{for_each_line, spawn, stop_on_cancel, Line, ESLOGGER, STARTUP};
     use edr_pipeline::Counters;
 
-    const ESLOGGER: &str = "/usr/bin/eslogger";
-    /// Without root or Full Disk Access, eslogger exits within this long.
-    const STARTUP: Duration = Duration::from_millis(1500);
+    /// An exec line carries the arguments and (when asked) the
+    /// environment, at most ARG_MAX (1 MiB) before JSON escaping.
+    const MAX_LINE: usize = 8 << 20;
 
     /// Starts `eslogger exec fork exit` and a thread reading its output.
     pub(crate) fn start(
@@ -144,28 +143,7 @@ mod spawn {
         counters: Arc<Counters>,
         cancel: CancellationToken,
     ) -> Result<Source, String> {
-        let mut child = Command::new(ESLOGGER)
-            .args(["exec", "fork", "exit"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {ESLOGGER} (macOS 13 or later): {e}"))?;
-        let started = Instant::now();
-        while started.elapsed() < STARTUP {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut why = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = err.read_to_string(&mut why);
-                }
-                return Err(format!(
-                    "eslogger exited ({status}): {} (it needs root and Full Disk Access)",
-                    why.trim()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let stdout = child.stdout.take().ok_or("eslogger has no output")?;
+        let (child, stdout) = spawn(ESLOGGER, &["exec", "fork", "exit"], STARTUP)?;
         let (tx, rx) = source_queue(counters);
         let reader = std::thread::Builder::new()
             .name("edr-eslogger".into())
@@ -184,10 +162,16 @@ mod spawn {
 
     fn read_loop(stdout: impl Read, mut tx: SourceTx, environ: bool) {
         let mut last_seq: Option<u64> = None;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let Some((event, seq)) = parse_line(&line, environ) else {
-                continue;
+        let read = for_each_line(BufReader::new(stdout), MAX_LINE, |line| {
+            let Line::Text(line) = line else {
+                tx.lost();
+                return true;
+            };
+            let Some((event, seq)) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| parse_line(l, environ))
+            else {
+                return true;
             };
             if let (Some(prev), Some(seq)) = (last_seq, seq) {
                 if seq > prev + 1 {
@@ -195,23 +179,13 @@ mod spawn {
                 }
             }
             last_seq = seq.or(last_seq);
-            if !tx.send(event) {
-                return;
-            }
-        }
-        tx.send(SourceEvent::Stopped("eslogger stopped".into()));
-    }
-
-    /// Ends eslogger when the collector stops, which ends the reader.
-    fn stop_on_cancel(mut child: Child, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+            tx.send(event)
+        });
+        let why = match read {
+            Ok(()) => "eslogger stopped".to_string(),
+            Err(e) => format!("eslogger output unreadable: {e}"),
+        };
+        tx.send(SourceEvent::Stopped(why));
     }
 }
 
