@@ -1138,8 +1138,12 @@ fn launch_at_login_writes_and_removes_the_autostart_entry_naming_the_app() {
         assert!(!entry.exists());
 
         click(&c, "#autostart").await;
-        let text = eventually("the autostart entry", SOON, || async {
-            std::fs::read_to_string(&entry).ok()
+        // The plugin writes the entry in place: a read can catch it half
+        // written (seen once: an empty file).
+        let text = eventually("the autostart entry, whole", SOON, || async {
+            std::fs::read_to_string(&entry)
+                .ok()
+                .filter(|t| t.contains("Exec=") && t.contains("Type=Application"))
         })
         .await;
         let exec = text
