@@ -147,9 +147,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
-        Command::Status { dir, json } => dir
-            .source()
-            .and_then(|s| cli::status::status(&s, json)),
+        Command::Status { dir, json } => dir.source().and_then(|s| cli::status::status(&s, json)),
         Command::Stats { dir, summary, json } => dir
             .source()
             .and_then(|s| cli::stats::stats(&s, summary, json)),

@@ -968,7 +968,10 @@ struct StoredQuery {
 }
 
 #[allow(clippy::result_large_err)]
-fn stored_query(q: StoredQuery, alerts_only: bool) -> Result<edr_store::query::EventQuery, Response> {
+fn stored_query(
+    q: StoredQuery,
+    alerts_only: bool,
+) -> Result<edr_store::query::EventQuery, Response> {
     let limit = match q.limit.as_deref() {
         None => None,
         Some(l) => Some(number("limit", Some(l), 0, 1, u64::MAX)?),
@@ -1023,7 +1026,10 @@ async fn stored_lines(
     q: Result<Query<StoredQuery>, QueryRejection>,
     alerts_only: bool,
 ) -> Response {
-    let q = match q.map_err(bad_query).and_then(|Query(q)| stored_query(q, alerts_only)) {
+    let q = match q
+        .map_err(bad_query)
+        .and_then(|Query(q)| stored_query(q, alerts_only))
+    {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -1095,7 +1101,10 @@ async fn stored_history(
     State(s): State<Arc<ApiState>>,
     q: Result<Query<StoredHistoryQuery>, QueryRejection>,
 ) -> Response {
-    let since = match q.map_err(bad_query).and_then(|Query(q)| since_time(q.since.as_deref())) {
+    let since = match q
+        .map_err(bad_query)
+        .and_then(|Query(q)| since_time(q.since.as_deref()))
+    {
         Ok(t) => t.unwrap_or_else(|| {
             Timestamp::from(
                 std::time::SystemTime::now()
