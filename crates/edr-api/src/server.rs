@@ -1021,6 +1021,8 @@ async fn stored_alerts(
     stored_lines(s, q, true).await
 }
 
+// The same Response errors as the handlers above.
+#[allow(clippy::result_large_err)]
 async fn stored_lines(
     s: Arc<ApiState>,
     q: Result<Query<StoredQuery>, QueryRejection>,
@@ -1097,6 +1099,8 @@ struct StoredHistoryQuery {
 
 /// The metrics history the service kept on disk since `since` (default:
 /// an hour ago), one row a line, oldest first (`edr-agent report`).
+// The same Response errors as the handlers above.
+#[allow(clippy::result_large_err)]
 async fn stored_history(
     State(s): State<Arc<ApiState>>,
     q: Result<Query<StoredHistoryQuery>, QueryRejection>,

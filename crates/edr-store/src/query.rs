@@ -110,7 +110,7 @@ pub fn scan_files(
                 }
             };
             read += 1;
-            if read % 4096 == 0 && stop() {
+            if read.is_multiple_of(4096) && stop() {
                 break;
             }
             if line.is_empty() {
