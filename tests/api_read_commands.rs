@@ -423,6 +423,29 @@ fn an_outsider_is_told_the_group_and_a_crashed_service_falls_back_to_the_data_di
     assert!(stdout(&o).contains("no agent has run on"), "{}", stdout(&o));
     assert!(stderr(&o).contains("refused you"), "{}", stderr(&o));
 
+    // A service speaking another protocol: which side to update, and the
+    // way around it; not a misread answer.
+    let o = Command::new(env!("CARGO_BIN_EXE_edr-agent"))
+        .args(["events", "--config", s.config.to_str().unwrap()])
+        .env(
+            "EDR_AGENT_TEST_API_PROTOCOL",
+            (edr_api::PROTOCOL_VERSION + 1).to_string(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "speaks API protocol {} and this program speaks {}",
+            edr_api::PROTOCOL_VERSION,
+            edr_api::PROTOCOL_VERSION + 1
+        )) && err.contains("update the service")
+            && err.contains("--data-dir"),
+        "{err}"
+    );
+
     // A crash leaves the socket: nobody answers on it, and root reads the
     // data dir (the member, who cannot, is told the data dir's refusal).
     let before = stdout(&run_as(

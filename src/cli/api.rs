@@ -138,8 +138,13 @@ pub fn choose(t: &Target) -> anyhow::Result<Source> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Hidden: lets a test meet the real service with another protocol.
+    let protocol = std::env::var("EDR_AGENT_TEST_API_PROTOCOL")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(edr_api::PROTOCOL_VERSION);
     let answer = rt.block_on(async {
-        let (client, hello) = Client::connect(socket).await?;
+        let (client, hello) = Client::connect_speaking(socket, protocol).await?;
         let data_dir = match hello.data_dir {
             Some(d) => d,
             // A server older than the field.
