@@ -185,11 +185,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether an unprivileged user was refused a file (the data dir).
+/// Whether an unprivileged user was refused the data dir (not, say, the
+/// output file of `report`).
 fn denied(e: &anyhow::Error) -> bool {
     // SAFETY: geteuid has no side effects.
     let root = unsafe { libc::geteuid() } == 0;
     !root
+        && e.chain()
+            .any(|c| c.downcast_ref::<edr_store::StorageError>().is_some())
         && e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)

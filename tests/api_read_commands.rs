@@ -423,6 +423,27 @@ fn an_outsider_is_told_the_group_and_a_crashed_service_falls_back_to_the_data_di
     assert!(stdout(&o).contains("no agent has run on"), "{}", stdout(&o));
     assert!(stderr(&o).contains("refused you"), "{}", stderr(&o));
 
+    // Bad parameters of the stored paths: 400 with a reason.
+    for path in [
+        "/v1/stored/events?type=process,bogus",
+        "/v1/stored/events?limit=0",
+        "/v1/stored/events?since=yesterday",
+        "/v1/stored/alerts?bogus=1",
+        "/v1/stored/history?since=-5",
+    ] {
+        let o = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&s.socket)
+            .arg(format!("http://edr-agent{path}"))
+            .output()
+            .unwrap();
+        let text = stdout(&o);
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, "400", "{path}: {text}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(!v["error"].as_str().unwrap().is_empty(), "{path}: {body}");
+    }
+
     // A service speaking another protocol: which side to update, and the
     // way around it; not a misread answer.
     let o = Command::new(env!("CARGO_BIN_EXE_edr-agent"))
