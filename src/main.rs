@@ -26,19 +26,17 @@ pub struct DataDirArgs {
     /// The agent's data directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Take the data directory from this config file.
+    /// Take the data directory (and the service's API socket) from this
+    /// config file.
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
     config: Option<PathBuf>,
+    /// Say on stderr whether the service's API or the data dir was read,
+    /// and why.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 impl DataDirArgs {
-    fn resolve(&self) -> anyhow::Result<PathBuf> {
-        if let Some(d) = &self.data_dir {
-            return Ok(d.clone());
-        }
-        Ok(self.config()?.data_dir())
-    }
-
     fn config(&self) -> anyhow::Result<edr_config::Config> {
         Ok(match &self.config {
             Some(f) => edr_config::Config::from_file(f)?,
@@ -46,13 +44,30 @@ impl DataDirArgs {
         })
     }
 
-    /// The service's API socket: `api.socket` of the config file, or the
-    /// default. None with an explicit `--data-dir` (another agent's dir).
-    fn socket(&self) -> anyhow::Result<Option<PathBuf>> {
-        if self.data_dir.is_some() {
-            return Ok(None);
+    /// What to read: `--data-dir` alone; else the service's API at the
+    /// config's `api.socket` (or the default), for the config's data dir
+    /// if one is named, and that data dir when no service answers.
+    fn target(&self) -> anyhow::Result<cli::api::Target> {
+        if let Some(d) = &self.data_dir {
+            return Ok(cli::api::Target {
+                data_dir: d.clone(),
+                socket: None,
+                same_dir_only: true,
+                verbose: self.verbose,
+            });
         }
-        Ok(Some(self.config()?.api.socket_path()))
+        let config = self.config()?;
+        Ok(cli::api::Target {
+            data_dir: config.data_dir(),
+            socket: Some(config.api.socket_path()),
+            same_dir_only: self.config.is_some(),
+            verbose: self.verbose,
+        })
+    }
+
+    /// The service's API when it answers for this target, else the data dir.
+    fn source(&self) -> anyhow::Result<cli::api::Source> {
+        cli::api::choose(&self.target()?)
     }
 }
 
@@ -132,13 +147,10 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
-        Command::Status { dir, json } => dir.resolve().and_then(|d| {
-            let socket = dir.socket()?;
-            cli::status::status(&d, socket.as_deref(), json)
-        }),
+        Command::Status { dir, json } => dir.source().and_then(|s| cli::status::status(&s, json)),
         Command::Stats { dir, summary, json } => dir
-            .resolve()
-            .and_then(|d| cli::stats::stats(&d, summary, json)),
+            .source()
+            .and_then(|s| cli::stats::stats(&s, summary, json)),
         Command::Events(args) => cli::events::events(args),
         Command::Report(args) => cli::report::report(args),
         Command::Config(c) => config_command(c),
@@ -151,6 +163,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<cli::api::NotAuthorized>().is_some() {
+                eprintln!("{}", cli::api::not_authorized_hint());
+                return ExitCode::from(cli::api::NOT_AUTHORIZED);
+            }
             if denied(&e) {
                 eprintln!(
                     "hint: the service's data dir is root's; members of the group `{}` read the \
@@ -169,11 +185,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether an unprivileged user was refused a file (the data dir).
+/// Whether an unprivileged user was refused the data dir (not, say, the
+/// output file of `report`).
 fn denied(e: &anyhow::Error) -> bool {
     // SAFETY: geteuid has no side effects.
     let root = unsafe { libc::geteuid() } == 0;
     !root
+        && e.chain()
+            .any(|c| c.downcast_ref::<edr_store::StorageError>().is_some())
         && e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)

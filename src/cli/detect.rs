@@ -1,7 +1,7 @@
 //! `edr-agent alerts` and `edr-agent rules`: stored alerts, and the rule
 //! sets (list, check files, test over events offline).
 
-use std::io::BufRead;
+use std::io::{BufRead, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -9,10 +9,11 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use edr_config::Config;
 use edr_detect::{LoadOptions, RuleSet};
-use edr_store::{list_batches, open_batch_reader};
+use edr_store::open_batch_reader;
+use edr_store::query::EventQuery;
 use serde_json::Value;
 
-use super::events::parse_when;
+use super::events::{each_stored_line, parse_when};
 use super::out;
 use crate::DataDirArgs;
 
@@ -73,13 +74,16 @@ fn program(v: &Value) -> &str {
 }
 
 pub fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = args.dir.resolve()?;
-    let since = args
-        .since
-        .as_deref()
-        .map(|s| parse_when(s, SystemTime::now()))
-        .transpose()?
-        .map(|t| t.to_string());
+    let q = EventQuery {
+        since: args
+            .since
+            .as_deref()
+            .map(|s| parse_when(s, SystemTime::now()))
+            .transpose()?,
+        alerts_only: true,
+        ..EventQuery::default()
+    };
+    let source = args.dir.source()?;
     if !args.json {
         out(format_args!(
             "{:<24}  {:<13}  {:<50}  {:<40}  {:>7}  {:>5}\n",
@@ -87,52 +91,35 @@ pub fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
         ))?;
     }
     let mut shown = 0u64;
-    for path in list_batches(&data_dir)? {
-        let reader = match open_batch_reader(&path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("warning: skipping {}: {e}", path.display());
-                continue;
-            }
+    let flow = each_stored_line(&source, &q, |line| {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return Ok(());
         };
-        for line in reader.split(b'\n') {
-            let Ok(line) = line else { break };
-            // Cheap test first: most stored events are not alerts.
-            const ALERT: &[u8] = b"\"kind\":\"alert\"";
-            if !line.windows(ALERT.len()).any(|w| w == ALERT) {
-                continue;
-            }
-            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            let ts = str_at(&v, &["@timestamp"]);
-            if since.as_deref().is_some_and(|s| ts < s) {
-                continue;
-            }
-            shown += 1;
-            if args.json {
-                out(format_args!("{v}\n"))?;
-                continue;
-            }
-            let rule = str_at(&v, &["rule", "name"]);
-            out(format_args!(
-                "{:<24}  {:<13}  {:<50}  {:<40}  {:>7}  {:>5}\n",
-                ts,
-                str_at(&v, &["edr", "alert", "level"]),
-                rule,
-                program(&v),
-                v["process"]["pid"]
-                    .as_u64()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                v["edr"]["alert"]["count"].as_u64().unwrap_or(1),
-            ))?;
+        shown += 1;
+        if args.json {
+            return write_out(format_args!("{v}\n"));
         }
-    }
-    if !args.json && shown == 0 {
+        write_out(format_args!(
+            "{:<24}  {:<13}  {:<50}  {:<40}  {:>7}  {:>5}\n",
+            str_at(&v, &["@timestamp"]),
+            str_at(&v, &["edr", "alert", "level"]),
+            str_at(&v, &["rule", "name"]),
+            program(&v),
+            v["process"]["pid"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            v["edr"]["alert"]["count"].as_u64().unwrap_or(1),
+        ))
+    })?;
+    if flow.is_continue() && !args.json && shown == 0 {
         out(format_args!("(no alerts)\n"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    std::io::stdout().lock().write_fmt(args)
 }
 
 pub fn rules(cmd: RulesCommand) -> anyhow::Result<ExitCode> {

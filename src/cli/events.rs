@@ -1,13 +1,15 @@
 //! `edr-agent events`: stored events as NDJSON, for jq and friends.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
 use edr_model::event::{EventType, Timestamp};
-use edr_store::{list_batches, open_batch_reader};
+use edr_store::query::{scan_events, EventQuery};
 
+use super::api::{api_error, Source};
 use crate::DataDirArgs;
 
 #[derive(clap::Args, Debug)]
@@ -49,130 +51,89 @@ pub fn parse_when(s: &str, now: SystemTime) -> anyhow::Result<Timestamp> {
     })
 }
 
-/// The `@timestamp` of a stored line. Our writer puts it first; anything
-/// else is parsed properly.
-fn line_time(line: &str) -> Option<String> {
-    const PREFIX: &str = "{\"@timestamp\":\"";
-    if let Some(rest) = line.strip_prefix(PREFIX) {
-        if let Some(ts) = rest.get(..24) {
-            return Some(ts.to_string());
-        }
-    }
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get("@timestamp")?.as_str().map(str::to_string)
-}
-
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = args.dir.resolve()?;
     let now = SystemTime::now();
-    let since = args
-        .since
-        .as_deref()
-        .map(|s| parse_when(s, now))
-        .transpose()?;
-    let until = args
-        .until
-        .as_deref()
-        .map(|s| parse_when(s, now))
-        .transpose()?;
-    let mut categories = Vec::new();
+    let mut q = EventQuery {
+        since: args
+            .since
+            .as_deref()
+            .map(|s| parse_when(s, now))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|s| parse_when(s, now))
+            .transpose()?,
+        grep: args.grep.clone(),
+        limit: args.limit,
+        ..EventQuery::default()
+    };
     for t in &args.types {
         let Some(et) = EventType::parse(t) else {
             bail!("unknown event type {t:?}: expected process, file or network");
         };
-        categories.push(format!("\"category\":[\"{}\"]", et.as_str()));
+        q.types.push(et);
     }
-    let since_s = since.map(|t| t.to_string());
-    let until_s = until.map(|t| t.to_string());
-    // A batch holds events from at most an hour before its start
-    // (collection_interval_ms <= 1 h); older day directories are skipped.
-    let skip_before_day = since.map(|t| Timestamp(t.as_millis().saturating_sub(86_400_000)).day());
-
+    let source = args.dir.source()?;
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
-    let mut emitted = 0u64;
-    for path in list_batches(&data_dir)? {
-        if let (Some(day), Some(dir)) =
-            (&skip_before_day, path.parent().and_then(|p| p.file_name()))
-        {
-            if dir.to_string_lossy().as_ref() < day.as_str() {
-                continue;
-            }
-        }
-        let reader = match open_batch_reader(&path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("warning: skipping {}: {e}", path.display());
-                continue;
-            }
-        };
-        let mut not_json = 0u64;
-        for line in reader.split(b'\n') {
-            let line = match line {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!(
-                        "warning: {} is corrupt or truncated, rest skipped: {e}",
-                        path.display()
-                    );
-                    break;
-                }
-            };
-            if line.is_empty() {
-                continue;
-            }
-            // Damage that still decompresses must not reach a JSON consumer.
-            let line = match std::str::from_utf8(&line) {
-                Ok(l) if serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok() => l,
-                _ => {
-                    not_json += 1;
-                    continue;
-                }
-            };
-            if since_s.is_some() || until_s.is_some() {
-                let Some(ts) = line_time(line) else { continue };
-                if since_s.as_ref().is_some_and(|s| ts.as_str() < s.as_str())
-                    || until_s.as_ref().is_some_and(|u| ts.as_str() >= u.as_str())
-                {
-                    continue;
-                }
-            }
-            if !categories.is_empty() && !categories.iter().any(|c| line.contains(c.as_str())) {
-                continue;
-            }
-            if args
-                .grep
-                .as_ref()
-                .is_some_and(|g| !line.contains(g.as_str()))
-            {
-                continue;
-            }
-            if let Err(e) = writeln!(w, "{line}") {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                return Err(e.into());
-            }
-            emitted += 1;
-            if args.limit.is_some_and(|l| emitted >= l) {
-                break;
-            }
-        }
-        if not_json > 0 {
-            eprintln!(
-                "warning: {}: {not_json} lines are not JSON (damaged file), skipped",
-                path.display()
-            );
-        }
-        if args.limit.is_some_and(|l| emitted >= l) {
-            break;
-        }
+    if each_stored_line(&source, &q, |line| writeln!(w, "{line}"))?.is_break() {
+        return Ok(ExitCode::SUCCESS);
     }
     match w.flush() {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
         _ => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Gives `write` every stored line `q` selects, from the service or the
+/// data dir; a damaged file read directly is skipped with a warning (the
+/// service logs its own). Breaks when stdout is a closed pipe.
+pub fn each_stored_line(
+    source: &Source,
+    q: &EventQuery,
+    mut write: impl FnMut(&str) -> std::io::Result<()>,
+) -> anyhow::Result<ControlFlow<()>> {
+    let mut failed = None;
+    let mut give = |line: &str| match write(line) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                failed = Some(e);
+            }
+            ControlFlow::Break(())
+        }
+    };
+    let mut flow = ControlFlow::Continue(());
+    match source {
+        Source::DataDir(d) => {
+            scan_events(
+                d,
+                q,
+                |line| {
+                    flow = give(line);
+                    flow
+                },
+                |w| eprintln!("warning: {w}"),
+            )?;
+        }
+        Source::Api(service) => {
+            let mut lines = service.call(service.client.stored_events(q))?;
+            while let Some(line) = service.block_on(lines.next()) {
+                let line = line.map_err(api_error)?;
+                let text = String::from_utf8_lossy(&line);
+                flow = give(&text);
+                if flow.is_break() {
+                    break;
+                }
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(flow),
+    }
 }
 
 #[cfg(test)]

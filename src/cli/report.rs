@@ -11,6 +11,7 @@ use edr_config::{AlertsConfig, Config};
 use edr_engine::read_status;
 use edr_metrics::read_history;
 
+use super::api::Source;
 use super::events::parse_when;
 use super::out;
 use crate::DataDirArgs;
@@ -59,11 +60,21 @@ fn height_each(width: u32) -> u32 {
 
 pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let format = format_of(&args.out)?;
-    let data_dir = args.dir.resolve()?;
     let since = parse_when(&args.since, SystemTime::now())?;
-    let (cap, alerts) = limits(&args.dir, &data_dir)?;
+    let source = args.dir.source()?;
+    let data_dir = source.data_dir().to_path_buf();
+    let (rows, reported_cap) = match &source {
+        Source::DataDir(d) => (
+            read_history(d, since),
+            read_status(d).map(|s| s.storage.cap_bytes),
+        ),
+        Source::Api(service) => (
+            service.call(service.client.stored_history(since))?,
+            Some(service.call(service.client.status())?.storage.cap_bytes),
+        ),
+    };
+    let (cap, alerts) = limits(&args.dir, reported_cap)?;
 
-    let rows = read_history(&data_dir, since);
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         bail!(
             "no metrics history in {} since {since}: the agent has not run there in that period (try a longer --since)",
@@ -91,14 +102,13 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 
 /// The storage cap and alert thresholds to draw: from the config file if
 /// one is named, else the cap the agent last reported, else the defaults.
-fn limits(dir: &DataDirArgs, data_dir: &Path) -> anyhow::Result<(u64, AlertsConfig)> {
+fn limits(dir: &DataDirArgs, reported_cap: Option<u64>) -> anyhow::Result<(u64, AlertsConfig)> {
     if let Some(file) = &dir.config {
         let config = Config::from_file(file)?;
         return Ok((config.max_storage_bytes(), config.alerts));
     }
     let defaults = Config::default();
-    let cap = read_status(data_dir)
-        .map(|s| s.storage.cap_bytes)
+    let cap = reported_cap
         .filter(|c| *c > 0)
         .unwrap_or_else(|| defaults.max_storage_bytes());
     Ok((cap, defaults.alerts))

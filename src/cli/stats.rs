@@ -2,11 +2,13 @@
 //! say, computed correctly (decompressed bytes vs stored bytes, events) and
 //! in parallel.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use edr_store::{batch_stats, list_batches, BatchStats};
+use edr_store::query::stats_all;
+use edr_store::{list_batches, BatchStats};
 
+use super::api::Source;
 use super::{human_bytes, out};
 
 struct Row {
@@ -14,9 +16,39 @@ struct Row {
     stats: Result<BatchStats, String>,
 }
 
-pub fn stats(data_dir: &Path, summary: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let files = list_batches(data_dir)?;
-    let rows = measure_parallel(files);
+/// The batch files measured, by the service or here (over the cores).
+fn measure(source: &Source) -> anyhow::Result<Vec<Row>> {
+    Ok(match source {
+        Source::DataDir(d) => {
+            let workers = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            stats_all(list_batches(d)?, workers)
+                .into_iter()
+                .map(|(path, stats)| Row { path, stats })
+                .collect()
+        }
+        Source::Api(service) => service
+            .call(service.client.stored_stats())?
+            .into_iter()
+            .map(|f| Row {
+                path: PathBuf::from(f.file),
+                stats: match f.error {
+                    Some(e) => Err(e),
+                    None => Ok(BatchStats {
+                        stored_bytes: f.stored_bytes,
+                        raw_bytes: f.raw_bytes,
+                        events: f.events,
+                    }),
+                },
+            })
+            .collect(),
+    })
+}
+
+pub fn stats(source: &Source, summary: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = source.data_dir();
+    let rows = measure(source)?;
     let mut total = BatchStats::default();
     let mut skipped = 0u64;
     for r in &rows {
@@ -116,37 +148,4 @@ fn per_event(s: &BatchStats) -> f64 {
     } else {
         s.stored_bytes as f64 / s.events as f64
     }
-}
-
-/// Decompression dominates; spread the files over the cores, keeping order.
-fn measure_parallel(files: Vec<PathBuf>) -> Vec<Row> {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(files.len().max(1));
-    let chunk = files.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|p| Row {
-                            path: p.clone(),
-                            stats: batch_stats(p).map_err(|e| e.to_string()),
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    tracing::error!("a stats worker panicked");
-                    Vec::new()
-                })
-            })
-            .collect()
-    })
 }

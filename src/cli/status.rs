@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use edr_engine::{read_status, running_agent, EngineState, Snapshot};
 
+use super::api::Source;
 use super::{human_bytes, human_duration, out};
 
 /// Exit code when no agent runs on the data dir (as `systemctl status`).
@@ -14,38 +15,33 @@ const NOT_RUNNING: u8 = 3;
 /// cannot write its data dir.
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
-/// The service's API first (when `socket` is given and it answers for
-/// this data dir), then the data dir's lock and status file.
-pub fn status(data_dir: &Path, socket: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let from_api = socket.and_then(|s| match super::api::status(s) {
-        Ok(snap) if Path::new(&snap.data_dir) == data_dir => Some((s, snap)),
-        Ok(_) => None,
-        Err(e) if e.is_unavailable() => None,
-        Err(e) => {
-            tracing::warn!("{e}; reading the data dir instead");
-            None
+/// From the service's API when it answered, else the data dir's lock and
+/// status file. The output is the same either way but for the `source:`
+/// line (the JSON has none: `--verbose` says it on stderr).
+pub fn status(source: &Source, json: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = source.data_dir();
+    let (running, snapshot) = match source {
+        Source::Api(service) => {
+            let snap = service.call(service.client.status())?;
+            (Some(Some(snap.pid)), Some(snap))
         }
-    });
-    let source = match &from_api {
-        Some((s, _)) => format!("the service's API ({})", s.display()),
-        None => "the data dir".to_string(),
-    };
-    let (running, snapshot) = match from_api {
-        Some((_, snap)) => (Some(Some(snap.pid)), Some(snap)),
-        None => (running_agent(data_dir), read_status(data_dir)),
+        Source::DataDir(d) => (running_agent(d), read_status(d)),
     };
     if json {
         let body = serde_json::json!({
             "running": running.is_some(),
             "pid": running.flatten(),
             "data_dir": data_dir.display().to_string(),
-            "source": source,
             "status": snapshot,
         });
         out(format_args!("{body}\n"))?;
     } else {
         print_human(data_dir, running, snapshot.as_ref())?;
-        out(format_args!("source:      {source}\n"))?;
+        let via = match source {
+            Source::Api(s) => format!("the service's API ({})", s.client.socket().display()),
+            Source::DataDir(_) => "the data dir".to_string(),
+        };
+        out(format_args!("source:      {via}\n"))?;
     }
     Ok(if running.is_some() {
         ExitCode::SUCCESS

@@ -17,8 +17,13 @@ use edr_config::api::API_GROUP;
 use edr_config::Config;
 use edr_engine::Snapshot;
 
+use edr_metrics::HistoryRow;
+use edr_model::event::Timestamp;
+use edr_store::query::EventQuery;
+
 use crate::wire::{
-    Alerts, ConfigApplied, ErrorBody, Events, FieldRefusal, Hello, History, PauseState, StreamItem,
+    Alerts, ConfigApplied, ErrorBody, Events, FieldRefusal, Hello, History, PauseState,
+    StoredFileStats, StreamItem,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -212,15 +217,71 @@ impl Client {
             "/v1/stream?interval_ms={}",
             interval.as_millis().clamp(100, 60_000)
         );
-        let body = tokio::time::timeout(TIMEOUT, self.send(Method::GET, &path, Bytes::new()))
+        Ok(Stream {
+            lines: self.lines(&path).await?,
+        })
+    }
+
+    /// The events stored in the service's data dir that `q` selects, each
+    /// line exactly as stored (ECS JSON), oldest first: what `edr-agent
+    /// events` (or, with `q.alerts_only`, `edr-agent alerts`) prints when
+    /// reading the data dir itself.
+    pub async fn stored_events(&self, q: &EventQuery) -> Result<Lines, ClientError> {
+        let mut params = Vec::new();
+        if let Some(t) = q.since {
+            params.push(format!("since={}", t.as_millis()));
+        }
+        if let Some(t) = q.until {
+            params.push(format!("until={}", t.as_millis()));
+        }
+        if !q.types.is_empty() {
+            let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+            params.push(format!("type={}", encode(&types.join(","))));
+        }
+        if let Some(g) = &q.grep {
+            params.push(format!("grep={}", encode(g)));
+        }
+        if let Some(l) = q.limit {
+            params.push(format!("limit={l}"));
+        }
+        let path = if q.alerts_only {
+            "/v1/stored/alerts"
+        } else {
+            "/v1/stored/events"
+        };
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        };
+        self.lines(&format!("{path}{query}")).await
+    }
+
+    /// Every batch file of the service's data dir, measured (`edr-agent stats`).
+    pub async fn stored_stats(&self) -> Result<Vec<StoredFileStats>, ClientError> {
+        self.lines("/v1/stored/stats").await?.decode_all().await
+    }
+
+    /// The metrics history the service kept on disk since `since`
+    /// (`edr-agent report`), oldest first.
+    pub async fn stored_history(&self, since: Timestamp) -> Result<Vec<HistoryRow>, ClientError> {
+        self.lines(&format!("/v1/stored/history?since={}", since.as_millis()))
+            .await?
+            .decode_all()
             .await
-            .map_err(|_| ClientError::Timeout)??;
-        let (status, body) = body;
+    }
+
+    /// A GET answered with NDJSON, read a line at a time.
+    async fn lines(&self, path: &str) -> Result<Lines, ClientError> {
+        let (status, body) =
+            tokio::time::timeout(TIMEOUT, self.send(Method::GET, path, Bytes::new()))
+                .await
+                .map_err(|_| ClientError::Timeout)??;
         if !status.is_success() {
             let bytes = collect(body).await?;
             return Err(refusal(status, &bytes));
         }
-        Ok(Stream {
+        Ok(Lines {
             body,
             buf: BytesMut::new(),
         })
@@ -332,23 +393,48 @@ fn encode(s: &str) -> String {
 
 /// The live stream of [`Client::stream`].
 pub struct Stream {
-    body: Incoming,
-    buf: BytesMut,
+    lines: Lines,
 }
 
 impl Stream {
     /// The next item; `None` when the service ends the stream (it stops).
     pub async fn next(&mut self) -> Option<Result<StreamItem, ClientError>> {
+        let line = self.lines.next().await?;
+        Some(line.and_then(|l| decode(&l)))
+    }
+}
+
+fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// An NDJSON answer, a line at a time. A body the service cut short (it
+/// stopped mid-answer) is an error, not a short answer.
+pub struct Lines {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl Lines {
+    /// Every remaining line, decoded.
+    pub async fn decode_all<T: DeserializeOwned>(mut self) -> Result<Vec<T>, ClientError> {
+        let mut all = Vec::new();
+        while let Some(line) = self.next().await {
+            all.push(decode(&line?)?);
+        }
+        Ok(all)
+    }
+
+    /// The next line (without its newline); `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, ClientError>> {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(i + 1);
-                let line = &line[..i];
+                let mut line = self.buf.split_to(i + 1).freeze();
+                line.truncate(i);
                 if line.is_empty() {
                     continue;
                 }
-                return Some(
-                    serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string())),
-                );
+                return Some(Ok(line));
             }
             if self.buf.len() > MAX_LINE {
                 return Some(Err(ClientError::Decode(format!(

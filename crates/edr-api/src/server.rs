@@ -35,7 +35,7 @@ use edr_model::event::{EventType, Timestamp};
 use crate::peer::{self, Peer};
 use crate::wire::{
     AlertRow, Alerts, ConfigApplied, ErrorBody, EventRow, Events, FieldRefusal, Hello, History,
-    PauseState, PeerInfo, StreamItem,
+    PauseState, PeerInfo, StoredFileStats, StreamItem,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -59,6 +59,13 @@ pub const RECENT_EVENTS: usize = 1000;
 const MAX_GREP: usize = 256;
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Reads of the data dir (`/v1/stored/*`) at once: each holds a blocking
+/// thread decompressing files for as long as its client reads.
+pub const MAX_STORE_READS: usize = 2;
+/// Longest `grep=` of `/v1/stored/events` (the CLI's `--grep`).
+const MAX_STORED_GREP: usize = 4096;
+/// Bytes of NDJSON gathered before a chunk is sent.
+const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -253,6 +260,7 @@ struct ApiState {
     engine: EngineHandle,
     limiter: Mutex<Bucket>,
     streams: Arc<Semaphore>,
+    store_reads: Arc<Semaphore>,
     /// One config change at a time: each is validated over the config it
     /// replaces.
     config_change: tokio::sync::Mutex<()>,
@@ -278,6 +286,7 @@ pub async fn serve(
         engine,
         limiter: Mutex::new(Bucket::new(Instant::now())),
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        store_reads: Arc::new(Semaphore::new(MAX_STORE_READS)),
         config_change: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
     });
@@ -387,6 +396,10 @@ fn routes(state: Arc<ApiState>) -> Router {
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/stream", get(stream))
+        .route("/v1/stored/events", get(stored_events))
+        .route("/v1/stored/alerts", get(stored_alerts))
+        .route("/v1/stored/stats", get(stored_stats))
+        .route("/v1/stored/history", get(stored_history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -444,7 +457,8 @@ async fn not_found(req: Request) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "no such path: {} (paths: /v1/hello, /v1/status, /v1/history, /v1/events, /v1/alerts, \
-             /v1/config, /v1/pause, /v1/resume, /v1/stream)",
+             /v1/config, /v1/pause, /v1/resume, /v1/stream, /v1/stored/events, \
+             /v1/stored/alerts, /v1/stored/stats, /v1/stored/history)",
             req.uri().path()
         ),
     )
@@ -474,6 +488,7 @@ async fn hello(State(s): State<Arc<ApiState>>, Extension(peer): Extension<Peer>)
         network_source: c.network_source,
         watched_paths: c.watched_paths,
         peer: peer.info,
+        data_dir: Some(snap.data_dir),
     })
     .into_response()
 }
@@ -826,6 +841,295 @@ async fn stream(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// The NDJSON body of a `/v1/stored/*` answer, filled on a blocking thread
+/// through a bounded channel: a slow client slows the reading, a gone one
+/// ends it. A read cut short (shutdown) aborts the body, so the client
+/// sees an error rather than a short answer that looks complete.
+struct LineSink {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+    shutdown: CancellationToken,
+    gone: bool,
+}
+
+impl LineSink {
+    fn stopped(&self) -> bool {
+        self.gone || self.shutdown.is_cancelled()
+    }
+
+    fn line(&mut self, line: &[u8]) -> std::ops::ControlFlow<()> {
+        self.buf.extend_from_slice(line);
+        self.buf.push(b'\n');
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+        if self.stopped() {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+
+    fn json(&mut self, item: &impl serde::Serialize) -> std::ops::ControlFlow<()> {
+        match serde_json::to_vec(item) {
+            Ok(v) => self.line(&v),
+            Err(e) => {
+                self.fail(format!("cannot encode an answer line: {e}"));
+                std::ops::ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.gone || self.buf.is_empty() {
+            return;
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.gone = self.tx.blocking_send(Ok(chunk)).is_err();
+    }
+
+    fn fail(&mut self, why: String) {
+        self.buf.clear();
+        if !self.gone {
+            let _ = self.tx.blocking_send(Err(std::io::Error::other(why)));
+            self.gone = true;
+        }
+    }
+
+    /// The end: the rest sent, or the body aborted if cut short.
+    fn finish(mut self) {
+        if self.shutdown.is_cancelled() {
+            self.fail("the agent is stopping".into());
+        } else {
+            self.flush();
+        }
+    }
+}
+
+/// A permit for one read of the data dir, or 503.
+#[allow(clippy::result_large_err)]
+fn store_read(s: &ApiState) -> Result<OwnedSemaphorePermit, Response> {
+    Arc::clone(&s.store_reads).try_acquire_owned().map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("busy: at most {MAX_STORE_READS} reads of the stored data at once; try again"),
+        )
+    })
+}
+
+/// Answers NDJSON lines that `produce` writes on a blocking thread.
+fn ndjson(
+    s: &ApiState,
+    permit: OwnedSemaphorePermit,
+    produce: impl FnOnce(&mut LineSink) + Send + 'static,
+) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let mut sink = LineSink {
+        tx,
+        buf: Vec::with_capacity(CHUNK + 4096),
+        shutdown: s.shutdown.clone(),
+        gone: false,
+    };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        produce(&mut sink);
+        sink.finish();
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The batch files of the service's data dir, listed off the runtime.
+async fn batch_files(s: &ApiState) -> Result<Vec<PathBuf>, Response> {
+    let data_dir = PathBuf::from(s.engine.snapshot().data_dir);
+    match tokio::task::spawn_blocking(move || edr_store::list_batches(&data_dir)).await {
+        Ok(Ok(files)) => Ok(files),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredQuery {
+    since: Option<String>,
+    until: Option<String>,
+    /// Comma-separated: `process,file`.
+    #[serde(rename = "type")]
+    types: Option<String>,
+    grep: Option<String>,
+    limit: Option<String>,
+}
+
+#[allow(clippy::result_large_err)]
+fn stored_query(
+    q: StoredQuery,
+    alerts_only: bool,
+) -> Result<edr_store::query::EventQuery, Response> {
+    let limit = match q.limit.as_deref() {
+        None => None,
+        Some(l) => Some(number("limit", Some(l), 0, 1, u64::MAX)?),
+    };
+    let mut types = Vec::new();
+    for t in q.types.iter().flat_map(|t| t.split(',')) {
+        match EventType::parse(t) {
+            Some(k) => types.push(k),
+            None => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`type` = {t:?}: expected process, file or network (comma-separated)"),
+                ))
+            }
+        }
+    }
+    if q.grep.as_ref().is_some_and(|g| g.len() > MAX_STORED_GREP) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("`grep` is longer than {MAX_STORED_GREP} bytes"),
+        ));
+    }
+    Ok(edr_store::query::EventQuery {
+        since: since_time(q.since.as_deref())?,
+        until: since_time(q.until.as_deref())?,
+        types,
+        grep: q.grep,
+        alerts_only,
+        limit,
+    })
+}
+
+/// Stored events of the service's data dir, exactly as stored (one ECS
+/// JSON line each), selected as `edr-agent events` selects them.
+async fn stored_events(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<StoredQuery>, QueryRejection>,
+) -> Response {
+    stored_lines(s, q, false).await
+}
+
+/// Stored detection alerts, exactly as stored, as `edr-agent alerts` reads them.
+async fn stored_alerts(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<StoredQuery>, QueryRejection>,
+) -> Response {
+    stored_lines(s, q, true).await
+}
+
+// The same Response errors as the handlers above.
+#[allow(clippy::result_large_err)]
+async fn stored_lines(
+    s: Arc<ApiState>,
+    q: Result<Query<StoredQuery>, QueryRejection>,
+    alerts_only: bool,
+) -> Response {
+    let q = match q
+        .map_err(bad_query)
+        .and_then(|Query(q)| stored_query(q, alerts_only))
+    {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let permit = match store_read(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let files = match batch_files(&s).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    ndjson(&s, permit, move |sink| {
+        let shutdown = sink.shutdown.clone();
+        edr_store::query::scan_files(
+            &files,
+            &q,
+            |line| sink.line(line.as_bytes()),
+            |w| tracing::warn!("{w}"),
+            || shutdown.is_cancelled(),
+        );
+    })
+}
+
+/// Each batch file's sizes and events (`edr-agent stats`), one line each.
+async fn stored_stats(State(s): State<Arc<ApiState>>) -> Response {
+    let permit = match store_read(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let files = match batch_files(&s).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    // One file at a time: the service does not take every core for a reader.
+    ndjson(&s, permit, move |sink| {
+        for path in files {
+            let row = match edr_store::batch_stats(&path) {
+                Ok(b) => StoredFileStats {
+                    file: path.display().to_string(),
+                    stored_bytes: b.stored_bytes,
+                    raw_bytes: b.raw_bytes,
+                    events: b.events,
+                    error: None,
+                },
+                Err(e) => StoredFileStats {
+                    file: path.display().to_string(),
+                    stored_bytes: 0,
+                    raw_bytes: 0,
+                    events: 0,
+                    error: Some(e.to_string()),
+                },
+            };
+            if sink.json(&row).is_break() {
+                return;
+            }
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredHistoryQuery {
+    since: Option<String>,
+}
+
+/// The metrics history the service kept on disk since `since` (default:
+/// an hour ago), one row a line, oldest first (`edr-agent report`).
+// The same Response errors as the handlers above.
+#[allow(clippy::result_large_err)]
+async fn stored_history(
+    State(s): State<Arc<ApiState>>,
+    q: Result<Query<StoredHistoryQuery>, QueryRejection>,
+) -> Response {
+    let since = match q
+        .map_err(bad_query)
+        .and_then(|Query(q)| since_time(q.since.as_deref()))
+    {
+        Ok(t) => t.unwrap_or_else(|| {
+            Timestamp::from(
+                std::time::SystemTime::now()
+                    .checked_sub(Duration::from_secs(3600))
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            )
+        }),
+        Err(r) => return r,
+    };
+    let permit = match store_read(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let data_dir = PathBuf::from(s.engine.snapshot().data_dir);
+    ndjson(&s, permit, move |sink| {
+        for row in edr_metrics::read_history(&data_dir, since) {
+            if sink.json(&row).is_break() {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

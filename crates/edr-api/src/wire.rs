@@ -32,6 +32,10 @@ pub struct Hello {
     pub watched_paths: Vec<String>,
     /// Who the server saw connecting (peer credentials).
     pub peer: PeerInfo,
+    /// The data dir the service stores into (and `/v1/stored/*` reads);
+    /// None from a server older than the field.
+    #[serde(default)]
+    pub data_dir: Option<String>,
 }
 
 /// The connecting process as the kernel reported it.
@@ -258,4 +262,19 @@ pub enum StreamItem {
     Snapshot { snapshot: Box<edr_engine::Snapshot> },
     /// A detection alert, as soon as the next tick after it was raised.
     Alert { alert: Box<AlertRow> },
+}
+
+/// One line of `GET /v1/stored/stats`: a batch file of the service's data
+/// dir, oldest first, measured by decompressing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFileStats {
+    /// The file's path (under the service's data dir).
+    pub file: String,
+    pub stored_bytes: u64,
+    /// Decompressed bytes.
+    pub raw_bytes: u64,
+    pub events: u64,
+    /// Why the file could not be measured (the sizes are then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

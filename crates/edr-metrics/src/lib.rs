@@ -579,7 +579,7 @@ const HISTORY_COLUMNS_V1: usize = 14;
 /// The detection stage's totals since start, for the history. Not kept in
 /// the in-memory ring (the charts do not plot them), so the hour of samples
 /// the ring holds does not grow with them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetectionTotals {
     pub events_evaluated: u64,
     pub alerts_raised: u64,
@@ -722,7 +722,7 @@ impl HistoryWriter {
 }
 
 /// A sample read back from history (the columns the CSV keeps).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRow {
     pub ts: Timestamp,
     pub rss_bytes: u64,

@@ -17,6 +17,7 @@
 //! `fsync`, so a reader never sees a partial file. Temporaries left by a
 //! crash are never counted as data and are removed at the next start.
 
+pub mod query;
 pub mod sink;
 pub mod writer;
 
