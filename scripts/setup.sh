@@ -17,6 +17,9 @@ PACKAGES=(
   "${HEADLESS_PACKAGES[@]}"
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev
   xvfb xauth webkit2gtk-driver dbus dbus-x11 at-spi2-core xdotool imagemagick
+  # A notification daemon for the app's notifications under Xvfb
+  # (scripts/notify-latency.sh).
+  dunst
   nats-server
   # The API and service tests: curl on the socket, users made with
   # useradd/groupadd (passwd) and switched to with runuser (util-linux),
