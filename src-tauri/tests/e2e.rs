@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     assert_file_events_stay, descendants_named, one_app_at_a_time, run_base64_to_shell, wait_for,
-    FileActivity, Fixture, APP, BASE64_TITLE,
+    FileActivity, Fixture, Notifications, APP, BASE64_TITLE,
 };
 use edr_config::Config;
 use edr_model::event::Timestamp;
@@ -910,6 +910,9 @@ fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next()
         )
     });
     with_app(fx, |c, fx| async move {
+        let notes = tokio::task::spawn_blocking(Notifications::start)
+            .await
+            .expect("the notification daemon");
         eventually("the rules and the process collector", START, || async {
             let s = fx.status()?;
             (s.detection.rules_loaded > 0 && s.coverage.process_source.is_some()).then_some(())
@@ -933,6 +936,20 @@ fn an_alert_from_a_real_process_is_shown_and_allow_this_program_stops_the_next()
         assert!(row.contains(BASE64_TITLE), "{row}");
         assert!(row.contains("bash"), "the program: {row}");
         assert!(row.to_lowercase().contains("high"), "the severity: {row}");
+        // And the desktop was told: a notification naming the rule, its
+        // severity and the program, sent to the daemon.
+        let (title, body) = eventually("the alert's desktop notification", SOON, || async {
+            notes
+                .seen()
+                .into_iter()
+                .find(|(_, body)| body.contains(&needle))
+        })
+        .await;
+        assert!(
+            title.contains(BASE64_TITLE) && title.contains("high"),
+            "{title}"
+        );
+        assert!(body.contains("/bash"), "the program: {body}");
         // The view's counters line: how much the stage checked, at what cost.
         let stats = text(&c, "#detection-stats").await;
         assert!(

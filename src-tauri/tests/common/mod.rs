@@ -239,3 +239,81 @@ pub fn run_base64_to_shell(tag: &str) -> u32 {
     assert!(status.success(), "{status}");
     pid
 }
+
+/// A notification daemon (dunst) on the session bus, and the title and
+/// body of every `Notify` call the bus carries to it, seen by a monitor
+/// connection. Dropping it stops the daemon.
+pub struct Notifications {
+    daemon: std::process::Child,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+const NOTIFICATIONS_NAME: &str = "org.freedesktop.Notifications";
+
+impl Notifications {
+    pub fn start() -> Notifications {
+        let conn = zbus::blocking::Connection::session().expect("a session bus (dbus-run-session)");
+        let dbus = zbus::blocking::fdo::DBusProxy::new(&conn).expect("bus proxy");
+        let name = zbus::names::BusName::try_from(NOTIFICATIONS_NAME).expect("bus name");
+        assert!(
+            !dbus.name_has_owner(name.clone()).unwrap_or(false),
+            "another notification daemon is on this session bus"
+        );
+        let daemon = Command::new("dunst")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dunst runs (scripts/setup.sh installs it)");
+        wait_for("dunst on the session bus", Duration::from_secs(15), || {
+            dbus.name_has_owner(name.clone())
+                .unwrap_or(false)
+                .then_some(())
+        });
+        let monitor = zbus::blocking::Connection::session().expect("a monitor connection");
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::MethodCall)
+            .interface(NOTIFICATIONS_NAME)
+            .and_then(|b| b.member("Notify"))
+            .expect("match rule")
+            .build();
+        zbus::blocking::fdo::MonitoringProxy::new(&monitor)
+            .expect("monitoring proxy")
+            .become_monitor(&[rule], 0)
+            .expect("a monitor of the session bus");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&seen);
+        // Ends with the test process (the iterator waits for messages).
+        std::thread::spawn(move || {
+            type Notify = (
+                String,
+                u32,
+                String,
+                String,
+                String,
+                Vec<String>,
+                std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+                i32,
+            );
+            for msg in zbus::blocking::MessageIterator::from(monitor).flatten() {
+                if let Ok((_, _, _, title, body, ..)) = msg.body().deserialize::<Notify>() {
+                    into.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((title, body));
+                }
+            }
+        });
+        Notifications { daemon, seen }
+    }
+
+    /// The (title, body) of every notification sent so far.
+    pub fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
