@@ -243,13 +243,16 @@ pub fn run_base64_to_shell(tag: &str) -> u32 {
 /// A notification daemon (dunst) on the session bus, and the title and
 /// body of every `Notify` call the bus carries to it, seen by a monitor
 /// connection. Dropping it stops the daemon.
+#[allow(dead_code)] // the e2e tests use it, the tray tests do not
 pub struct Notifications {
     daemon: std::process::Child,
     seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
+#[allow(dead_code)]
 const NOTIFICATIONS_NAME: &str = "org.freedesktop.Notifications";
 
+#[allow(dead_code)]
 impl Notifications {
     pub fn start() -> Notifications {
         let conn = zbus::blocking::Connection::session().expect("a session bus (dbus-run-session)");
