@@ -89,10 +89,10 @@ fn main() -> ExitCode {
 
 /// GTK opens OpenGL when it opens the display, to pick a GL-capable
 /// visual, and Mesa's driver brings LLVM with it: 44 MB RSS (26 MB PSS) in
-/// an app that mostly sits in the tray. The dashboard does not need GTK's
-/// GL (WebKit renders in its own process and hands the UI shared-memory
-/// buffers without it), so it is switched off unless the user set
-/// `GDK_GL` themselves. Runs first in `main`, before any thread exists.
+/// an app that mostly sits in the tray. The dashboard renders without it
+/// (WebKit then turns its hardware acceleration off), so it is switched
+/// off unless the user set `GDK_GL` themselves (`GDK_GL=` keeps GL on).
+/// Runs first in `main`, before any thread exists.
 #[cfg(target_os = "linux")]
 fn without_gdk_gl() {
     if std::env::var_os("GDK_GL").is_none() {
