@@ -14,20 +14,13 @@ use std::time::Duration;
 
 use common::agent::{stderr, stdout, write_config, Agent, Launch};
 use common::root::require_root_because;
+use common::users::sh;
 use common::{heavy, wait_for, watched};
 use edr_config::ApiEnabled;
 
-const GROUP: &str = "edr-agent";
 const MEMBER: &str = "edr-read-member";
 const OUTSIDER: &str = "edr-read-outsider";
 const RULE_ID: &str = "0c6f2a1e-7d3b-4e5f-9a8b-1c2d3e4f5a6b";
-
-fn sh(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
-}
 
 /// The group, a member and an outsider: real entries in the user database.
 fn users() {
@@ -35,20 +28,7 @@ fn users() {
         "the read commands' API test",
         "it creates users and runs the agent as root",
     );
-    let _ = sh("groupadd", &["--system", GROUP]);
-    for u in [MEMBER, OUTSIDER] {
-        if !sh("id", &[u]).status.success() {
-            let o = sh(
-                "useradd",
-                &["--system", "--no-create-home", "--shell", "/bin/sh", u],
-            );
-            assert!(o.status.success(), "useradd {u}: {}", stderr(&o));
-        }
-    }
-    let o = sh("usermod", &["-a", "-G", GROUP, MEMBER]);
-    assert!(o.status.success(), "usermod: {}", stderr(&o));
-    // "not a member" is the expected answer.
-    let _ = sh("gpasswd", &["-d", OUTSIDER, GROUP]);
+    common::users::member_and_outsider(MEMBER, OUTSIDER);
 }
 
 /// `edr-agent ARGS` as `user` (root: directly).

@@ -12,19 +12,12 @@ use std::time::Duration;
 
 use common::agent::{write_config, Agent, Launch};
 use common::root::require_root_because;
+use common::users::{sh, GROUP};
 use common::{batch_sizes, wait_for, watched};
 use edr_config::ApiEnabled;
 
-const GROUP: &str = "edr-agent";
 const MEMBER: &str = "edr-api-member";
 const OUTSIDER: &str = "edr-api-outsider";
-
-fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
-}
 
 /// The group, a member and an outsider: real entries in the user database.
 fn users() {
@@ -32,35 +25,9 @@ fn users() {
         "the API test",
         "it creates users and runs the agent as root",
     );
-    // The tests run in parallel; the user database takes one writer.
+    // The tests run in parallel; once is enough for all of them.
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(make_users);
-}
-
-fn make_users() {
-    let _ = sh("groupadd", &["--system", GROUP]);
-    for u in [MEMBER, OUTSIDER] {
-        if !sh("id", &[u]).status.success() {
-            let o = sh(
-                "useradd",
-                &["--system", "--no-create-home", "--shell", "/bin/sh", u],
-            );
-            assert!(
-                o.status.success(),
-                "useradd {u}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-    }
-    let o = sh("usermod", &["-a", "-G", GROUP, MEMBER]);
-    assert!(
-        o.status.success(),
-        "usermod: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = sh("gpasswd", &["-d", OUTSIDER, GROUP]);
-    // "not a member" is the expected answer.
-    let _ = o;
+    ONCE.call_once(|| common::users::member_and_outsider(MEMBER, OUTSIDER));
 }
 
 /// `curl --unix-socket` as `user` (groups from the user database, as at a

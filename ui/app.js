@@ -208,6 +208,7 @@ function renderCoverage(c, engine) {
   if (!c) return;
   $('cov-process').textContent = c.process;
   $('cov-network').textContent = c.network;
+  $('cov-files').textContent = c.files;
   $('cov-watched').replaceChildren(...c.watched.map((p) => el('li', null, p)));
   $('cov-unwatched').replaceChildren(...c.unwatched.map((u) => {
     const li = el('li', null, u.path);

@@ -166,6 +166,7 @@ pub struct AlertView {
 pub struct CoverageView {
     pub process: String,
     pub network: String,
+    pub files: String,
     pub watched: Vec<String>,
     pub unwatched: Vec<UnwatchedView>,
 }
@@ -499,6 +500,7 @@ fn coverage_view(c: &Coverage) -> CoverageView {
     CoverageView {
         process: describe(&c.process_source, c.process_note.as_ref()),
         network: describe(&c.network_source, c.network_note.as_ref()),
+        files: describe(&c.file_source, c.file_note.as_ref()),
         watched: c.watched_paths.clone(),
         unwatched: c
             .unwatched_paths

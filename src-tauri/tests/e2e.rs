@@ -390,7 +390,19 @@ async fn engine_state(c: &Client) -> String {
 
 #[test]
 fn charts_appear_and_follow_the_engine() {
-    with_app(Fixture::new(1000, 5000), |c, _fx| async move {
+    with_app(Fixture::new(1000, 5000), |c, fx| async move {
+        // The Capture card names the file source the engine runs (as root
+        // here fanotify, else inotify), as `status` does.
+        let want = eventually("the engine's file source", START, || async {
+            fx.status()?.coverage.file_source
+        })
+        .await;
+        let files = eventually("the file source in the Capture card", SOON, || async {
+            let t = text(&c, "#cov-files").await;
+            t.starts_with(&want).then_some(t)
+        })
+        .await;
+        assert!(!files.contains("not collected"), "{files}");
         let titles = eventually("six charts", START, || async {
             let v = js(
                 &c,

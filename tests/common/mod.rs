@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod nats;
 pub mod root;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
