@@ -196,10 +196,12 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
     let mut notified: Option<(bool, u64)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A detection alert of the embedded engine wakes the loop at once: its
-    // notification should not wait for the next tick. (The service's are
-    // read each tick.)
+    // A detection alert wakes the loop at once, its notification should not
+    // wait for the next tick: the embedded engine's through its watch, the
+    // service's through the API's live stream (whose snapshots the loop
+    // does not use, so they are asked for rarely).
     let mut raised: Option<tokio::sync::watch::Receiver<u64>> = None;
+    let mut service_alerts: Option<edr_api::client::Stream> = None;
     loop {
         if raised.is_none() {
             raised = app
@@ -207,9 +209,30 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
                 .handle()
                 .and_then(|h| h.alert_raised());
         }
+        if service_alerts.is_none() {
+            if let Some(Backend::Service(c)) = app.state::<AppState>().backend() {
+                let opened =
+                    tokio::time::timeout(Duration::from_secs(2), c.stream(Duration::from_secs(60)))
+                        .await;
+                service_alerts = opened.ok().and_then(Result::ok);
+            }
+        }
         let engine_gone = tokio::select! {
             _ = tick.tick() => false,
             _ = wake.notified() => false,
+            item = async {
+                match service_alerts.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Ended or broken: the service stopped, or a new one is
+                // attached; opened again on the next turn if one answers.
+                if !matches!(item, Some(Ok(_))) {
+                    service_alerts = None;
+                }
+                false
+            }
             ok = async {
                 match raised.as_mut() {
                     Some(r) => r.changed().await.is_ok(),

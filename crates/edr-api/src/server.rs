@@ -767,6 +767,9 @@ struct StreamQuery {
 struct Streaming {
     engine: EngineHandle,
     ticker: tokio::time::Interval,
+    /// Wakes the stream when an alert is recorded, so it goes out at
+    /// once rather than at the next tick.
+    raised: Option<tokio::sync::watch::Receiver<u64>>,
     last_seq: u64,
     pending: VecDeque<Bytes>,
     shutdown: CancellationToken,
@@ -810,6 +813,7 @@ async fn stream(
     let state = Streaming {
         engine: s.engine.clone(),
         ticker,
+        raised: s.engine.alert_raised(),
         last_seq: since,
         pending: VecDeque::new(),
         shutdown: s.shutdown.clone(),
@@ -820,10 +824,21 @@ async fn stream(
             if let Some(l) = st.pending.pop_front() {
                 return Some((Ok::<_, Infallible>(l), st));
             }
-            tokio::select! {
+            let tick = tokio::select! {
                 _ = st.shutdown.cancelled() => return None,
-                _ = st.ticker.tick() => {}
-            }
+                _ = st.ticker.tick() => true,
+                open = async {
+                    match st.raised.as_mut() {
+                        Some(r) => r.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !open {
+                        st.raised = None;
+                    }
+                    false
+                }
+            };
             let a = st.engine.alerts(st.last_seq, ALERT_RING);
             st.last_seq = a.last_seq;
             for alert in &a.alerts {
@@ -831,9 +846,11 @@ async fn stream(
                     alert: Box::new(AlertRow::of(alert)),
                 }));
             }
-            st.pending.push_back(line(&StreamItem::Snapshot {
-                snapshot: Box::new(st.engine.snapshot()),
-            }));
+            if tick {
+                st.pending.push_back(line(&StreamItem::Snapshot {
+                    snapshot: Box::new(st.engine.snapshot()),
+                }));
+            }
         }
     });
     (

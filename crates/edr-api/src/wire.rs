@@ -260,7 +260,7 @@ pub struct PauseState {
 pub enum StreamItem {
     /// The engine's state, every `interval_ms`.
     Snapshot { snapshot: Box<edr_engine::Snapshot> },
-    /// A detection alert, as soon as the next tick after it was raised.
+    /// A detection alert, as soon as it is recorded.
     Alert { alert: Box<AlertRow> },
 }
 
