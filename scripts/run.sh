@@ -9,13 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# Where cargo puts the binaries (CARGO_TARGET_DIR, when set).
+target="${CARGO_TARGET_DIR:-target}"
 
 if [ "${1:-}" = "--headless" ]; then
   shift
   # No GUI packages for the agent alone.
   scripts/setup.sh --headless
   cargo build --release --bin edr-agent
-  exec target/release/edr-agent run "$@"
+  exec "$target"/release/edr-agent run "$@"
 fi
 
 scripts/setup.sh
@@ -25,4 +27,4 @@ if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   echo "run: use 'scripts/run.sh --headless' for the agent alone." >&2
   exit 2
 fi
-exec target/release/edr-agent-app "$@"
+exec "$target"/release/edr-agent-app "$@"
