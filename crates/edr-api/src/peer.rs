@@ -98,30 +98,26 @@ fn process_groups(pid: i32) -> Vec<u32> {
 pub fn current_user_name() -> Option<String> {
     // SAFETY: getuid has no side effects.
     let uid = unsafe { libc::getuid() };
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: zeroed `passwd` is a valid out-parameter for getpwuid_r.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; `buf` outlives it.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name is a NUL-terminated string in `buf`, alive here.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    name.to_str().ok().map(str::to_string)
+    with_passwd(uid, |pw| {
+        if pw.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: pw_name is a NUL-terminated string in getpwuid_r's
+        // buffer, alive for this call.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        name.to_str().ok().map(str::to_string)
+    })
+    .flatten()
 }
 
 /// The groups the user database gives a uid (primary included).
 fn user_groups(uid: u32) -> Vec<u32> {
+    with_passwd(uid, |pw| grouplist(pw.pw_name, pw.pw_gid)).unwrap_or_default()
+}
+
+/// Runs `f` on `uid`'s user database entry, whose strings live only as
+/// long as the call; None when there is no entry.
+fn with_passwd<T>(uid: u32, f: impl FnOnce(&libc::passwd) -> T) -> Option<T> {
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: zeroed `passwd` is a valid out-parameter for getpwuid_r.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -137,9 +133,9 @@ fn user_groups(uid: u32) -> Vec<u32> {
         )
     };
     if rc != 0 || result.is_null() {
-        return Vec::new();
+        return None;
     }
-    grouplist(pw.pw_name, pw.pw_gid)
+    Some(f(&pw))
 }
 
 #[cfg(not(target_os = "macos"))]
