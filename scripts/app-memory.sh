@@ -1,14 +1,17 @@
 #!/bin/sh
-# Memory of the desktop app: RSS and PSS of every process of the app (the
-# app and the WebKit processes it spawns), in the tray only, with its
-# dashboard open, and after the dashboard was closed the way a window
-# manager's close button closes it (a WM_DELETE_WINDOW message).
+# Memory of the desktop app: RSS, PSS and private memory of every process
+# of the app (the app and the WebKit processes it spawns), in the tray
+# only, with its dashboard open, and after the dashboard was closed the way
+# a window manager's close button closes it (a WM_DELETE_WINDOW message).
 #
-# Usage: scripts/app-memory.sh [APP_BINARY] [SETTLE_SECONDS]
+# Usage: scripts/app-memory.sh [APP_BINARY] [SETTLE_SECONDS] [CYCLES]
 #   APP_BINARY      default target/release/edr-agent-app (built by
 #                   `cargo build --release -p edr-agent-app`; this script
 #                   builds nothing)
 #   SETTLE_SECONDS  wait before each measurement, default 30
+#   CYCLES          times the dashboard is opened and closed, default 1;
+#                   measured open after the first opening and closed after
+#                   the last closing
 # EDR_APP_ENGINE=off in the environment starts the app without its engine,
 # so the difference of two runs is what the engine costs.
 #
@@ -20,6 +23,8 @@ set -eu
 
 app=${1:-target/release/edr-agent-app}
 settle=${2:-30}
+cycles=${3:-1}
+case $cycles in '' | *[!0-9]* | 0) echo "CYCLES must be a whole number of at least 1, not '$cycles'" >&2; exit 1 ;; esac
 
 if [ -z "${EDR_APP_MEMORY_INSIDE:-}" ]; then
     [ -x "$app" ] || { echo "no app binary at $app (cargo build --release -p edr-agent-app)" >&2; exit 1; }
@@ -28,7 +33,7 @@ if [ -z "${EDR_APP_MEMORY_INSIDE:-}" ]; then
     done
     exec env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY NO_AT_BRIDGE=1 EDR_APP_MEMORY_INSIDE=1 \
         dbus-run-session -- \
-        xvfb-run -a -s "-screen 0 1280x1000x24" "$0" "$app" "$settle"
+        xvfb-run -a -s "-screen 0 1280x1000x24" "$0" "$app" "$settle" "$cycles"
 fi
 
 work=$(mktemp -d)
@@ -69,28 +74,33 @@ descendants() {
         }' /proc/[0-9]*/stat 2>/dev/null | sort -n
 }
 
-# pid, name, RSS and PSS in KiB, shown in MiB.
-row() { awk -v p="$1" -v n="$2" -v r="$3" -v s="$4" 'BEGIN { printf "%8s  %-22s %10.1f %10.1f\n", p, n, r / 1024, s / 1024 }'; }
+# pid, name, RSS, PSS and private memory in KiB, shown in MiB.
+row() { awk -v p="$1" -v n="$2" -v r="$3" -v s="$4" -v v="$5" 'BEGIN { printf "%8s  %-22s %10.1f %10.1f %12.1f\n", p, n, r / 1024, s / 1024, v / 1024 }'; }
 
 kib() { awk -v k="$2" '$1 == k":" { print $2; exit }' "$1" 2>/dev/null; }
 
 measure() {
     printf '\n%s (EDR_APP_ENGINE=%s, %s s after the step)\n' "$1" "${EDR_APP_ENGINE:-on}" "$settle"
-    printf '%8s  %-22s %10s %10s\n' pid process "RSS MiB" "PSS MiB"
+    printf '%8s  %-22s %10s %10s %12s\n' pid process "RSS MiB" "PSS MiB" "private MiB"
     rss_sum=0
     pss_sum=0
+    priv_sum=0
     for pid in $(descendants "$app_pid"); do
         [ -r "/proc/$pid/status" ] || continue
         name=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
         rss=$(kib "/proc/$pid/status" VmRSS)
         pss=$(kib "/proc/$pid/smaps_rollup" Pss)
+        pclean=$(kib "/proc/$pid/smaps_rollup" Private_Clean)
+        pdirty=$(kib "/proc/$pid/smaps_rollup" Private_Dirty)
         # Kernel threads and exited processes have no memory of their own.
-        [ -n "$rss" ] && [ -n "$pss" ] || continue
+        [ -n "$rss" ] && [ -n "$pss" ] && [ -n "$pclean" ] && [ -n "$pdirty" ] || continue
+        priv=$((pclean + pdirty))
         rss_sum=$((rss_sum + rss))
         pss_sum=$((pss_sum + pss))
-        row "$pid" "$name" "$rss" "$pss"
+        priv_sum=$((priv_sum + priv))
+        row "$pid" "$name" "$rss" "$pss" "$priv"
     done
-    row "" total "$rss_sum" "$pss_sum"
+    row "" total "$rss_sum" "$pss_sum" "$priv_sum"
 }
 
 # X windows named like the dashboard.
@@ -112,6 +122,7 @@ wait_until() {
 has_dashboard() { [ -n "$(dashboard_windows)" ]; }
 no_dashboard() { [ -z "$(dashboard_windows)" ]; }
 has_webprocess() { for p in $(descendants "$app_pid"); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = WebKitWebProces ] && return 0; done; return 1; }
+no_webprocess() { ! has_webprocess; }
 
 # Sends WM_DELETE_WINDOW to a window, as a window manager's close button
 # does (Xvfb runs no window manager).
@@ -161,20 +172,33 @@ sleep "$settle"
 kill -0 "$app_pid" || { cat "$work/app.log" >&2; exit 1; }
 measure "tray only (started with --minimized)"
 
-# Opened: a second launch hands over to the running app, which opens its
-# dashboard, and exits.
-"$app" >>"$work/app.log" 2>&1
-wait_until "the dashboard window" has_dashboard
-wait_until "the web process" has_webprocess
-sleep "$settle"
-measure "dashboard open"
-
-# Closed: every window of that name gets WM_DELETE_WINDOW (GTK's toplevel
-# is one of them; the others ignore it).
-for w in $(dashboard_windows); do
-    close_window "$w"
+cycle=1
+while [ "$cycle" -le "$cycles" ]; do
+    # Opened: a second launch hands over to the running app, which opens
+    # its dashboard, and exits.
+    "$app" >>"$work/app.log" 2>&1
+    wait_until "the dashboard window" has_dashboard
+    wait_until "the web process" has_webprocess
+    if [ "$cycle" -eq 1 ]; then
+        sleep "$settle"
+        measure "dashboard open"
+    else
+        # Long enough for the page to load and draw its charts.
+        sleep 3
+    fi
+    # Closed: every window of that name gets WM_DELETE_WINDOW (GTK's
+    # toplevel is one of them; the others ignore it).
+    for w in $(dashboard_windows); do
+        close_window "$w"
+    done
+    wait_until "the dashboard to close" no_dashboard
+    wait_until "the web process to exit" no_webprocess
+    cycle=$((cycle + 1))
 done
-wait_until "the dashboard to close" no_dashboard
 sleep "$settle"
-measure "dashboard closed (after open and close)"
+if [ "$cycles" -eq 1 ]; then
+    measure "dashboard closed (after open and close)"
+else
+    measure "dashboard closed (after $cycles opens and closes)"
+fi
 kill -0 "$app_pid" || { echo "the app exited when its window closed" >&2; cat "$work/app.log" >&2; exit 1; }

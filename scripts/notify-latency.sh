@@ -3,11 +3,15 @@
 # the app's notification on the session bus, on its way to the desktop's
 # notification daemon (the time dbus-monitor receives the Notify call).
 #
-# Usage: scripts/notify-latency.sh [APP_BINARY] [RUNS]
-#   APP_BINARY  default target/release/edr-agent-app (built by
-#               `cargo build --release -p edr-agent-app`; this script builds
-#               nothing)
-#   RUNS        one-liners measured, default 20
+# Usage: scripts/notify-latency.sh [APP_BINARY] [RUNS] [AGENT_BINARY]
+#   APP_BINARY    default target/release/edr-agent-app (built by
+#                 `cargo build --release -p edr-agent-app`; this script
+#                 builds nothing)
+#   RUNS          one-liners measured, default 20
+#   AGENT_BINARY  when given, the alerts come from this `edr-agent run` as
+#                 the service (its API on a socket in the temp dir) and the
+#                 app is its client, as on a desktop with the service
+#                 installed; without it the app's embedded engine raises them
 #
 # It runs under its own Xvfb and private D-Bus session (nothing of the
 # caller's desktop is touched), with dunst as the notification daemon and
@@ -26,15 +30,17 @@ set -eu
 
 app=${1:-target/release/edr-agent-app}
 runs=${2:-20}
+agent=${3:-}
 
 if [ -z "${EDR_NOTIFY_LATENCY_INSIDE:-}" ]; then
     [ -x "$app" ] || { echo "no app binary at $app (cargo build --release -p edr-agent-app)" >&2; exit 1; }
+    [ -z "$agent" ] || [ -x "$agent" ] || { echo "no agent binary at $agent" >&2; exit 1; }
     for tool in xvfb-run dbus-run-session dbus-monitor dunst python3; do
         command -v "$tool" >/dev/null || { echo "$tool is needed (scripts/setup.sh)" >&2; exit 1; }
     done
     exec env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY NO_AT_BRIDGE=1 EDR_NOTIFY_LATENCY_INSIDE=1 \
         dbus-run-session -- \
-        xvfb-run -a -s "-screen 0 1280x1000x24" "$0" "$app" "$runs"
+        xvfb-run -a -s "-screen 0 1280x1000x24" "$0" "$app" "$runs" "$agent"
 fi
 
 work=$(mktemp -d)
@@ -58,6 +64,9 @@ detection:
 storage:
   local_storage:
     data_dir: "$work/data"
+api:
+  enabled: $([ -n "$agent" ] && echo true || echo false)
+  socket: "$work/api.sock"
 EOF
 export EDR_APP_CONFIG="$work/config.yaml"
 
@@ -87,12 +96,25 @@ dbus-monitor --session "type='method_call',interface='org.freedesktop.Notificati
     >"$work/monitor.txt" 2>&1 &
 pids="$pids $!"
 
+if [ -n "$agent" ]; then
+    "$agent" run --config "$work/config.yaml" >"$work/agent.log" 2>&1 &
+    pids="$pids $!"
+    wait_until 60 test -S "$work/api.sock" || { echo "the service's API did not come up" >&2; tail "$work/agent.log" >&2; exit 1; }
+    export EDR_APP_API_SOCKET="$work/api.sock"
+fi
 "$app" --minimized >"$work/app.log" 2>&1 &
 pids="$pids $!"
 # The engine is up once it has written its status.
 wait_until 60 test -s "$work/data/status.json" || { echo "the app's engine did not start" >&2; tail "$work/app.log" >&2; exit 1; }
 # Its first process scan and rule load.
 sleep 5
+if [ -n "$agent" ]; then
+    # Else the embedded engine would be measured under the service's name.
+    wait_until 30 grep -q "attached to the edr-agent service" "$work/app.log" ||
+        { echo "the app did not attach to the service" >&2; tail "$work/app.log" >&2; exit 1; }
+    grep -q "running the engine in the app" "$work/app.log" &&
+        { echo "the app fell back to its embedded engine" >&2; exit 1; }
+fi
 
 notifies() {
     grep -c 'member=Notify' "$work/monitor.txt" || true
@@ -114,6 +136,11 @@ while [ "$i" -le "$runs" ]; do
     i=$((i + 1))
 done
 
+if [ -n "$agent" ]; then
+    echo "alerts from the service ($agent), the app its client"
+else
+    echo "alerts from the app's embedded engine"
+fi
 python3 - "$work/starts.txt" "$work/monitor.txt" <<'EOF'
 import re, sys
 

@@ -5,10 +5,12 @@
 //! `scripts/test.sh` does.
 
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,7 @@ use edr_model::event::Timestamp;
 use edr_store::{batch_stats, list_batches, started_from_name};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
+use webdriver::{click, eventually, free_port, js};
 
 const START: Duration = Duration::from_secs(30);
 /// A debug build of the app, started by WebKitWebDriver on a loaded
@@ -137,13 +140,6 @@ fn create_files(dir: &std::path::Path, prefix: &str, n: usize) {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// Runs `scenario` against a fresh app on `fx`'s config. The WebDriver
 /// session is deleted (which ends the app) whether the scenario passed or
 /// panicked; then its panic is re-raised with the app's log.
@@ -198,25 +194,6 @@ impl Drop for LogOnPanic {
             eprintln!("--- app log ---\n{log}");
         }
     }
-}
-
-/// Polls `f` every 200 ms until it returns Some, or panics after `timeout`.
-async fn eventually<T, Fut>(what: &str, timeout: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn js(c: &Client, script: &str) -> Value {
-    c.execute(script, vec![]).await.expect("script")
 }
 
 /// Calls an app command the way the window does.
@@ -312,15 +289,6 @@ async fn text(c: &Client, css: &str) -> String {
         Ok(e) => e.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
-}
-
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
 fn field(key: &str) -> String {
@@ -524,6 +492,10 @@ fn charts_appear_and_follow_the_engine() {
             .await
             .expect_err("a paused that is not a boolean refused");
         assert!(e.to_string().contains("invalid args `paused`"), "{e}");
+        let e = invoke(&c, "set_autostart", json!({ "enabled": "yes" }))
+            .await
+            .expect_err("an enabled that is not a boolean refused");
+        assert!(e.to_string().contains("invalid args `enabled`"), "{e}");
         let e = invoke(
             &c,
             "add_exception",
@@ -553,12 +525,19 @@ fn charts_appear_and_follow_the_engine() {
             "preset_settings",
             "apply_settings",
             "set_paused",
+            "set_autostart",
             "add_exception",
             "remove_exception",
         ] {
             let e = invoke(&c, cmd, json!({})).await.expect_err(cmd);
             assert!(e.to_string().contains("invalid args"), "{cmd}: {e}");
         }
+        let autostart = fx.home().join(".config/autostart/edr-agent-app.desktop");
+        assert!(
+            !autostart.exists(),
+            "a refused set_autostart wrote {}",
+            autostart.display()
+        );
         assert_eq!(
             engine_state(&c).await,
             "running",

@@ -9,8 +9,10 @@
 
 #[allow(dead_code)] // the helpers the other app tests use
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use common::{descendants_named, wait_for, APP};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
+use webdriver::{click, eventually, free_port, js};
 
 /// The API's group (edr_config::api::API_GROUP).
 const GROUP: &str = "edr-agent";
@@ -80,13 +83,6 @@ fn make_user() -> (u32, u32) {
             .expect("numeric id")
     };
     (id("-u"), id("-g"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// The agent binary, built beside the app (`cargo test --workspace`
@@ -162,30 +158,12 @@ impl Drop for Driver {
     }
 }
 
-async fn js(c: &Client, script: &str) -> serde_json::Value {
-    c.execute(script, vec![]).await.expect("script")
-}
-
 async fn mode(c: &Client) -> String {
     js(c, "return document.getElementById('mode-text').textContent")
         .await
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-async fn eventually<T, Fut>(what: &str, timeout: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn agent_config(top: &Path, socket: &Path) -> PathBuf {
@@ -395,15 +373,6 @@ where
             Err(e) => panic!("scenario: {e}"),
         }
     }
-}
-
-async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
 async fn service_note(c: &Client) -> String {
