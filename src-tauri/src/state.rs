@@ -87,7 +87,10 @@ impl AppState {
             .unwrap_or_else(|| config::ApiConfig::default().socket_path());
         let (service, client) = look(&socket).await;
         let engine = match client {
-            Some(c) => Engine::Service(c),
+            Some(c) => {
+                tracing::info!(socket = %socket.display(), "attached to the edr-agent service");
+                Engine::Service(c)
+            }
             None => embedded(&config_path),
         };
         AppState {
