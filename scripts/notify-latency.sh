@@ -137,6 +137,8 @@ while [ "$i" -le "$runs" ]; do
 done
 
 if [ -n "$agent" ]; then
+    grep -q "running the engine in the app" "$work/app.log" &&
+        { echo "the app fell back to its embedded engine during the runs" >&2; exit 1; }
     echo "alerts from the service ($agent), the app its client"
 else
     echo "alerts from the app's embedded engine"
