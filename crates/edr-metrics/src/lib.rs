@@ -936,6 +936,34 @@ mod tests {
         assert_eq!(rows[0].rss_bytes, 5 * 1024 * 1024);
     }
 
+    /// The API sends history rows as JSON (`/v1/history`,
+    /// `/v1/stored/history`) and the client parses them: `report` through
+    /// the service must draw the same figures as `report` on the data dir.
+    /// Without serde_json's exact float parsing about one value in ten came
+    /// back a bit off.
+    #[test]
+    fn history_rows_survive_the_apis_json_unchanged() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for _ in 0..2000 {
+            let row = HistoryRow {
+                cpu_percent: (next() * 100.0) as f32,
+                events_per_sec: [(next() * 1e4) as f32, (next() * 1e5) as f32, next() as f32],
+                growth_per_day: next() * 1e10,
+                batch_latency_ms: (next() * 1e3) as f32,
+                ..HistoryRow::default()
+            };
+            let text = serde_json::to_string(&row).expect("serialize");
+            let back: HistoryRow = serde_json::from_str(&text).expect("parse");
+            assert_eq!(back, row, "{text}");
+        }
+    }
+
     #[test]
     fn history_records_how_processes_were_captured_and_detection_totals() {
         let dir = tempfile::tempdir().expect("tempdir");
