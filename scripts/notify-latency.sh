@@ -112,8 +112,6 @@ if [ -n "$agent" ]; then
     # Else the embedded engine would be measured under the service's name.
     wait_until 30 grep -q "attached to the edr-agent service" "$work/app.log" ||
         { echo "the app did not attach to the service" >&2; tail "$work/app.log" >&2; exit 1; }
-    grep -q "running the engine in the app" "$work/app.log" &&
-        { echo "the app fell back to its embedded engine" >&2; exit 1; }
 fi
 
 notifies() {
@@ -138,7 +136,7 @@ done
 
 if [ -n "$agent" ]; then
     grep -q "running the engine in the app" "$work/app.log" &&
-        { echo "the app fell back to its embedded engine during the runs" >&2; exit 1; }
+        { echo "the app fell back to its embedded engine: not a measure of the service" >&2; exit 1; }
     echo "alerts from the service ($agent), the app its client"
 else
     echo "alerts from the app's embedded engine"
