@@ -189,7 +189,8 @@ fn print_human(
     }
     if t.network_events_lost > 0 {
         out(format_args!(
-            "network events: {} lost (the kernel ring buffer was full)\n",
+            "network events: {} lost in the kernel (its ring buffer was full, or it skipped \
+             the program while it ran on the same CPU)\n",
             t.network_events_lost
         ))?;
     }

@@ -231,7 +231,9 @@ counters! {
         /// reported.
         total process_source_missed,
         /// Connection records the eBPF source lost: its kernel ring buffer
-        /// was full (the agent fell behind a burst).
+        /// was full (the agent fell behind a burst), or the kernel skipped
+        /// the program for a state change on a CPU where it was already
+        /// running (its recursion misses).
         total network_events_lost,
     }
 }

@@ -6,7 +6,10 @@
 //! sock_addr hooks for UDP; why these is written there) is a committed CO-RE object, relocated by aya against
 //! the kernel's BTF at load. Its records arrive through one ring buffer;
 //! records it had no room for are counted in the kernel and added to
-//! `network_events_lost`. A reading thread at real-time priority (the
+//! `network_events_lost`, as are the tracepoint's runs the kernel skipped
+//! (its recursion misses: a state change on a CPU where the program was
+//! already running, such as a softirq's that interrupted it, is not given
+//! to the program at all). A reading thread at real-time priority (the
 //! process source's budgeted [`Priority`]) describes each owner from
 //! `/proc/<pid>` the moment its first record arrives, while even a 20 ms
 //! connection's process still runs; the kernel's own copy of the pid,
@@ -26,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramFd};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,8 @@ const LOST_EVERY: Duration = Duration::from_secs(1);
 pub(super) struct Probe {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    /// The state tracepoint's program, for its recursion misses.
+    state_prog: ProgramFd,
     /// Owns the programs and their links.
     _ebpf: Ebpf,
 }
@@ -117,6 +122,13 @@ fn load() -> Result<Probe, String> {
     tp.load("inet_sock_set_state", &btf)
         .and_then(|()| tp.attach().map(drop))
         .map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
+    let state_prog = tp
+        .fd()
+        .map_err(|e| format!("program on_set_state: {}", chain(&e)))
+        .and_then(|fd| {
+            fd.try_clone()
+                .map_err(|e| format!("program on_set_state: {e}"))
+        })?;
     let root =
         cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted (UDP sends are seen there)")?;
     let cgroup = std::fs::File::open(&root)
@@ -140,6 +152,7 @@ fn load() -> Result<Probe, String> {
     Ok(Probe {
         ring,
         lost,
+        state_prog,
         _ebpf: ebpf,
     })
 }
@@ -305,6 +318,35 @@ impl Record {
     }
 }
 
+/// How many times the kernel skipped the program because it was already
+/// running on that CPU (`bpf_prog_info.recursion_misses`, Linux 5.12+; an
+/// older kernel reports 0). Each is one record never made. Aya's
+/// `ProgramInfo` does not expose the field, hence the direct call.
+fn recursion_misses(prog: &ProgramFd) -> Option<u64> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+    use std::os::fd::AsFd;
+    // SAFETY: both are plain C structs of integers, for which all zeroes
+    // is a valid value (and what the kernel expects in unused fields).
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    let fd = u32::try_from(prog.as_fd().as_raw_fd()).ok()?;
+    attr.info.bpf_fd = fd;
+    attr.info.info_len = u32::try_from(std::mem::size_of::<bpf_prog_info>()).ok()?;
+    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
+    // SAFETY: `attr` names a live program fd and points at `info`, whose
+    // length it gives; the kernel writes at most that many bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
+}
+
 /// TCP state names as the polling source reports them.
 fn state_name(state: u8) -> Option<&'static str> {
     Some(match state {
@@ -341,6 +383,7 @@ pub(super) struct Handler {
     /// Clock ticks per second, for the kernel's start times.
     hz: u64,
     lost_reported: u64,
+    misses_reported: u64,
 }
 
 impl Handler {
@@ -363,6 +406,7 @@ impl Handler {
                 .collect(),
             hz: clock_ticks_per_sec().unwrap_or(100),
             lost_reported: 0,
+            misses_reported: 0,
         }
     }
 
@@ -382,18 +426,29 @@ impl Handler {
     }
 
     fn count_lost(&mut self, probe: &Probe) {
-        let Ok(per_cpu) = probe.lost.get(&0, 0) else {
-            return;
-        };
-        let total: u64 = per_cpu.iter().sum();
-        let new = total.saturating_sub(self.lost_reported);
-        if new > 0 {
-            self.lost_reported = total;
-            self.counters.network_events_lost.fetch_add(new, Relaxed);
-            tracing::warn!(
-                lost = new,
-                "the kernel's connection ring buffer was full: records lost"
-            );
+        if let Ok(per_cpu) = probe.lost.get(&0, 0) {
+            let total: u64 = per_cpu.iter().sum();
+            let new = total.saturating_sub(self.lost_reported);
+            if new > 0 {
+                self.lost_reported = total;
+                self.counters.network_events_lost.fetch_add(new, Relaxed);
+                tracing::warn!(
+                    lost = new,
+                    "the kernel's connection ring buffer was full: records lost"
+                );
+            }
+        }
+        if let Some(total) = recursion_misses(&probe.state_prog) {
+            let new = total.saturating_sub(self.misses_reported);
+            if new > 0 {
+                self.misses_reported = total;
+                self.counters.network_events_lost.fetch_add(new, Relaxed);
+                tracing::warn!(
+                    lost = new,
+                    "the kernel skipped TCP state changes that arrived while the \
+                     connection program was already running on their CPU: records lost"
+                );
+            }
         }
     }
 
