@@ -111,9 +111,57 @@ fn opened_to(events: &[Value], port: u16) -> HashMap<u64, Value> {
         .collect()
 }
 
-/// Runs the workload against an agent on `source`; returns (stored with
-/// pid, executable and args; spawned) and the events.
-fn run_workload(source: NetworkSource, n: usize) -> (usize, usize, Vec<Value>) {
+/// What one run of the workload left: the children (pid to marker), the
+/// stored events, and the agent's final counters.
+struct Workload {
+    spawned: HashMap<u32, String>,
+    port: u16,
+    events: Vec<Value>,
+    totals: edr_pipeline::Totals,
+}
+
+/// How the workload's connections were stored.
+#[derive(Debug, Default)]
+struct Stored {
+    /// With pid, executable and the child's own arguments.
+    complete: usize,
+    /// With pid, marked `edr.enrichment: partial`: the process was gone
+    /// before its program could be read from /proc.
+    partial: usize,
+    /// With pid but neither complete nor marked partial: a wrong event.
+    unexplained: Vec<Value>,
+    /// No outbound connection stored for the child.
+    missing: usize,
+}
+
+impl Workload {
+    fn stored(&self) -> Stored {
+        let opened = opened_to(&self.events, self.port);
+        let mut s = Stored::default();
+        for (pid, marker) in &self.spawned {
+            let Some(e) = opened.get(&u64::from(*pid)) else {
+                s.missing += 1;
+                continue;
+            };
+            let named = e["process"]["executable"] == "/usr/bin/bash"
+                && e["process"]["args"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x.as_str().is_some_and(|s| s.contains(marker.as_str())))
+                });
+            if named {
+                s.complete += 1;
+            } else if e["edr"]["enrichment"] == "partial" {
+                s.partial += 1;
+            } else {
+                s.unexplained.push(e.clone());
+            }
+        }
+        s
+    }
+}
+
+/// Runs the workload against an agent on `source`.
+fn run_workload(source: NetworkSource, n: usize) -> Workload {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), |c| {
         c.collectors.file_monitor.enabled = false;
@@ -141,61 +189,95 @@ fn run_workload(source: NetworkSource, n: usize) -> (usize, usize, Vec<Value>) {
     server.join().expect("server");
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
-    let events = read_events(&data);
-    let opened = opened_to(&events, port);
-    let complete = spawned
-        .iter()
-        .filter(|(pid, marker)| {
-            opened.get(&u64::from(**pid)).is_some_and(|e| {
-                e["process"]["executable"] == "/usr/bin/bash"
-                    && e["process"]["args"].as_array().is_some_and(|a| {
-                        a.iter()
-                            .any(|x| x.as_str().is_some_and(|s| s.contains(marker.as_str())))
-                    })
-            })
-        })
-        .count();
-    (complete, spawned.len(), events)
+    Workload {
+        spawned,
+        port,
+        events: read_events(&data),
+        // The final figures, written at shutdown.
+        totals: edr_engine::read_status(&data).expect("status").totals,
+    }
 }
+
+/// Share of the children whose connection must be stored with their
+/// program. Polling every 1-4 s stores a few percent of these 20-50 ms
+/// connections; the event source stored 99-100% on this machine. Half is
+/// far from both, so it tells the two apart however busy the machine is;
+/// what is deterministic (every connection stored or counted, every stored
+/// one named or marked partial) is asserted exactly.
+const EVENT_FLOOR: f64 = 0.5;
 
 #[test]
 fn every_short_connection_of_a_short_process_is_stored_with_its_program() {
     require_root("the eBPF connection source");
     let _heavy = common::heavy();
     const N: usize = 1000;
-    let (complete, spawned, events) = run_workload(NetworkSource::Auto, N);
+    let w = run_workload(NetworkSource::Auto, N);
+    let s = w.stored();
+    let t = &w.totals;
     eprintln!(
-        "eBPF: {complete} of {spawned} connections stored with pid, executable and args ({:.1}%)",
-        complete as f64 * 100.0 / spawned as f64
+        "eBPF: {} of {} connections stored with pid, executable and args ({:.1}%), {} \
+         partial, {} missing; counted: {} network and {} process events dropped from the \
+         queue, {} network records and {} process events lost",
+        s.complete,
+        w.spawned.len(),
+        s.complete as f64 * 100.0 / w.spawned.len() as f64,
+        s.partial,
+        s.missing,
+        t.dropped[2],
+        t.dropped[0],
+        t.network_events_lost,
+        t.process_events_lost,
     );
-    assert_eq!(spawned, N);
+    assert_eq!(w.spawned.len(), N);
+    // Every stored connection names its program or says it could not.
     assert!(
-        complete * 100 >= spawned * 99,
-        "only {complete} of {spawned} connections were stored with their program"
+        s.unexplained.is_empty(),
+        "{} connections stored with a pid but neither their program nor `partial`: {:?}",
+        s.unexplained.len(),
+        s.unexplained.first()
+    );
+    // Every connection not stored was counted: each lost record, or event
+    // dropped from the queue, is at most one connection's open.
+    assert!(
+        s.missing as u64 <= t.network_events_lost + t.dropped[2],
+        "{} connections neither stored nor counted: {t:?}",
+        s.missing
+    );
+    assert!(
+        s.complete as f64 >= N as f64 * EVENT_FLOOR,
+        "only {} of {N} connections were stored with their program: {t:?}",
+        s.complete
     );
     // The connection's process is the one the process collector reported:
-    // their entity ids join.
-    let started: HashSet<&str> = events
+    // their entity ids join, whether its program was read or not (the id
+    // comes from the kernel's pid and start time), unless the process's
+    // start was lost or dropped, which is counted.
+    let started: HashSet<&str> = w
+        .events
         .iter()
         .filter(|e| e["event"]["category"][0] == "process" && e["event"]["type"][0] == "start")
         .filter_map(|e| str_field(e, "process.entity_id"))
         .collect();
-    let joined = events
-        .iter()
-        .filter(|e| e["edr"]["source"] == "event" && e["network"]["transport"] == "tcp")
-        .filter(|e| str_field(e, "event.action") == Some("connection-opened"))
-        .filter(|e| e["process"]["executable"] == "/usr/bin/bash")
-        .filter(|e| str_field(e, "process.entity_id").is_some_and(|id| started.contains(id)))
-        .count();
+    let unjoined = opened_to(&w.events, w.port)
+        .into_iter()
+        .filter(|(pid, _)| u32::try_from(*pid).is_ok_and(|p| w.spawned.contains_key(&p)))
+        .filter(|(_, e)| e["edr"]["source"] == "event")
+        .filter(|(_, e)| !str_field(e, "process.entity_id").is_some_and(|id| started.contains(id)))
+        .count() as u64;
     assert!(
-        joined * 100 >= spawned * 99,
-        "{joined} of {spawned} connections join their process's start event"
+        unjoined <= t.process_events_lost + t.dropped[0],
+        "{unjoined} connections' processes have no start event, and only {} process events \
+         were counted lost or dropped",
+        t.process_events_lost + t.dropped[0]
     );
 
-    let (polled, spawned, _) = run_workload(NetworkSource::Scan, N);
+    let w = run_workload(NetworkSource::Scan, N);
+    let s = w.stored();
     eprintln!(
-        "polling: {polled} of {spawned} connections stored with pid, executable and args ({:.1}%)",
-        polled as f64 * 100.0 / spawned as f64
+        "polling: {} of {} connections stored with pid, executable and args ({:.1}%)",
+        s.complete,
+        w.spawned.len(),
+        s.complete as f64 * 100.0 / w.spawned.len() as f64
     );
 }
 
