@@ -202,6 +202,11 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
     // does not use, so they are asked for rarely).
     let mut raised: Option<tokio::sync::watch::Receiver<u64>> = None;
     let mut service_alerts: Option<edr_api::client::Stream> = None;
+    // A service that accepts connections but does not answer costs each
+    // attempt its whole 2 s limit, and the loop waits for it: attempts
+    // that fail are spaced out (the tick's alert query still notifies
+    // within a second meanwhile).
+    let mut stream_retry = Retry::default();
     loop {
         if raised.is_none() {
             raised = app
@@ -209,12 +214,13 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
                 .handle()
                 .and_then(|h| h.alert_raised());
         }
-        if service_alerts.is_none() {
+        if service_alerts.is_none() && stream_retry.due(tokio::time::Instant::now()) {
             if let Some(Backend::Service(c)) = app.state::<AppState>().backend() {
                 let opened =
                     tokio::time::timeout(Duration::from_secs(2), c.stream(Duration::from_secs(60)))
                         .await;
                 service_alerts = opened.ok().and_then(Result::ok);
+                stream_retry.record(service_alerts.is_some(), tokio::time::Instant::now());
             }
         }
         let engine_gone = tokio::select! {
@@ -279,6 +285,41 @@ async fn update_loop(app: AppHandle, items: Items, wake: Arc<Notify>) {
         if let (Some(b), Some(snap), Some((_, seq))) = (&backend, &snap, notified.as_mut()) {
             notify_new_alerts(&app, &snap.alerts, &mut alerts);
             notify_detections(&app, b, seq).await;
+        }
+    }
+}
+
+/// When to try again something that failed: after 1 s, then twice as
+/// long after each failure, at most 30 s; at once after a success.
+#[derive(Debug)]
+struct Retry {
+    next: Option<tokio::time::Instant>,
+    wait: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn due(&self, now: tokio::time::Instant) -> bool {
+        self.next.is_none_or(|t| now >= t)
+    }
+
+    fn record(&mut self, ok: bool, now: tokio::time::Instant) {
+        if ok {
+            *self = Retry::default();
+        } else {
+            self.next = Some(now + self.wait);
+            self.wait = (self.wait * 2).min(Retry::MAX);
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            next: None,
+            wait: Retry::FIRST,
         }
     }
 }
@@ -425,6 +466,30 @@ fn notify_new_alerts(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failed_attempts_are_spaced_out_and_a_success_resets_them() {
+        use super::Retry;
+        let t0 = tokio::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut r = Retry::default();
+        assert!(r.due(t0));
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..7 {
+            r.record(false, now);
+            let next = r.next.expect("a retry time after a failure");
+            assert!(!r.due(next - std::time::Duration::from_millis(1)));
+            assert!(r.due(next));
+            waits.push((next - now).as_secs());
+            now = next;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        r.record(true, now);
+        assert!(r.due(now));
+        r.record(false, now);
+        assert_eq!(r.next, Some(now + s(1)));
+    }
+
     use super::*;
 
     fn engine(state: EngineState, alerting: bool) -> EngineView {
