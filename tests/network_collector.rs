@@ -395,3 +395,70 @@ fn short_connections_of_short_processes_are_recorded_by_polling() {
     rt.block_on(task).expect("collector");
     assert_eq!(seen.len(), CONNECTIONS, "recorded {seen:?}");
 }
+
+/// The first scan reports every socket open at start in one burst; on a
+/// busy server that is more than the event queue holds. The scan waits
+/// for room instead of dropping (for up to 10 s in all), so an agent
+/// started there still records every connection that was open. Here a
+/// queue of 256 and 2,000 connections in TIME_WAIT: without the wait,
+/// most of them were dropped before the reader, 0.5 s late, began.
+#[test]
+fn an_inventory_larger_than_the_queue_is_stored_whole() {
+    const QUEUE: usize = 256;
+    const SOCKETS: usize = 2000;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // The side that closes first keeps its end in TIME_WAIT for a minute,
+    // with no descriptor: every scan lists it.
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..SOCKETS {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        ports.insert(c.local_addr().expect("addr").port());
+        let (s, _) = listener.accept().expect("accept");
+        drop(c);
+        drop(s);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (ctx, rx) = edr_collect::CollectorContext::standalone(QUEUE);
+    let (counters, cancel) = (Arc::clone(&ctx.counters), ctx.cancel.clone());
+    let cfg = NetworkMonitorConfig {
+        enabled: true,
+        // One scan: the inventory.
+        scan_interval_ms: 60_000,
+        max_scan_interval_ms: 60_000,
+        source: NetworkSource::Scan,
+    };
+    rt.spawn(network::run(cfg, ctx));
+    // The scan fills the queue before anything reads it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = std::collections::HashSet::new();
+    let end = Instant::now() + DEADLINE;
+    while !ports.is_subset(&seen) && Instant::now() < end {
+        let Ok(e) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let v = serde_json::to_value(&e).expect("serializes");
+        if action(&v) == "connected" && v["destination"]["port"] == port {
+            if let Some(p) = v["source"]["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+            {
+                seen.insert(p);
+            }
+        }
+    }
+    cancel.cancel();
+    let dropped = counters.dropped.get(edr_model::event::EventType::Network);
+    let missing = ports.difference(&seen).count();
+    assert_eq!(
+        (missing, dropped),
+        (0, 0),
+        "{missing} of {} TIME_WAIT connections not in the inventory, {dropped} network events \
+         dropped",
+        ports.len()
+    );
+}

@@ -14,7 +14,7 @@ use std::sync::mpsc::{
     self, Receiver, RecvError, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edr_model::event::{Event, EventType};
 use serde::{Deserialize, Serialize};
@@ -271,6 +271,32 @@ impl EventTx {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.counters.dropped.add(t, 1);
                 false
+            }
+        }
+    }
+
+    /// Offers an event, waiting for room until `deadline`; counted as
+    /// dropped if the queue is still full then. For a collector's one-off
+    /// burst on a thread that may block, such as the inventory of a
+    /// server's sockets at start, which would overflow the queue at once
+    /// although the writer drains it in a second.
+    pub fn send_by(&self, event: Event, deadline: Instant) -> bool {
+        let t = event.event_type();
+        let mut event = Box::new(event);
+        loop {
+            match self.tx.try_send(event) {
+                Ok(()) => {
+                    self.counters.produced.add(t, 1);
+                    return true;
+                }
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    event = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.counters.dropped.add(t, 1);
+                    return false;
+                }
             }
         }
     }

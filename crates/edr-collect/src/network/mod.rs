@@ -440,6 +440,9 @@ impl WarnLimiter {
 }
 
 /// Everything one scan needs; moved onto the blocking pool and back.
+/// How long the inventory may wait for room in the queue, in all.
+const INVENTORY_PATIENCE: Duration = Duration::from_secs(10);
+
 struct ScanState {
     lister: Option<platform::Lister>,
     host_name: String,
@@ -486,11 +489,21 @@ impl ScanState {
             return 0;
         }
         let tx = &self.tx;
+        let cancel = &self.cancel;
+        // The first scan reports every open socket at once; on a busy
+        // server that is tens of thousands, more than the queue holds, so
+        // it waits for room (it runs where blocking is allowed). Later
+        // scans report changes as they come, dropping and counting what
+        // does not fit.
+        let patient = (self.tracker.scans == 0).then(|| started + INVENTORY_PATIENCE);
         let mut changes = 0;
         self.tracker
             .update(&self.sockets, Instant::now(), Timestamp::now(), &mut |e| {
                 changes += 1;
-                tx.send(e);
+                match patient {
+                    Some(deadline) if !cancel.is_cancelled() => tx.send_by(e, deadline),
+                    _ => tx.send(e),
+                };
             });
         tracing::debug!(
             sockets = self.sockets.len(),
