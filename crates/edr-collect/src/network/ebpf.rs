@@ -366,6 +366,15 @@ fn state_name(state: u8) -> Option<&'static str> {
 
 type PeerKey = (Transport, SocketAddr, SocketAddr);
 
+/// Why the kernel lost connection records.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// The ring buffer had no room.
+    RingFull,
+    /// The program was already running on that CPU (a recursion miss).
+    Skipped,
+}
+
 /// Turns records into events.
 pub(super) struct Handler {
     origin: Origin,
@@ -427,29 +436,35 @@ impl Handler {
 
     fn count_lost(&mut self, probe: &Probe) {
         if let Ok(per_cpu) = probe.lost.get(&0, 0) {
-            let total: u64 = per_cpu.iter().sum();
-            let new = total.saturating_sub(self.lost_reported);
-            if new > 0 {
-                self.lost_reported = total;
-                self.counters.network_events_lost.fetch_add(new, Relaxed);
-                tracing::warn!(
-                    lost = new,
-                    "the kernel's connection ring buffer was full: records lost"
-                );
-            }
+            let total = per_cpu.iter().sum();
+            self.add_lost(total, Lost::RingFull);
         }
         if let Some(total) = recursion_misses(&probe.state_prog) {
-            let new = total.saturating_sub(self.misses_reported);
-            if new > 0 {
-                self.misses_reported = total;
-                self.counters.network_events_lost.fetch_add(new, Relaxed);
-                tracing::warn!(
-                    lost = new,
-                    "the kernel skipped TCP state changes that arrived while the \
-                     connection program was already running on their CPU: records lost"
-                );
-            }
+            self.add_lost(total, Lost::Skipped);
         }
+    }
+
+    /// Adds what a kernel counter (`total` since the load) gained since
+    /// it was last read to `network_events_lost`.
+    fn add_lost(&mut self, total: u64, why: Lost) {
+        let reported = match why {
+            Lost::RingFull => &mut self.lost_reported,
+            Lost::Skipped => &mut self.misses_reported,
+        };
+        let new = total.saturating_sub(*reported);
+        if new == 0 {
+            return;
+        }
+        *reported = total;
+        self.counters.network_events_lost.fetch_add(new, Relaxed);
+        let reason = match why {
+            Lost::RingFull => "the kernel's connection ring buffer was full",
+            Lost::Skipped => {
+                "the kernel skipped TCP state changes that arrived while the connection \
+                 program was already running on their CPU"
+            }
+        };
+        tracing::warn!(lost = new, reason, "connection records lost");
     }
 
     /// The events of one record. `offset_ns` is the wall clock minus the
