@@ -466,11 +466,12 @@ fn notify_new_alerts(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn failed_attempts_are_spaced_out_and_a_success_resets_them() {
-        use super::Retry;
         let t0 = tokio::time::Instant::now();
-        let s = std::time::Duration::from_secs;
+        let s = Duration::from_secs;
         let mut r = Retry::default();
         assert!(r.due(t0));
         let mut waits = Vec::new();
@@ -478,7 +479,7 @@ mod tests {
         for _ in 0..7 {
             r.record(false, now);
             let next = r.next.expect("a retry time after a failure");
-            assert!(!r.due(next - std::time::Duration::from_millis(1)));
+            assert!(!r.due(next - Duration::from_millis(1)));
             assert!(r.due(next));
             waits.push((next - now).as_secs());
             now = next;
@@ -489,8 +490,6 @@ mod tests {
         r.record(false, now);
         assert_eq!(r.next, Some(now + s(1)));
     }
-
-    use super::*;
 
     fn engine(state: EngineState, alerting: bool) -> EngineView {
         EngineView {

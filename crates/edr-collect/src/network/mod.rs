@@ -439,10 +439,10 @@ impl WarnLimiter {
     }
 }
 
-/// Everything one scan needs; moved onto the blocking pool and back.
 /// How long the inventory may wait for room in the queue, in all.
 const INVENTORY_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Everything one scan needs; moved onto the blocking pool and back.
 struct ScanState {
     lister: Option<platform::Lister>,
     host_name: String,
