@@ -375,6 +375,18 @@ enum Lost {
     Skipped,
 }
 
+impl Lost {
+    fn reason(self) -> &'static str {
+        match self {
+            Lost::RingFull => "the kernel's connection ring buffer was full",
+            Lost::Skipped => {
+                "the kernel skipped TCP state changes that arrived while the connection \
+                 program was already running on their CPU"
+            }
+        }
+    }
+}
+
 /// Turns records into events.
 pub(super) struct Handler {
     origin: Origin,
@@ -457,14 +469,7 @@ impl Handler {
         }
         *reported = total;
         self.counters.network_events_lost.fetch_add(new, Relaxed);
-        let reason = match why {
-            Lost::RingFull => "the kernel's connection ring buffer was full",
-            Lost::Skipped => {
-                "the kernel skipped TCP state changes that arrived while the connection \
-                 program was already running on their CPU"
-            }
-        };
-        tracing::warn!(lost = new, reason, "connection records lost");
+        tracing::warn!(lost = new, reason = why.reason(), "connection records lost");
     }
 
     /// The events of one record. `offset_ns` is the wall clock minus the
