@@ -188,6 +188,10 @@ struct PipelineArgs {
     /// Adaptive batching on, or off (the default config).
     #[arg(long, default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
     adaptive: bool,
+    /// The detection stage with the built-in rules on (the default config),
+    /// or off: the storage path alone.
+    #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    detection: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -760,11 +764,12 @@ fn pipeline_runs(a: PipelineArgs) -> anyhow::Result<()> {
         Codec::None => None,
     };
     out(format_args!(
-        "pipeline: {:?}{}, max_events_per_batch {}, adaptive batching {}, {} a run\n",
+        "pipeline: {:?}{}, max_events_per_batch {}, adaptive batching {}, detection {}, {} a run\n",
         a.compression,
         a.level.map(|l| format!(" level {l}")).unwrap_or_default(),
         a.batch,
         if a.adaptive { "on" } else { "off" },
+        if a.detection { "on" } else { "off" },
         humantime::format_duration(a.duration)
     ))?;
     out(format_args!(
@@ -788,6 +793,7 @@ fn pipeline_runs(a: PipelineArgs) -> anyhow::Result<()> {
             level: a.level,
             batch: a.batch,
             adaptive: a.adaptive,
+            detection: a.detection,
         };
         let r: PipelineReport = pipeline::run(&run, &work.path)?;
         out(format_args!(

@@ -32,6 +32,8 @@ pub struct PipelineRun {
     pub level: Option<u32>,
     pub batch: u32,
     pub adaptive: bool,
+    /// The detection stage (built-in rules), as the default config has it.
+    pub detection: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,6 +77,7 @@ fn config(run: &PipelineRun, data_dir: &Path) -> Config {
     c.storage.local_storage.data_dir = Some(data_dir.display().to_string());
     c.agent.max_events_per_batch = run.batch;
     c.agent.adaptive_batching.enabled = run.adaptive;
+    c.detection.enabled = run.detection;
     let ls = &mut c.storage.local_storage;
     match run.compression {
         Some(codec) => {
