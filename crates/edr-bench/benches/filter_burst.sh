@@ -7,6 +7,8 @@ set -u
 #   crates/edr-bench/benches/filter_burst.sh 0 0          # no filtering
 #   crates/edr-bench/benches/filter_burst.sh 0 10000      # exact repeats only
 #   crates/edr-bench/benches/filter_burst.sh 1000 10000   # the defaults
+# A third argument sets collectors.file_monitor.source (default auto:
+# fanotify as root, inotify otherwise), e.g. `0 0 inotify`.
 B=${EDR_AGENT:-target/release/edr-agent}
 root=$(mktemp -d); mkdir -p $root/w
 cat > $root/c.yaml <<YAML
@@ -14,7 +16,7 @@ storage: {local_storage: {data_dir: $root/data}}
 collectors:
   process_monitor: {enabled: false}
   network_monitor: {enabled: false}
-  file_monitor: {watch_paths: [$root/w]}
+  file_monitor: {watch_paths: [$root/w], source: ${3:-auto}}
 filters: {coalesce_file_changes_ms: $1, repeat_window_ms: $2}
 YAML
 $B run --config $root/c.yaml --log warn & P=$!
