@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -603,6 +603,57 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
         .filter(|p| !stored_from.contains_key(p))
         .count() as u64;
     let reused = made_from.values().filter(|n| **n > 1).count();
+    // What was stored, for a failure to say where the missing went: by
+    // action, direction, socket state and whether it names its program.
+    let mut census: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["network"].is_object()) {
+        let key = format!(
+            "{} {} {} process:{}",
+            str_field(e, "event.action").unwrap_or("-"),
+            str_field(e, "network.direction").unwrap_or("-"),
+            str_field(e, "edr.socket_state").unwrap_or("-"),
+            e["process"].is_object()
+        );
+        *census.entry(key).or_default() += 1;
+    }
+    // Every stored event that names a port none of whose connections was
+    // stored as opened, for the first few such ports.
+    let unexplained: Vec<u16> = made_from
+        .keys()
+        .filter(|p| !stored_from.contains_key(p))
+        .take(5)
+        .copied()
+        .collect();
+    let mut traces = String::new();
+    for p in &unexplained {
+        traces.push_str(&format!("\n  port {p}, made {}:", made_from[p]));
+        for e in events
+            .iter()
+            .filter(|e| e["source"]["port"] == *p || e["destination"]["port"] == *p)
+        {
+            traces.push_str(&format!(
+                "\n    {} {} {} {}:{} -> {}:{} pid {}",
+                str_field(e, "@timestamp").unwrap_or("-"),
+                str_field(e, "event.action").unwrap_or("-"),
+                str_field(e, "network.direction").unwrap_or("-"),
+                e["source"]["ip"],
+                e["source"]["port"],
+                e["destination"]["ip"],
+                e["destination"]["port"],
+                e["process"]["pid"]
+            ));
+        }
+    }
+    let t = edr_model::event::EventType::Network.index();
+    let ledger = format!(
+        "network events: produced {}, dropped {}, filtered {}, stored {}, store_failed {}; \
+         stored by kind: {census:?}{traces}",
+        totals.produced[t],
+        totals.dropped[t],
+        totals.filtered[t],
+        totals.stored[t],
+        totals.store_failed[t]
+    );
     eprintln!(
         "flood: {made} connections in {:.1} s from {} ports ({reused} reused), \
          {stored_opened} stored, {missing} not stored; counted: {dropped} dropped from \
@@ -622,10 +673,11 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
     assert!(
         missing <= dropped + lost + repeats,
         "{missing} connections neither stored nor counted ({made} made, {stored_opened} \
-         stored, {dropped} dropped, {lost} lost, {repeats} repeats)"
+         stored, {dropped} dropped, {lost} lost, {repeats} repeats); {ledger}"
     );
     assert!(
         never_stored <= dropped + lost,
-        "{never_stored} source ports with no connection stored, {dropped} dropped, {lost} lost"
+        "{never_stored} source ports with no connection stored, {dropped} dropped, {lost} \
+         lost; {ledger}"
     );
 }
