@@ -533,6 +533,7 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
     let pid = agent.pid();
     let mut max_rss = 0;
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let mut made = 0u64;
     // Connections made, by their source port: on loopback the kernel
     // reuses a port in TIME_WAIT (net.ipv4.tcp_tw_reuse's default), so
@@ -644,10 +645,30 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
             ));
         }
     }
+    // When the flood ran, and when the other listeners (other tests'
+    // programs on this machine) started and stopped.
+    let flood_from = wall_ms(started_wall);
+    let flood_to = wall_ms(started_wall + elapsed);
+    let mut others = String::new();
+    for e in events.iter().filter(|e| {
+        matches!(
+            str_field(e, "event.action"),
+            Some("listen-started" | "listen-stopped")
+        ) && e["source"]["port"] != port
+    }) {
+        others.push_str(&format!(
+            " {} {} port {} pid {};",
+            str_field(e, "@timestamp").unwrap_or("-"),
+            str_field(e, "event.action").unwrap_or("-"),
+            e["source"]["port"],
+            e["process"]["pid"]
+        ));
+    }
     let t = edr_model::event::EventType::Network.index();
     let ledger = format!(
-        "network events: produced {}, dropped {}, filtered {}, stored {}, store_failed {}; \
-         stored by kind: {census:?}{traces}",
+        "flood from {flood_from} to {flood_to}; other listeners:{others} network events: \
+         produced {}, dropped {}, filtered {}, stored {}, store_failed {}; stored by kind: \
+         {census:?}{traces}",
         totals.produced[t],
         totals.dropped[t],
         totals.filtered[t],
@@ -680,4 +701,13 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
         "{never_stored} source ports with no connection stored, {dropped} dropped, {lost} \
          lost; {ledger}"
     );
+}
+
+/// `t` as the stored events write it (UTC, milliseconds).
+fn wall_ms(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    edr_model::event::Timestamp(u64::try_from(ms).unwrap_or(0)).to_string()
 }
