@@ -1,6 +1,6 @@
 //! The docs name files of this repository (a source file, a script, a
 //! fixture) for a reader to open or run: each one named must exist. Moving
-//! code into crates once left three such names pointing nowhere.
+//! code into crates once left five such names pointing nowhere.
 
 use std::path::Path;
 

@@ -601,7 +601,8 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
     // `filters.repeat_window_ms` but for its time (same process, same
     // addresses: a reused port) is dropped by the filter as a repeat and
     // counted under `filtered`.
-    let repeats = totals.filtered[2];
+    let t = edr_model::event::EventType::Network.index();
+    let repeats = totals.filtered[t];
     let count = |side: &HashMap<u16, u64>, p: &u16| side.get(p).copied().unwrap_or(0);
     // Connections stored by neither side, per port.
     let missing: u64 = made_from
@@ -687,7 +688,6 @@ fn a_connection_flood_keeps_memory_bounded_and_counts_what_it_drops() {
             e["process"]["pid"]
         ));
     }
-    let t = edr_model::event::EventType::Network.index();
     let ledger = format!(
         "flood from {flood_from} to {flood_to}; other listeners:{others} network events: \
          produced {}, dropped {}, filtered {}, stored {}, store_failed {}; stored by kind: \
