@@ -387,7 +387,7 @@ impl ArgsCache {
 pub(super) fn read_loop(
     output: impl BufRead,
     mut translator: Translator,
-    tx: &SyncSender<Change>,
+    tx: &SyncSender<Box<Change>>,
     counters: &Counters,
 ) -> io::Result<()> {
     let mut out = Vec::new();
@@ -433,7 +433,7 @@ pub(super) fn read_loop(
             }
         }
         for change in out.drain(..) {
-            match tx.try_send(change) {
+            match tx.try_send(Box::new(change)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => counters.dropped.add(EventType::File, 1),
                 Err(TrySendError::Disconnected(_)) => return false,
@@ -763,7 +763,7 @@ mod tests {
         let (tx, rx) = mpsc::sync_channel(queue);
         read_loop(input, translator(), &tx, &counters).expect("reads");
         drop(tx);
-        (rx.iter().collect(), counters)
+        (rx.iter().map(|c| *c).collect(), counters)
     }
 
     #[test]

@@ -472,7 +472,7 @@ pub(super) fn read_loop(
     fan: Fanotify,
     prefixes: Prefixes,
     host: &str,
-    tx: SyncSender<Change>,
+    tx: SyncSender<Box<Change>>,
     counters: Arc<Counters>,
     stop: &CancellationToken,
 ) {
@@ -539,7 +539,7 @@ fn handle(
     prefixes: &Prefixes,
     resolver: &mut Resolver,
     actors: &mut Actors,
-    tx: &SyncSender<Change>,
+    tx: &SyncSender<Box<Change>>,
     counters: &Counters,
 ) {
     let meaning = meaning(ev.mask);
@@ -615,7 +615,7 @@ fn handle(
         } else {
             process.clone()
         };
-        if let Err(TrySendError::Full(_)) = tx.try_send(change) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(Box::new(change)) {
             counters.dropped.add(EventType::File, 1);
         }
     }

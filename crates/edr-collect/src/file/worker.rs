@@ -255,28 +255,28 @@ impl Worker {
     /// eslogger), until cancelled or the source is gone; then what is
     /// still queued.
     #[cfg(any(target_os = "linux", target_os = "macos"))]
-    pub(super) fn run_changes(&mut self, rx: &Receiver<Change>, stop: &CancellationToken) {
+    pub(super) fn run_changes(&mut self, rx: &Receiver<Box<Change>>, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             match rx.recv_timeout(IDLE_WAIT) {
-                Ok(c) => self.emit(c),
+                Ok(c) => self.emit(*c),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         while let Ok(c) = rx.recv_timeout(Duration::from_secs(1)) {
-            self.emit(c);
+            self.emit(*c);
         }
     }
 
     /// Translates raw events until cancelled or the watcher is gone.
-    pub(super) fn run(&mut self, raw: &Receiver<Raw>, stop: &CancellationToken) {
+    pub(super) fn run(&mut self, raw: &Receiver<Box<Raw>>, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             let now = Instant::now();
             let wait = self.renames.next_deadline().map_or(IDLE_WAIT, |d| {
                 d.saturating_duration_since(now).min(IDLE_WAIT)
             });
             match raw.recv_timeout(wait) {
-                Ok(r) => self.handle(r),
+                Ok(r) => self.handle(*r),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -290,9 +290,9 @@ impl Worker {
     /// Translates what is still queued once the watcher is dropped, so a
     /// shutdown keeps events that already happened. notify's thread drops
     /// its sender as it exits; the timeout guards against it lingering.
-    pub(super) fn drain(&mut self, raw: &Receiver<Raw>) {
+    pub(super) fn drain(&mut self, raw: &Receiver<Box<Raw>>) {
         while let Ok(r) = raw.recv_timeout(Duration::from_secs(1)) {
-            self.handle(r);
+            self.handle(*r);
         }
     }
 

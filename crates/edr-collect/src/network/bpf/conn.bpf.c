@@ -139,9 +139,13 @@ struct udp_peer {
 	__u8 daddr[16];
 };
 
+// 256 KiB: about 2,700 records. The reader maps its pages twice (so a
+// record can wrap), all of them from the start, so the ring costs twice
+// its size in RSS; in a loopback flood the queue behind the reader fills
+// long before this does (docs/PERFORMANCE.md, "A flood of connections").
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 18);
 } events SEC(".maps");
 
 // Records the ring buffer had no room for.
