@@ -120,6 +120,16 @@ fn workload_counts_what_the_agent_captured() {
     // Generated and captured: inotify misses none of our files.
     assert!(files_created[0] > 0, "{out}");
     assert_eq!(files_created[0], files_created[1], "{out}");
+    // What the agent counted as not stored is printed beside the shares;
+    // a few events a second cannot fill its 4,096-event queue.
+    let counted = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("counted by the agent:"))
+        .unwrap_or_else(|| panic!("no line of the agent's counters:\n{out}"));
+    assert!(
+        counted.contains("dropped at the queue 0,"),
+        "{counted}\n{out}"
+    );
     // The agent was stopped: its lock is free.
     let data = dir.path().join("data");
     assert!(edr_engine::running_agent(&data).is_none());
