@@ -192,6 +192,10 @@ struct PipelineArgs {
     /// or off: the storage path alone.
     #[arg(long, default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     detection: bool,
+    /// Keep the run's batch files in `<work-dir>/data` (one rate only), a
+    /// data dir `edr-agent` can read: stored data for measuring its readers.
+    #[arg(long, requires = "work_dir")]
+    keep_data: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -770,6 +774,10 @@ fn ship_lag(a: ShipLagArgs) -> anyhow::Result<()> {
 }
 
 fn pipeline_runs(a: PipelineArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.keep_data || a.rates.len() == 1,
+        "--keep-data keeps one run's files: give one rate"
+    );
     let work = WorkDir::new(a.common.work_dir.as_deref())?;
     let compression = match a.compression {
         Codec::Gzip => Some(Compression::Gzip),
@@ -807,6 +815,7 @@ fn pipeline_runs(a: PipelineArgs) -> anyhow::Result<()> {
             batch: a.batch,
             adaptive: a.adaptive,
             detection: a.detection,
+            keep_data: a.keep_data,
         };
         let r: PipelineReport = pipeline::run(&run, &work.path)?;
         out(format_args!(

@@ -34,6 +34,9 @@ pub struct PipelineRun {
     pub adaptive: bool,
     /// The detection stage (built-in rules), as the default config has it.
     pub detection: bool,
+    /// Leave the batch files in `<work>/data`, a data dir the agent can
+    /// read (for measuring readers of stored data).
+    pub keep_data: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -174,6 +177,9 @@ pub fn run(r: &PipelineRun, work: &Path) -> anyhow::Result<PipelineReport> {
         raw_bytes: counters.raw_bytes.load(Relaxed),
         stored_bytes: counters.stored_bytes.load(Relaxed),
     };
-    std::fs::remove_dir_all(&data).with_context(|| format!("cannot remove {}", data.display()))?;
+    if !r.keep_data {
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot remove {}", data.display()))?;
+    }
     Ok(report)
 }

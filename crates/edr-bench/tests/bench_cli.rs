@@ -134,3 +134,45 @@ fn workload_counts_what_the_agent_captured() {
     let data = dir.path().join("data");
     assert!(edr_engine::running_agent(&data).is_none());
 }
+
+#[test]
+fn pipeline_keep_data_leaves_a_data_dir_the_agent_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench(&[
+        "pipeline",
+        "--rates",
+        "2000",
+        "--duration",
+        "1s",
+        "--batch",
+        "500",
+        "--detection",
+        "off",
+        "--keep-data",
+        "--work-dir",
+        &dir.path().display().to_string(),
+    ]);
+    let stored: u64 = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("2000 "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no stored column:\n{out}"));
+    assert!(stored > 0, "{out}");
+    let data = dir.path().join("data");
+    let events = Command::new(agent_binary())
+        .args(["events", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("edr-agent runs");
+    assert!(
+        events.status.success(),
+        "{}",
+        String::from_utf8_lossy(&events.stderr)
+    );
+    let lines = String::from_utf8_lossy(&events.stdout).lines().count() as u64;
+    assert_eq!(
+        lines, stored,
+        "edr-agent events read {lines} of the {stored} stored:\n{out}"
+    );
+}
