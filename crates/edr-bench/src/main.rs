@@ -587,7 +587,7 @@ fn workload(a: WorkloadArgs) -> anyhow::Result<()> {
     if let Some(t) = data_dir.as_deref().and_then(read_status).map(|s| s.totals) {
         out(format_args!(
             "  counted by the agent: dropped at the queue {}, filtered {}, lost in the kernel: {} process events, {} network records; file watcher overflows {}\n",
-            t.dropped.iter().sum::<u64>(),
+            t.dropped_total(),
             t.filtered.iter().sum::<u64>(),
             t.process_events_lost,
             t.network_events_lost,
@@ -1355,7 +1355,7 @@ fn connections(a: ConnectionsArgs) -> anyhow::Result<()> {
     if let Some(t) = totals {
         out(format_args!(
             "dropped {}, lost in the kernel {}\n",
-            t.dropped.iter().sum::<u64>(),
+            t.dropped_total(),
             t.network_events_lost
         ))?;
     }

@@ -25,6 +25,13 @@ fn agent_binary() -> &'static PathBuf {
     })
 }
 
+/// The first line of `out` that starts (after its indent) with `prefix`.
+fn row<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?}:\n{out}"))
+}
+
 fn bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_edr-bench"))
         .env("EDR_AGENT_BIN", agent_binary())
@@ -110,10 +117,7 @@ fn workload_counts_what_the_agent_captured() {
     for needle in ["RSS (MiB", "CPU (% of one core", "files created", "B/event"] {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }
-    let files_created: Vec<u64> = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("files created"))
-        .expect("row")
+    let files_created: Vec<u64> = row(&out, "files created")
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
@@ -122,10 +126,7 @@ fn workload_counts_what_the_agent_captured() {
     assert_eq!(files_created[0], files_created[1], "{out}");
     // What the agent counted as not stored is printed beside the shares;
     // a few events a second cannot fill its 4,096-event queue.
-    let counted = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("counted by the agent:"))
-        .unwrap_or_else(|| panic!("no line of the agent's counters:\n{out}"));
+    let counted = row(&out, "counted by the agent:");
     assert!(
         counted.contains("dropped at the queue 0,"),
         "{counted}\n{out}"
@@ -152,10 +153,9 @@ fn pipeline_keep_data_leaves_a_data_dir_the_agent_reads() {
         "--work-dir",
         &dir.path().display().to_string(),
     ]);
-    let stored: u64 = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("2000 "))
-        .and_then(|l| l.split_whitespace().nth(2))
+    let stored: u64 = row(&out, "2000 ")
+        .split_whitespace()
+        .nth(2)
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no stored column:\n{out}"));
     assert!(stored > 0, "{out}");

@@ -67,7 +67,8 @@ use worker::{Hashing, Worker};
 /// the event is counted as dropped rather than stalling notify's thread.
 /// Its slots are allocated and written when the channel is made, so they
 /// carry boxed events: 16 bytes a slot, 128 KiB resident; slots of the
-/// events themselves (about 80 bytes) were 640 KiB, on an idle machine too.
+/// 72-byte events themselves (80 bytes with the slot's stamp) were
+/// 640 KiB, on an idle machine too.
 const RAW_QUEUE: usize = 8192;
 
 /// A notify event as the callback saw it, stamped with when it arrived.
