@@ -15,6 +15,12 @@
 # EDR_APP_ENGINE=off in the environment starts the app without its engine,
 # so the difference of two runs is what the engine costs.
 #
+# APP_BINARY may be `edr-tray` instead (the menu bar without a web engine,
+# `cargo build --release -p edr-tray`): then the tray is started as it is,
+# the dashboard is opened by clicking "Open Dashboard" in its menu over
+# D-Bus (busctl), which starts `edr-agent-app --viewer` from the same
+# directory, and closing the window ends that viewer.
+#
 # It runs under its own Xvfb and private D-Bus session (nothing of the
 # caller's desktop is touched), with a temporary config: its data dir and
 # one watched directory in a temporary directory, everything else default.
@@ -22,13 +28,20 @@
 set -eu
 
 app=${1:-target/release/edr-agent-app}
+case $(basename "$app") in
+    edr-tray) kind=tray ;;
+    *) kind=app ;;
+esac
 settle=${2:-30}
 cycles=${3:-1}
 case $cycles in '' | *[!0-9]* | 0) echo "CYCLES must be a whole number of at least 1, not '$cycles'" >&2; exit 1 ;; esac
 
 if [ -z "${EDR_APP_MEMORY_INSIDE:-}" ]; then
     [ -x "$app" ] || { echo "no app binary at $app (cargo build --release -p edr-agent-app)" >&2; exit 1; }
-    for tool in xvfb-run dbus-run-session xdotool python3; do
+    if [ "$kind" = tray ] && [ ! -x "$(dirname "$app")/edr-agent-app" ]; then
+        echo "no edr-agent-app next to $app (the tray's dashboard)" >&2; exit 1
+    fi
+    for tool in xvfb-run dbus-run-session xdotool python3 busctl; do
         command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
     done
     exec env -u DBUS_SESSION_BUS_ADDRESS -u DISPLAY NO_AT_BRIDGE=1 EDR_APP_MEMORY_INSIDE=1 \
@@ -57,6 +70,7 @@ storage:
     data_dir: "$work/data"
 EOF
 export EDR_APP_CONFIG="$work/config.yaml"
+export EDR_TRAY_SOCKET="$work/tray.sock"
 
 # The app and all its descendants (WebKit may start its processes through
 # helpers such as bwrap), by walking the parent links in /proc.
@@ -123,60 +137,44 @@ has_dashboard() { [ -n "$(dashboard_windows)" ]; }
 no_dashboard() { [ -z "$(dashboard_windows)" ]; }
 has_webprocess() { for p in $(descendants "$app_pid"); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = WebKitWebProces ] && return 0; done; return 1; }
 no_webprocess() { ! has_webprocess; }
+no_viewer() { [ "$kind" = tray ] || return 0; for p in $(descendants "$app_pid"); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = edr-agent-app ] && return 1; done; return 0; }
 
-# Sends WM_DELETE_WINDOW to a window, as a window manager's close button
-# does (Xvfb runs no window manager).
+# The tray's menu item labelled $1, clicked over D-Bus as a panel does.
+click_tray() {
+    name=org.kde.StatusNotifierItem-$app_pid-1
+    id=$(busctl --user call "$name" /MenuBar com.canonical.dbusmenu GetLayout iias -- 0 -1 1 label |
+        grep -o "[0-9]* 1 \"label\" s \"$1\"" | cut -d' ' -f1)
+    [ -n "$id" ] || { echo "no menu item '$1' in the tray's menu" >&2; exit 1; }
+    busctl --user call "$name" /MenuBar com.canonical.dbusmenu Event isvu "$id" clicked i 0 0 >/dev/null
+}
+
+# Closes a window the way a window manager's close button does.
 close_window() {
-    python3 - "$1" <<'EOF'
-import ctypes, ctypes.util, sys
-x = ctypes.CDLL(ctypes.util.find_library("X11"))
-x.XOpenDisplay.restype = ctypes.c_void_p
-x.XOpenDisplay.argtypes = [ctypes.c_char_p]
-x.XInternAtom.restype = ctypes.c_ulong
-x.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-x.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-x.XFlush.argtypes = [ctypes.c_void_p]
-x.XCloseDisplay.argtypes = [ctypes.c_void_p]
-
-class ClientMessage(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
-                ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
-                ("format", ctypes.c_int), ("data", ctypes.c_long * 5)]
-
-class Event(ctypes.Union):
-    _fields_ = [("xclient", ClientMessage), ("pad", ctypes.c_long * 24)]
-
-d = x.XOpenDisplay(None)
-if not d:
-    sys.exit("cannot open the display")
-ev = Event()
-ev.xclient.type = 33  # ClientMessage
-ev.xclient.window = int(sys.argv[1])
-ev.xclient.message_type = x.XInternAtom(d, b"WM_PROTOCOLS", 0)
-ev.xclient.format = 32
-ev.xclient.data[0] = x.XInternAtom(d, b"WM_DELETE_WINDOW", 0)
-ev.xclient.data[1] = 0  # CurrentTime
-if not x.XSendEvent(d, int(sys.argv[1]), 0, 0, ctypes.byref(ev)):
-    sys.exit("XSendEvent failed")
-x.XFlush(d)
-x.XCloseDisplay(d)
-EOF
+    python3 "$(dirname "$0")/close-window.py" "$1"
 }
 
 echo "app: $app ($(stat -c %s "$app") bytes)"
 
-# In the tray only: started minimized, no window.
-"$app" --minimized >"$work/app.log" 2>&1 &
+# In the tray only: started minimized (the tray: as it is), no window.
+if [ "$kind" = tray ]; then
+    EDR_TRAY_VIEWER="$(dirname "$app")/edr-agent-app" "$app" >"$work/app.log" 2>&1 &
+else
+    "$app" --minimized >"$work/app.log" 2>&1 &
+fi
 app_pid=$!
 sleep "$settle"
 kill -0 "$app_pid" || { cat "$work/app.log" >&2; exit 1; }
-measure "tray only (started with --minimized)"
+if [ "$kind" = tray ]; then measure "tray only (edr-tray)"; else measure "tray only (started with --minimized)"; fi
 
 cycle=1
 while [ "$cycle" -le "$cycles" ]; do
     # Opened: a second launch hands over to the running app, which opens
-    # its dashboard, and exits.
-    "$app" >>"$work/app.log" 2>&1
+    # its dashboard, and exits; the tray starts its viewer.
+    if [ "$kind" = tray ]; then
+        click_tray "Open Dashboard"
+    else
+        "$app" >>"$work/app.log" 2>&1
+    fi
     wait_until "the dashboard window" has_dashboard
     wait_until "the web process" has_webprocess
     if [ "$cycle" -eq 1 ]; then
@@ -193,6 +191,7 @@ while [ "$cycle" -le "$cycles" ]; do
     done
     wait_until "the dashboard to close" no_dashboard
     wait_until "the web process to exit" no_webprocess
+    wait_until "the viewer to exit" no_viewer
     cycle=$((cycle + 1))
 done
 sleep "$settle"

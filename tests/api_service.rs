@@ -346,6 +346,81 @@ fn a_group_member_reads_and_steers_the_root_agent_and_an_outsider_is_refused() {
     assert!(!s.socket.exists(), "the socket is removed at shutdown");
 }
 
+/// An agent a user runs (the light tray's engine is one) with the API on:
+/// its socket is that user's alone, mode 0600 in a 0700 directory, so even
+/// a member of the group `edr-agent` cannot open another user's.
+#[test]
+fn an_agent_a_user_runs_serves_that_user_and_root_only() {
+    users();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("member");
+    std::fs::create_dir(&root).expect("mkdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = root.join("run").join("api.sock");
+    let config = write_config(&root, |c| {
+        c.api.enabled = ApiEnabled::On;
+        c.api.socket = Some(socket.display().to_string());
+    });
+    let id = |flag: &str| -> u32 {
+        let o = sh("id", &[flag, MEMBER]);
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .expect("a uid or gid")
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let o = sh(
+        "chown",
+        &["-R", &format!("{uid}:{gid}"), &root.display().to_string()],
+    );
+    assert!(o.status.success(), "chown: {o:?}");
+    let mut agent = Agent::launch(
+        &config,
+        &root.join("data"),
+        Launch {
+            user: Some((uid, gid)),
+            home: Some(root.clone()),
+            log: Some("info"),
+            ..Launch::default()
+        },
+    );
+    let up = wait_for(Duration::from_secs(15), || {
+        agent.assert_alive();
+        let (rc, code, _) = curl_as(MEMBER, &socket, "GET", "/v1/hello", None);
+        (rc == 0 && code == 200).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the API never answered its owner: {}",
+        agent.log()
+    );
+
+    let meta = std::fs::metadata(&socket).expect("socket");
+    assert_eq!(meta.mode() & 0o777, 0o600, "socket mode");
+    assert_eq!(meta.uid(), uid, "socket owner");
+    let dir_mode = std::fs::metadata(socket.parent().expect("dir"))
+        .expect("dir")
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "socket directory mode");
+
+    // The owner steers it; root may too; anyone else cannot even connect.
+    let (_, code, body) = curl_as(MEMBER, &socket, "POST", "/v1/pause", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["paused"], true, "{body}");
+    let (_, code, body) = curl_as("root", &socket, "GET", "/v1/status", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["paused"], true, "{body}");
+    let (rc, code, body) = curl_as(OUTSIDER, &socket, "GET", "/v1/status", None);
+    assert_ne!(
+        rc, 0,
+        "an outsider reached another user's agent: {code} {body}"
+    );
+    assert_eq!(code, 0, "{body}");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!socket.exists(), "the socket was left behind");
+}
+
 #[test]
 fn the_typed_client_reads_streams_and_checks_the_protocol() {
     let s = setup();

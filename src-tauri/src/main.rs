@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use tauri::{AppHandle, Manager, RunEvent};
 
-use crate::state::AppState;
+use crate::state::{AppState, Viewer};
 use crate::window::View;
 
 /// The autostart entry's name (`~/.config/autostart/edr-agent-app.desktop`
@@ -34,7 +34,17 @@ fn main() -> ExitCode {
         eprintln!("{e}; logging at info");
         let _ = edr_engine::logging::init(Some("info"));
     }
-    let minimized = std::env::args().skip(1).any(|a| a == "--minimized");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let minimized = args.iter().any(|a| a == "--minimized");
+    // `edr-tray`'s dashboard: a client of the socket in
+    // EDR_APP_API_SOCKET, with no tray and no engine, ending with its window.
+    let viewer = args.iter().any(|a| a == "--viewer").then(|| {
+        if args.iter().any(|a| a == "--tray-engine") {
+            Viewer::TrayEngine
+        } else {
+            Viewer::Service
+        }
+    });
     let built = tauri::Builder::default()
         // First, so a second launch is turned away before it starts anything.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
@@ -63,7 +73,7 @@ fn main() -> ExitCode {
             commands::set_autostart,
         ])
         .setup(move |app| {
-            setup(app.handle(), minimized)?;
+            setup(app.handle(), minimized, viewer)?;
             Ok(())
         })
         .build(tauri::generate_context!());
@@ -74,14 +84,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = app.run_return(|_, event| {
+    let code = app.run_return(move |_, event| {
         // Closing the last window leaves the app in the menu bar; only
-        // Quit (an exit with a code) ends it.
+        // Quit (an exit with a code) ends it. A viewer has no menu bar:
+        // it ends with its window.
         if let RunEvent::ExitRequested {
             code: None, api, ..
         } = event
         {
-            api.prevent_exit();
+            if viewer.is_none() {
+                api.prevent_exit();
+            }
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -100,12 +113,18 @@ fn without_gdk_gl() {
     }
 }
 
-fn setup(app: &AppHandle, minimized: bool) -> tauri::Result<()> {
+fn setup(app: &AppHandle, minimized: bool, viewer: Option<Viewer>) -> tauri::Result<()> {
     #[cfg(target_os = "macos")]
     app.set_activation_policy(tauri::ActivationPolicy::Accessory)?;
     // Inside the runtime: the engine spawns its tasks on it.
-    let state = tauri::async_runtime::block_on(AppState::start());
+    let state = tauri::async_runtime::block_on(AppState::start(viewer));
     app.manage(state);
+    if viewer.is_some() {
+        // The tray that started it watches for the service and notifies.
+        window::show(app, View::Dashboard);
+        tauri::async_runtime::spawn(quit_on_signal(app.clone()));
+        return Ok(());
+    }
     tray::build(app)?;
     tauri::async_runtime::spawn(service::watch(app.clone()));
     if !minimized {

@@ -56,6 +56,18 @@ pub struct AppState {
     /// edits from the window cannot both start from the same config and
     /// lose one.
     pub config_edit: tokio::sync::Mutex<()>,
+    /// Started by `edr-tray` as its dashboard (`--viewer`): only a client
+    /// of the socket it was given, never an engine of its own.
+    pub viewer: Option<Viewer>,
+}
+
+/// Whose engine a viewer shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    /// The root service's.
+    Service,
+    /// The engine `edr-tray` runs as this user (`--viewer --tray-engine`).
+    TrayEngine,
 }
 
 /// How long a look for the service may take before it counts as absent.
@@ -76,7 +88,7 @@ impl AppState {
     /// Reads the environment, creates the config file if missing, looks
     /// for the service and, when none answers, starts the engine in the
     /// current tokio runtime. Never fails: a failure is kept and shown.
-    pub async fn start() -> AppState {
+    pub async fn start(viewer: Option<Viewer>) -> AppState {
         let config_path = std::env::var_os("EDR_APP_CONFIG")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
@@ -86,12 +98,18 @@ impl AppState {
             .map(PathBuf::from)
             .unwrap_or_else(|| config::ApiConfig::default().socket_path());
         let (service, client) = look(&socket).await;
-        let engine = match client {
-            Some(c) => {
+        let engine = match (client, &service) {
+            (Some(c), _) => {
                 tracing::info!(socket = %socket.display(), "attached to the edr-agent service");
                 Engine::Service(c)
             }
-            None => embedded(&config_path),
+            (None, Service::Absent(m) | Service::Unusable(m)) if viewer.is_some() => {
+                Engine::Failed(format!("The tray's engine does not answer: {m}"))
+            }
+            (None, _) if viewer.is_some() => {
+                Engine::Failed("The tray's engine does not answer".into())
+            }
+            (None, _) => embedded(&config_path),
         };
         AppState {
             engine: RwLock::new(engine),
@@ -101,7 +119,14 @@ impl AppState {
             config_path,
             marks: AlertMarks::default(),
             config_edit: tokio::sync::Mutex::new(()),
+            viewer,
         }
+    }
+
+    /// Whether what the window shows is the root service (and not the
+    /// engine of `edr-tray`, which is reached the same way).
+    pub fn shows_service(&self, backend: &Backend) -> bool {
+        backend.is_service() && self.viewer != Some(Viewer::TrayEngine)
     }
 
     /// What the window and the tray talk to now (None: no engine).

@@ -243,7 +243,7 @@ pub async fn engine_view(state: &AppState) -> (EngineView, Option<Snapshot>) {
         };
         return (view, None);
     };
-    let is_service = backend.is_service();
+    let is_service = state.shows_service(&backend);
     match backend.snapshot().await {
         Ok(snap) => {
             let mut view = engine_view_of(&snap, config_file);

@@ -5,19 +5,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use common::dbusmenu::{session_bus, Exporter, TrayMenu};
 use common::{
     assert_file_events_stay, descendants_named, no_app_on_the_bus, one_app_at_a_time,
     run_base64_to_shell, wait_for, FileActivity, Fixture, APP, BASE64_TITLE,
 };
 use edr_store::{list_batches, open_batch_reader};
-use zbus::blocking::fdo::DBusProxy;
-use zbus::blocking::{Connection, Proxy};
-use zbus::names::BusName;
-use zbus::zvariant::{OwnedValue, Value};
+use zbus::blocking::Connection;
 
 const START: Duration = Duration::from_secs(30);
 const SOON: Duration = Duration::from_secs(15);
@@ -88,137 +85,9 @@ impl Drop for App {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Item {
-    id: i32,
-    label: String,
-    enabled: bool,
-}
-
-/// The app's exported tray menu.
-struct TrayMenu {
-    proxy: Proxy<'static>,
-}
-
-impl TrayMenu {
-    /// Finds the menu among the bus connections of process `pid`.
-    fn find(conn: &Connection, pid: u32) -> Option<TrayMenu> {
-        let dbus = DBusProxy::new(conn).ok()?;
-        for name in dbus.list_names().ok()? {
-            if !name.starts_with(':') {
-                continue;
-            }
-            let bus = BusName::try_from(name.to_string()).ok()?;
-            if dbus.get_connection_unix_process_id(bus).ok() != Some(pid) {
-                continue;
-            }
-            if let Some(menu) = Self::on_connection(conn, name.as_str()) {
-                return Some(menu);
-            }
-        }
-        None
-    }
-
-    fn on_connection(conn: &Connection, name: &str) -> Option<TrayMenu> {
-        let root = "/org/ayatana/NotificationItem";
-        let intro = Proxy::new(
-            conn,
-            name.to_string(),
-            root,
-            "org.freedesktop.DBus.Introspectable",
-        )
-        .ok()?;
-        let xml: String = intro.call("Introspect", &()).ok()?;
-        let item = xml
-            .split("<node name=\"")
-            .nth(1)?
-            .split('"')
-            .next()?
-            .to_string();
-        let proxy = Proxy::new(
-            conn,
-            name.to_string(),
-            format!("{root}/{item}/Menu"),
-            "com.canonical.dbusmenu",
-        )
-        .ok()?;
-        let menu = TrayMenu { proxy };
-        // The item is exported a moment before its menu is filled in.
-        menu.try_items().filter(|i| !i.is_empty())?;
-        Some(menu)
-    }
-
-    /// The top-level items, separators left out.
-    fn items(&self) -> Vec<Item> {
-        self.try_items().expect("GetLayout")
-    }
-
-    fn try_items(&self) -> Option<Vec<Item>> {
-        type Node = (i32, HashMap<String, OwnedValue>, Vec<OwnedValue>);
-        let (_rev, (_root, _props, children)): (u32, Node) = self
-            .proxy
-            .call("GetLayout", &(0i32, -1i32, Vec::<&str>::new()))
-            .ok()?;
-        let items = children
-            .into_iter()
-            .filter_map(|child| {
-                let (id, props, _): Node = child.try_into().ok()?;
-                let s = |k: &str| {
-                    props
-                        .get(k)
-                        .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
-                };
-                if s("type").as_deref() == Some("separator") {
-                    return None;
-                }
-                let enabled = props
-                    .get("enabled")
-                    .and_then(|v| bool::try_from(v).ok())
-                    .unwrap_or(true);
-                Some(Item {
-                    id,
-                    label: s("label").unwrap_or_default(),
-                    enabled,
-                })
-            })
-            .collect();
-        Some(items)
-    }
-
-    fn labels(&self) -> Vec<String> {
-        self.items().into_iter().map(|i| i.label).collect()
-    }
-
-    fn status(&self) -> String {
-        self.labels().into_iter().next().unwrap_or_default()
-    }
-
-    fn click(&self, label: &str) {
-        let item = self
-            .items()
-            .into_iter()
-            .find(|i| i.label == label)
-            .unwrap_or_else(|| panic!("no menu item {label:?} in {:?}", self.labels()));
-        let _: () = self
-            .proxy
-            .call("Event", &(item.id, "clicked", Value::I32(0), 0u32))
-            .expect("click");
-    }
-}
-
-/// Calls time out: one of the app's connections (GTK's accessibility
-/// bridge, when `NO_AT_BRIDGE` is not set as scripts/test.sh sets it)
-/// never answers, and a call without a limit would wait forever.
-fn session_bus() -> Connection {
-    zbus::blocking::connection::Builder::session()
-        .map(|b| b.method_timeout(Duration::from_secs(5)))
-        .and_then(|b| b.build())
-        .expect("a session bus (run under dbus-run-session)")
-}
-
 fn tray_of(conn: &Connection, app: &App) -> TrayMenu {
     wait_for("the tray menu on D-Bus", START, || {
-        TrayMenu::find(conn, app.pid())
+        TrayMenu::find(conn, app.pid(), Exporter::Ayatana)
     })
 }
 

@@ -8,41 +8,81 @@ use edr_config::api::API_GROUP;
 
 use crate::wire::PeerInfo;
 
+/// Who may use a socket besides root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Members of the group [`API_GROUP`]: the root service's socket.
+    Group,
+    /// This one uid: an agent a user runs (the menu-bar tray's engine)
+    /// serves that user and nobody else.
+    Owner(u32),
+}
+
+impl Access {
+    /// The access a socket made by this process gets: [`Access::Group`]
+    /// as root, else [`Access::Owner`] with our effective uid.
+    pub fn for_this_process() -> Access {
+        // SAFETY: geteuid has no side effects.
+        match unsafe { libc::geteuid() } {
+            0 => Access::Group,
+            uid => Access::Owner(uid),
+        }
+    }
+}
+
 /// The credentials of one connection and what they allow.
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub info: PeerInfo,
     pub authorized: bool,
+    pub access: Access,
 }
 
 impl Peer {
-    /// The refusal an unauthorized peer gets, naming the group.
+    /// The refusal an unauthorized peer gets, naming who may.
     pub fn refusal(&self) -> String {
-        format!(
-            "uid {} may not use the edr-agent API: only root and members of the group `{API_GROUP}` may \
-             (an administrator adds a user with `edr-agent service install --operator USER` \
-             or `usermod -aG {API_GROUP} USER`; log in again afterwards)",
-            self.info.uid
-        )
+        match self.access {
+            Access::Group => format!(
+                "uid {} may not use the edr-agent API: only root and members of the group `{API_GROUP}` may \
+                 (an administrator adds a user with `edr-agent service install --operator USER` \
+                 or `usermod -aG {API_GROUP} USER`; log in again afterwards)",
+                self.info.uid
+            ),
+            Access::Owner(owner) => format!(
+                "uid {} may not use this edr-agent API: the agent runs as uid {owner} and serves \
+                 only that user and root",
+                self.info.uid
+            ),
+        }
     }
 }
 
-/// Decides for the peer: uid 0, or a member of [`API_GROUP`]. Membership
-/// is the union of the groups the peer process holds (its primary gid and,
-/// on Linux, the supplementary groups of `/proc/<pid>/status`) and the
-/// groups the user database gives its uid (`getgrouplist`). Blocking (the
-/// user database may be remote): call it off the runtime threads.
-pub fn authorize(info: PeerInfo) -> Peer {
+/// Decides for the peer: uid 0 always; under [`Access::Group`] a member of
+/// [`API_GROUP`], under [`Access::Owner`] that uid only. Membership is the
+/// union of the groups the peer process holds (its primary gid and, on
+/// Linux, the supplementary groups of `/proc/<pid>/status`) and the groups
+/// the user database gives its uid (`getgrouplist`). Blocking (the user
+/// database may be remote): call it off the runtime threads.
+pub fn authorize(info: PeerInfo, access: Access) -> Peer {
     if info.uid == 0 {
         return Peer {
             info,
             authorized: true,
+            access,
+        };
+    }
+    if let Access::Owner(owner) = access {
+        return Peer {
+            authorized: info.uid == owner,
+            info,
+            access,
         };
     }
     let Some(group) = group_gid(API_GROUP) else {
         return Peer {
             info,
             authorized: false,
+            access,
         };
     };
     let authorized = info.gid == group
@@ -50,7 +90,11 @@ pub fn authorize(info: PeerInfo) -> Peer {
             .pid
             .is_some_and(|pid| process_groups(pid).contains(&group))
         || user_groups(info.uid).contains(&group);
-    Peer { info, authorized }
+    Peer {
+        info,
+        authorized,
+        access,
+    }
 }
 
 /// The gid of a group name, if the group exists.
@@ -186,22 +230,46 @@ mod tests {
 
     #[test]
     fn root_is_authorized_and_nobody_is_not() {
-        let root = authorize(PeerInfo {
-            uid: 0,
-            gid: 0,
-            pid: None,
-        });
+        let root = authorize(
+            PeerInfo {
+                uid: 0,
+                gid: 0,
+                pid: None,
+            },
+            Access::Group,
+        );
         assert!(root.authorized);
-        let nobody = authorize(PeerInfo {
-            uid: 65534,
-            gid: 65534,
-            pid: None,
-        });
+        let nobody = authorize(
+            PeerInfo {
+                uid: 65534,
+                gid: 65534,
+                pid: None,
+            },
+            Access::Group,
+        );
         assert!(!nobody.authorized);
         assert!(
             nobody.refusal().contains("`edr-agent`"),
             "{}",
             nobody.refusal()
+        );
+    }
+
+    #[test]
+    fn an_owner_socket_admits_its_owner_and_root_only() {
+        let peer = |uid| PeerInfo {
+            uid,
+            gid: uid,
+            pid: None,
+        };
+        assert!(authorize(peer(1000), Access::Owner(1000)).authorized);
+        assert!(authorize(peer(0), Access::Owner(1000)).authorized);
+        let other = authorize(peer(1001), Access::Owner(1000));
+        assert!(!other.authorized);
+        assert!(
+            other.refusal().contains("runs as uid 1000"),
+            "{}",
+            other.refusal()
         );
     }
 

@@ -1,5 +1,6 @@
-//! The server: a Unix socket made safely (mode 0660, group `edr-agent`, a
-//! stale socket replaced, a live one left alone), one task per
+//! The server: a Unix socket made safely (as root mode 0660, group
+//! `edr-agent`; run by a user, mode 0600 for that user alone; a stale
+//! socket replaced, a live one left alone), one task per
 //! connection, the peer authorized once per connection by its kernel
 //! credentials, and every path a thin call into the [`EngineHandle`].
 
@@ -32,7 +33,7 @@ use edr_engine::alerts::ALERT_RING;
 use edr_engine::EngineHandle;
 use edr_model::event::{EventType, Timestamp};
 
-use crate::peer::{self, Peer};
+use crate::peer::{self, Access, Peer};
 use crate::wire::{
     AlertRow, Alerts, ConfigApplied, ErrorBody, EventRow, Events, FieldRefusal, Hello, History,
     PauseState, PeerInfo, StoredFileStats, StreamItem,
@@ -102,18 +103,26 @@ pub struct BoundSocket {
     /// Held for the server's life: two agents starting at once cannot
     /// both decide a socket is stale.
     _lock: File,
-    /// The group that owns the socket, if it exists.
+    /// The group that owns the socket, if it exists (root's socket only).
     pub group: Option<u32>,
+    /// Who besides root may use it.
+    pub access: Access,
 }
 
 impl BoundSocket {
     /// Makes the socket at `path`: its directory (0755) if missing, a lock
     /// beside it (`<socket>.lock`), a stale socket from a crash removed
     /// (one nobody answers on), a live one left alone ([`ServeError::InUse`]).
-    /// The socket is made under a temporary name, given mode 0660 and the
-    /// group `edr-agent` (if it exists; else only root can connect), then
-    /// renamed into place, so it is never reachable with other modes.
+    /// The socket is made under a temporary name, given its mode (as root
+    /// 0660 and the group `edr-agent`, if it exists, else only root can
+    /// connect; as any other user 0600, [`Access::Owner`]), then renamed
+    /// into place, so it is never reachable with other modes.
     pub fn bind(path: &Path) -> Result<BoundSocket, ServeError> {
+        let access = Access::for_this_process();
+        let (dir_mode, socket_mode) = match access {
+            Access::Group => (0o755, 0o660),
+            Access::Owner(_) => (0o700, 0o600),
+        };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -121,11 +130,11 @@ impl BoundSocket {
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o755)
+                .mode(dir_mode)
                 .create(&dir)
                 .map_err(io("create the directory", &dir))?;
             // The umask may have taken bits off.
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode))
                 .map_err(io("set the mode of", &dir))?;
         }
         let name = path
@@ -176,9 +185,12 @@ impl BoundSocket {
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let listener = StdUnixListener::bind(&tmp).map_err(io("bind", &tmp))?;
-        let group = peer::group_gid(API_GROUP);
+        let group = match access {
+            Access::Group => peer::group_gid(API_GROUP),
+            Access::Owner(_) => None,
+        };
         let placed = (|| {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(socket_mode))?;
             if let Some(gid) = group {
                 std::os::unix::fs::lchown(&tmp, None, Some(gid))?;
             }
@@ -197,7 +209,7 @@ impl BoundSocket {
                 });
             }
         };
-        if group.is_none() {
+        if group.is_none() && access == Access::Group {
             tracing::warn!(
                 path = %path.display(),
                 "group `{API_GROUP}` does not exist: only root can use the API \
@@ -210,6 +222,7 @@ impl BoundSocket {
             id: (meta.dev(), meta.ino()),
             _lock: lock,
             group,
+            access,
         })
     }
 
@@ -282,6 +295,7 @@ pub async fn serve(
     };
     let listener =
         tokio::net::UnixListener::from_std(std_listener).map_err(io("listen on", &bound.path))?;
+    let access = bound.access;
     let state = Arc::new(ApiState {
         engine,
         limiter: Mutex::new(Bucket::new(Instant::now())),
@@ -320,6 +334,7 @@ pub async fn serve(
         let (allowed, refused) = (allowed.clone(), refused.clone());
         tracker.spawn(connection(
             stream,
+            access,
             allowed,
             refused,
             shutdown.clone(),
@@ -340,6 +355,7 @@ pub async fn serve(
 
 async fn connection(
     stream: tokio::net::UnixStream,
+    access: Access,
     allowed: Router,
     refused: Router,
     shutdown: CancellationToken,
@@ -357,7 +373,7 @@ async fn connection(
         }
     };
     // The user database may be remote (NSS): not on a runtime thread.
-    let peer = match tokio::task::spawn_blocking(move || peer::authorize(info)).await {
+    let peer = match tokio::task::spawn_blocking(move || peer::authorize(info, access)).await {
         Ok(p) => p,
         Err(_) => return,
     };

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use edr_engine::{read_status, Snapshot};
 
+#[allow(dead_code)] // the tray tests use it, the e2e tests do not
+pub mod dbusmenu;
+
 pub const APP: &str = env!("CARGO_BIN_EXE_edr-agent-app");
 
 /// The name an app holds on the session bus to stay single-instance (the
