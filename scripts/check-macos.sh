@@ -20,5 +20,5 @@ cat > "$stub/ar" <<'SH'
 SH
 chmod +x "$stub/cc" "$stub/ar"
 export CC_x86_64_apple_darwin="$stub/cc" AR_x86_64_apple_darwin="$stub/ar"
-cargo clippy --target x86_64-apple-darwin -p edr-agent -p edr-api --lib --bins -- -D warnings
+cargo clippy --target x86_64-apple-darwin -p edr-agent -p edr-api -p edr-tray --lib --bins -- -D warnings
 cargo clippy --target x86_64-apple-darwin -p edr-agent-app -- -D warnings

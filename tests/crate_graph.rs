@@ -95,3 +95,16 @@ fn the_agent_binary_builds_without_gui_libraries() {
     let bad: Vec<&String> = deps.iter().filter(|d| GUI.contains(&d.as_str())).collect();
     assert!(bad.is_empty(), "edr-agent depends on {bad:?}");
 }
+
+/// The light tray exists to keep the web engine out of the menu bar: no
+/// GUI toolkit (and no charts) in its tree.
+#[test]
+fn the_light_tray_builds_without_gui_libraries() {
+    let deps = normal_dependencies("edr-tray");
+    assert!(deps.iter().any(|d| d == "ksni"));
+    let bad: Vec<&String> = deps
+        .iter()
+        .filter(|d| GUI.contains(&d.as_str()) || d.as_str() == "edr-charts" || d.as_str() == "plotters")
+        .collect();
+    assert!(bad.is_empty(), "edr-tray depends on {bad:?}");
+}

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use common::dbusmenu::{session_bus, Exporter, TrayMenu};
 use common::{
-    descendants_named, run_base64_to_shell, wait_for, Fixture, Notifications, APP, BASE64_TITLE,
+    descendants_named, run_base64_to_shell, wait_for, Fixture, Notifications, ServiceAgent, APP,
+    BASE64_TITLE,
 };
 use edr_store::list_batches;
 
@@ -41,6 +42,12 @@ struct Tray {
 
 impl Tray {
     fn launch(fx: &Fixture) -> Tray {
+        // No service here: the tray runs its own engine.
+        Tray::launch_with_service(fx, &fx.dir.path().join("no-service.sock"))
+    }
+
+    /// With the root service's socket at `service`.
+    fn launch_with_service(fx: &Fixture, service: &Path) -> Tray {
         let log = fx.dir.path().join("tray.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -50,8 +57,7 @@ impl Tray {
         let socket = fx.dir.path().join("run").join("tray.sock");
         let child = Command::new(tray_binary())
             .env("EDR_APP_CONFIG", &fx.config)
-            // No service here: the tray runs its own engine.
-            .env("EDR_APP_API_SOCKET", fx.dir.path().join("no-service.sock"))
+            .env("EDR_APP_API_SOCKET", service)
             .env("EDR_TRAY_SOCKET", &socket)
             .env("EDR_TRAY_VIEWER", APP)
             .env("HOME", fx.home())
@@ -264,4 +270,57 @@ fn a_second_light_tray_of_the_same_user_says_one_runs_and_leaves() {
         first.socket.exists(),
         "the second tray took the first one's socket"
     );
+}
+
+/// With the root service running the tray is its client and runs no engine
+/// (its own socket is not there); when the service stops the tray starts
+/// its engine and says so, and when it is back the tray lets go of it.
+#[test]
+fn the_light_tray_is_the_services_client_while_it_answers() {
+    let fx = Fixture::new(1000, 2000);
+    let service = fx.dir.path().join("service").join("api.sock");
+    let agent = ServiceAgent::start(fx.dir.path(), &service);
+    wait_for("the service's socket", START, || {
+        service.exists().then_some(())
+    });
+    let tray = Tray::launch_with_service(&fx, &service);
+    let menu = menu_of(&tray);
+    let mode = || menu.labels().get(1).cloned().unwrap_or_default();
+    wait_for("the service mode line", START, || {
+        (mode() == "Real-time · service").then_some(())
+    });
+    wait_status(&menu, "a running status", |s| s.starts_with("Running ·"));
+    assert!(
+        !tray.socket.exists(),
+        "the tray runs an engine beside the service"
+    );
+
+    // Pause steers the service.
+    menu.click("Pause");
+    wait_status(&menu, "the service paused", |s| s == "Paused");
+    let paused = || edr_engine::read_status(&fx.dir.path().join("agent-data")).map(|s| s.paused);
+    wait_for("the service's status to say paused", SOON, || {
+        (paused() == Some(true)).then_some(())
+    });
+    menu.click("Resume");
+    wait_for("the service's status to say running", SOON, || {
+        (paused() == Some(false)).then_some(())
+    });
+
+    drop(agent);
+    wait_for("the embedded mode line", SOON, || {
+        mode().starts_with("Embedded ·").then_some(())
+    });
+    wait_for("the tray's own socket", SOON, || {
+        tray.socket.exists().then_some(())
+    });
+    assert!(!tray.status().paused);
+
+    let _agent = ServiceAgent::start(fx.dir.path(), &service);
+    wait_for("the service mode line again", START, || {
+        (mode() == "Real-time · service").then_some(())
+    });
+    wait_for("the own engine stopped", SOON, || {
+        (!tray.socket.exists()).then_some(())
+    });
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::dbusmenu::{session_bus, Exporter, TrayMenu};
 use common::{
     assert_file_events_stay, descendants_named, no_app_on_the_bus, one_app_at_a_time,
-    run_base64_to_shell, wait_for, FileActivity, Fixture, APP, BASE64_TITLE,
+    run_base64_to_shell, wait_for, FileActivity, Fixture, ServiceAgent, APP, BASE64_TITLE,
 };
 use edr_store::{list_batches, open_batch_reader};
 use zbus::blocking::Connection;
@@ -303,58 +303,6 @@ fn a_detection_alert_is_notified_and_marked_in_the_menu_until_the_alerts_view_op
 /// WebKit web processes under `pid`: one exists while a window is open.
 fn web_processes(pid: u32) -> usize {
     descendants_named(pid, "WebKitWebProces").len()
-}
-
-/// `edr-agent run` (built beside the app) serving its API on `socket`.
-struct ServiceAgent(Child);
-
-impl ServiceAgent {
-    fn start(dir: &std::path::Path, socket: &std::path::Path) -> ServiceAgent {
-        let agent = std::path::Path::new(APP)
-            .parent()
-            .expect("app dir")
-            .join("edr-agent");
-        assert!(
-            agent.exists(),
-            "{} is missing: build it first (`cargo build --bin edr-agent`; `cargo test --workspace` does)",
-            agent.display()
-        );
-        let config = dir.join("agent.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
-                 file_monitor:\n    watch_paths: []\n\
-                 storage:\n  local_storage:\n    data_dir: \"{}\"\n\
-                 detection:\n  enabled: false\n\
-                 api:\n  enabled: true\n  socket: \"{}\"\n",
-                dir.join("agent-data").display(),
-                socket.display()
-            ),
-        )
-        .expect("agent config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agent.log"))
-            .expect("agent log");
-        let child = Command::new(agent)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("agent starts");
-        ServiceAgent(child)
-    }
-}
-
-impl Drop for ServiceAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const MODE_SERVICE: &str = "Real-time · service";

@@ -323,3 +323,54 @@ impl Drop for Notifications {
         let _ = self.daemon.wait();
     }
 }
+
+/// `edr-agent run` (built beside the app) serving its API on `socket`.
+#[allow(dead_code)] // the tray tests use it, the e2e tests do not
+pub struct ServiceAgent(std::process::Child);
+
+#[allow(dead_code)]
+impl ServiceAgent {
+    pub fn start(dir: &Path, socket: &Path) -> ServiceAgent {
+        let agent = Path::new(APP).parent().expect("app dir").join("edr-agent");
+        assert!(
+            agent.exists(),
+            "{} is missing: build it first (`cargo build --bin edr-agent`; `cargo test --workspace` does)",
+            agent.display()
+        );
+        let config = dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "collectors:\n  process_monitor:\n    calculate_hashes: false\n  \
+                 file_monitor:\n    watch_paths: []\n\
+                 storage:\n  local_storage:\n    data_dir: \"{}\"\n\
+                 detection:\n  enabled: false\n\
+                 api:\n  enabled: true\n  socket: \"{}\"\n",
+                dir.join("agent-data").display(),
+                socket.display()
+            ),
+        )
+        .expect("agent config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(agent)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        ServiceAgent(child)
+    }
+}
+
+impl Drop for ServiceAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
