@@ -104,7 +104,9 @@ fn the_light_tray_builds_without_gui_libraries() {
     assert!(deps.iter().any(|d| d == "ksni"));
     let bad: Vec<&String> = deps
         .iter()
-        .filter(|d| GUI.contains(&d.as_str()) || d.as_str() == "edr-charts" || d.as_str() == "plotters")
+        .filter(|d| {
+            GUI.contains(&d.as_str()) || d.as_str() == "edr-charts" || d.as_str() == "plotters"
+        })
         .collect();
     assert!(bad.is_empty(), "edr-tray depends on {bad:?}");
 }

@@ -219,9 +219,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             if let Some(n) = switched {
                 note = Some(n);
                 notified = None;
-                // The viewer talks to the socket it was given: a new one
-                // means a new viewer.
+                // A viewer talks to the socket it was given: an open
+                // dashboard is opened again on the new one.
+                let was_open = viewer.is_some();
                 stop_viewer(&mut viewer).await;
+                if was_open {
+                    open_dashboard(&settings, &source, &mut viewer);
+                }
             }
             next_look = tokio::time::Instant::now() + LOOK_EVERY;
         }
