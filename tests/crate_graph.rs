@@ -17,6 +17,7 @@ const LIBRARIES: &[&str] = &[
     "edr-engine",
     "edr-ship",
     "edr-api",
+    "edr-desktop",
 ];
 
 /// Crates none of them may depend on, directly or not.

@@ -22,8 +22,6 @@ const MAX_RULE_ID_CHARS: usize = 128;
 const MAX_PATH_BYTES: usize = 4096;
 /// Exceptions the app itself adds at most; past it the user edits the file.
 pub const MAX_EXCEPTIONS: usize = 1000;
-/// Notifications shown one by one per tick; more are one "N alerts".
-pub const NOTIFY_EACH_MAX: usize = 3;
 
 /// The alert numbers the person has seen in the Alerts view and that the
 /// tray has notified.
@@ -202,52 +200,6 @@ pub fn alert_view(a: &AlertRecord) -> AlertView {
             })
             .collect(),
         count: a.count,
-    }
-}
-
-/// A desktop notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub title: String,
-    pub body: String,
-}
-
-/// What to show for `new` (this tick's alerts, oldest first) out of
-/// `total` raised since the last tick: one notice each while they are
-/// few, one summary when a burst came, so a flood never floods the desktop.
-pub fn notices(new: &[AlertRecord], total: u64) -> Vec<Notice> {
-    if total == 0 {
-        return Vec::new();
-    }
-    if total <= NOTIFY_EACH_MAX as u64 && new.len() as u64 == total {
-        return new.iter().map(notice).collect();
-    }
-    let mut rules: Vec<&str> = Vec::new();
-    for a in new.iter().rev() {
-        if !rules.contains(&a.rule_name.as_str()) {
-            rules.push(&a.rule_name);
-        }
-    }
-    let mut body = rules.iter().take(3).copied().collect::<Vec<_>>().join("; ");
-    if rules.len() > 3 {
-        body.push_str(&format!("; and {} more rules", rules.len() - 3));
-    }
-    vec![Notice {
-        title: format!("{total} alerts"),
-        body,
-    }]
-}
-
-fn notice(a: &AlertRecord) -> Notice {
-    let program = a.process.as_ref().map_or_else(|| "?".into(), program_of);
-    let pid = a
-        .process
-        .as_ref()
-        .map(|p| format!(" (pid {})", p.pid))
-        .unwrap_or_default();
-    Notice {
-        title: format!("{} · {}", a.rule_name, a.level),
-        body: format!("{} · {program}{pid} — {}", a.level, a.rule_name),
     }
 }
 
@@ -468,28 +420,6 @@ mod tests {
         let c = v.command_line.expect("command line");
         assert_eq!(c.chars().count(), MAX_TEXT_CHARS + 1);
         assert!(c.ends_with('…'));
-    }
-
-    #[test]
-    fn a_few_alerts_notify_each_and_a_burst_notifies_once() {
-        let one = notices(&[record(1, "Base64 to shell")], 1);
-        assert_eq!(
-            one,
-            [Notice {
-                title: "Base64 to shell · high".into(),
-                body: "high · /usr/bin/base64 (pid 4242) — Base64 to shell".into(),
-            }]
-        );
-        let few: Vec<AlertRecord> = (1..=3).map(|i| record(i, "r")).collect();
-        assert_eq!(notices(&few, 3).len(), 3);
-        let many: Vec<AlertRecord> = (1..=8).map(|i| record(i, &format!("r{}", i % 5))).collect();
-        let n = notices(&many, 40);
-        assert_eq!(n.len(), 1);
-        assert_eq!(n[0].title, "40 alerts");
-        assert!(n[0].body.contains("and 2 more rules"), "{}", n[0].body);
-        // More raised than fetched: one summary, even if few were fetched.
-        assert_eq!(notices(&few[..1], 5).len(), 1);
-        assert!(notices(&[], 0).is_empty());
     }
 
     #[test]

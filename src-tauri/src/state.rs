@@ -2,14 +2,12 @@
 //! there is none), what the last look for the service found, and the
 //! config file it was started from.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::Duration;
 
 use edr_api::Client;
-use edr_config::{self as config, Config, ConfigError, ConfigSource};
+use edr_config::{self as config, ConfigSource};
 use edr_engine::{EngineHandle, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -262,7 +260,7 @@ fn embedded(config_path: &Path) -> Engine {
 }
 
 fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
-    ensure_config_file(config_path)
+    edr_desktop::ensure_config_file(config_path)
         .map_err(|e| format!("cannot create {}: {e}", config_path.display()))?;
     let source = ConfigSource {
         file: Some(config_path.to_path_buf()),
@@ -284,80 +282,4 @@ fn start_engine(config_path: &Path) -> Result<EngineHandle, String> {
         sinks,
     };
     EngineHandle::start(config, opts, CancellationToken::new()).map_err(|e| e.to_string())
-}
-
-/// The app's first config: the defaults, with a memory alert fitting a
-/// process that also holds GTK and WebKit (measured 120-170 MB with the
-/// engine using about 6 MB of it), where the headless agent's 200 MB would
-/// fire in ordinary use.
-pub fn app_default_config() -> Config {
-    let mut c = Config::default();
-    c.alerts.max_memory_mb = 400;
-    c
-}
-
-/// [`app_default_config`] as the commented default document, written by
-/// the same document editing as `Config::save`.
-pub fn app_default_yaml() -> Result<String, ConfigError> {
-    app_default_config().to_commented_yaml()
-}
-
-/// Writes the app's first config ([`app_default_yaml`]) if there is no
-/// file yet, readable only by its owner. `create_new` so a file that
-/// appears meanwhile is kept.
-pub fn ensure_config_file(path: &Path) -> std::io::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    let text = app_default_yaml().map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    tracing::info!(path = %path.display(), "created the default config file");
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn creates_a_private_commented_default_config() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a/b/config.yaml");
-        ensure_config_file(&path).expect("created");
-        let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, app_default_yaml().expect("app defaults"));
-        let c = edr_config::Config::from_yaml("app", &text).expect("valid");
-        assert_eq!(c.alerts.max_memory_mb, 400);
-        let mut expected = edr_config::Config::default();
-        expected.alerts.max_memory_mb = 400;
-        assert_eq!(c, expected, "only the memory alert differs");
-        assert!(text.contains("# "), "comments kept");
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn keeps_an_existing_config() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("config.yaml");
-        std::fs::write(&path, "agent:\n  max_events_per_batch: 7\n").expect("write");
-        ensure_config_file(&path).expect("kept");
-        let text = std::fs::read_to_string(&path).expect("read");
-        assert!(text.contains("max_events_per_batch: 7"));
-    }
 }

@@ -15,7 +15,6 @@ use tauri::{include_image, AppHandle, Manager, Wry};
 use tauri_plugin_notification::NotificationExt;
 use tokio::sync::Notify;
 
-use crate::alerts;
 use crate::backend::Backend;
 use crate::state::AppState;
 use crate::view::{self, EngineState, EngineView};
@@ -412,7 +411,10 @@ fn apply(
 /// A desktop notification per new detection alert; a burst (more than
 /// a few in one tick) is one "N alerts" notification.
 async fn notify_detections(app: &AppHandle, b: &Backend, notified_seq: &mut u64) {
-    let got = match b.alerts(*notified_seq, alerts::NOTIFY_EACH_MAX + 1).await {
+    let got = match b
+        .alerts(*notified_seq, edr_desktop::NOTIFY_EACH_MAX + 1)
+        .await
+    {
         Ok(got) => got,
         Err(e) => {
             tracing::debug!(error = %e, "alerts not read");
@@ -421,7 +423,7 @@ async fn notify_detections(app: &AppHandle, b: &Backend, notified_seq: &mut u64)
     };
     let total = got.last_seq.saturating_sub(*notified_seq);
     *notified_seq = got.last_seq;
-    for n in alerts::notices(&got.alerts, total) {
+    for n in edr_desktop::notices(&got.alerts, total) {
         tracing::info!(title = %n.title, body = %n.body, "alert notification");
         let shown = app
             .notification()

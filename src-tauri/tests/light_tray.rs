@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::dbusmenu::{session_bus, Exporter, TrayMenu};
+use common::dbusmenu::{pause_and_resume_reach_the_service, session_bus, Exporter, TrayMenu};
 use common::{
-    descendants_named, run_base64_to_shell, wait_for, Fixture, Notifications, ServiceAgent, APP,
-    BASE64_TITLE,
+    descendants_named, end_child, run_base64_to_shell, wait_for, Fixture, Notifications,
+    ServiceAgent, APP, BASE64_TITLE,
 };
 use edr_store::list_batches;
 
@@ -107,16 +107,7 @@ impl Drop for Tray {
         if std::thread::panicking() {
             eprintln!("--- edr-tray log ---\n{}", self.log());
         }
-        if self.running() {
-            // SAFETY: signals our own child, which has not been reaped yet.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while self.running() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        end_child(&mut self.child);
     }
 }
 
@@ -295,17 +286,8 @@ fn the_light_tray_is_the_services_client_while_it_answers() {
         "the tray runs an engine beside the service"
     );
 
-    // Pause steers the service.
-    menu.click("Pause");
-    wait_status(&menu, "the service paused", |s| s == "Paused");
-    let paused = || edr_engine::read_status(&fx.dir.path().join("agent-data")).map(|s| s.paused);
-    wait_for("the service's status to say paused", SOON, || {
-        (paused() == Some(true)).then_some(())
-    });
-    menu.click("Resume");
-    wait_for("the service's status to say running", SOON, || {
-        (paused() == Some(false)).then_some(())
-    });
+    // Pause goes to the service: its own status says paused.
+    pause_and_resume_reach_the_service(&menu, &fx.dir.path().join("agent-data"));
 
     drop(agent);
     wait_for("the embedded mode line", SOON, || {

@@ -8,9 +8,9 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::dbusmenu::{session_bus, Exporter, TrayMenu};
+use common::dbusmenu::{pause_and_resume_reach_the_service, session_bus, Exporter, TrayMenu};
 use common::{
-    assert_file_events_stay, descendants_named, no_app_on_the_bus, one_app_at_a_time,
+    assert_file_events_stay, descendants_named, end_child, no_app_on_the_bus, one_app_at_a_time,
     run_base64_to_shell, wait_for, FileActivity, Fixture, ServiceAgent, APP, BASE64_TITLE,
 };
 use edr_store::{list_batches, open_batch_reader};
@@ -72,16 +72,7 @@ impl Drop for App {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
-        if self.running() {
-            // SAFETY: signals our own child, which has not been reaped yet.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while self.running() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        end_child(&mut self.child);
     }
 }
 
@@ -339,16 +330,7 @@ fn the_tray_says_service_mode_and_follows_the_service_coming_and_going() {
     );
 
     // Pause goes to the service: its own status says paused.
-    menu.click("Pause");
-    wait_status(&menu, "the service paused", |s| s == "Paused");
-    let paused = || edr_engine::read_status(&fx.dir.path().join("agent-data")).map(|s| s.paused);
-    wait_for("the service's status to say paused", SOON, || {
-        (paused() == Some(true)).then_some(())
-    });
-    menu.click("Resume");
-    wait_for("the service's status to say running", SOON, || {
-        (paused() == Some(false)).then_some(())
-    });
+    pause_and_resume_reach_the_service(&menu, &fx.dir.path().join("agent-data"));
 
     drop(agent);
     wait_for("the embedded mode line", SOON, || {

@@ -448,8 +448,11 @@ async fn notify_detections(c: &Client, bus: &zbus::Connection, notified: &mut Op
     };
     let total = got.last_seq.saturating_sub(seen);
     *notified = Some(got.last_seq);
-    let extra = got.alerts.len().saturating_sub(notify::EACH_MAX + 1);
-    for n in notify::notices(&got.alerts[extra..], total) {
+    let extra = got
+        .alerts
+        .len()
+        .saturating_sub(edr_desktop::NOTIFY_EACH_MAX + 1);
+    for n in edr_desktop::notices(&got.alerts[extra..], total) {
         tracing::info!(title = %n.title, body = %n.body, "alert notification");
         if let Err(e) = notify::show(bus, &n).await {
             tracing::warn!(error = %e, "cannot show a notification");

@@ -2,11 +2,9 @@
 //! a socket of this user's alone (mode 0600: `edr_api::BoundSocket` gives
 //! a socket made by a user [`edr_api::peer::Access::Owner`]).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use edr_config::{Config, ConfigSource};
+use edr_config::ConfigSource;
 use edr_engine::{EngineHandle, EngineOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,14 +27,15 @@ pub struct Own {
 }
 
 impl Own {
-    /// Writes the config file if missing, starts the engine as
+    /// Writes the config file if missing (the app's first config: the
+    /// two share it), starts the engine as
     /// `edr-agent run` does (shipping included) and serves its API at
     /// `socket`.
     pub async fn start(config_path: &Path, socket: &Path) -> Result<Own, StartError> {
         let (path, sock) = (config_path.to_path_buf(), socket.to_path_buf());
         // File and socket set-up block (the stale-socket probe connects).
         let prepared = tokio::task::spawn_blocking(move || {
-            ensure_config_file(&path).map_err(|e| {
+            edr_desktop::ensure_config_file(&path).map_err(|e| {
                 StartError::Failed(format!("cannot create {}: {e}", path.display()))
             })?;
             let bound = edr_api::BoundSocket::bind(&sock).map_err(|e| match e {
@@ -91,31 +90,4 @@ impl Own {
         }
         self.engine.shutdown().await;
     }
-}
-
-/// Writes the defaults as a commented document, readable by its owner
-/// only, if there is no file yet (`create_new`: one appearing meanwhile is
-/// kept).
-fn ensure_config_file(path: &Path) -> std::io::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    let text = Config::default()
-        .to_commented_yaml()
-        .map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }

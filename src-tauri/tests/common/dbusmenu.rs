@@ -149,3 +149,22 @@ pub fn session_bus() -> Connection {
         .and_then(|b| b.build())
         .expect("a session bus (run under dbus-run-session)")
 }
+
+/// "Pause" and then "Resume" clicked in `menu` reach the service whose
+/// data dir is `service_data`: the menu says paused, and so does the
+/// service's own status file, then running again.
+pub fn pause_and_resume_reach_the_service(menu: &TrayMenu, service_data: &std::path::Path) {
+    let soon = Duration::from_secs(15);
+    menu.click("Pause");
+    super::wait_for("the service paused", Duration::from_secs(30), || {
+        Some(()).filter(|()| menu.status() == "Paused")
+    });
+    let paused = || edr_engine::read_status(service_data).map(|s| s.paused);
+    super::wait_for("the service's status to say paused", soon, || {
+        (paused() == Some(true)).then_some(())
+    });
+    menu.click("Resume");
+    super::wait_for("the service's status to say running", soon, || {
+        (paused() == Some(false)).then_some(())
+    });
+}

@@ -374,3 +374,20 @@ impl Drop for ServiceAgent {
         let _ = self.0.wait();
     }
 }
+
+/// Ends a child a test started, if it still runs: SIGTERM (so it can
+/// commit its batch and leave the bus), then SIGKILL after 10 s.
+#[allow(dead_code)] // the tray tests use it, the e2e tests do not
+pub fn end_child(child: &mut std::process::Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    // SAFETY: signals our own child, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
