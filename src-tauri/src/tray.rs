@@ -501,7 +501,7 @@ mod tests {
             config_file: "/etc/edr-agent/config.yaml".into(),
             data_dir: None,
             alerting,
-            mode: view::MODE_POLLING.into(),
+            mode: edr_desktop::MODE_POLLING.into(),
             service_note: None,
             service_absent: true,
         }

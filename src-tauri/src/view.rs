@@ -11,7 +11,6 @@ use edr_collect::Coverage;
 use edr_config::Config;
 use edr_engine::Snapshot;
 use edr_metrics::{Alert, AlertKind, MetricsSample};
-use edr_model::capture::ProcessCapture;
 use edr_model::event::EventType;
 use serde::{Deserialize, Serialize};
 
@@ -237,7 +236,7 @@ pub async fn engine_view(state: &AppState) -> (EngineView, Option<Snapshot>) {
             config_file,
             data_dir: None,
             alerting: failed,
-            mode: mode_line(false, None),
+            mode: edr_desktop::mode_line(false, None),
             service_note: service_note(&service, state.switch_note()),
             service_absent: matches!(service, Service::Absent(_)),
         };
@@ -250,7 +249,7 @@ pub async fn engine_view(state: &AppState) -> (EngineView, Option<Snapshot>) {
             if is_service {
                 view.config_file = "the edr-agent service's config file".into();
             }
-            view.mode = mode_line(is_service, Some(&snap));
+            view.mode = edr_desktop::mode_line(is_service, Some(&snap));
             view.service_note = service_note(&service, state.switch_note());
             view.service_absent = matches!(service, Service::Absent(_));
             (view, Some(snap))
@@ -263,7 +262,7 @@ pub async fn engine_view(state: &AppState) -> (EngineView, Option<Snapshot>) {
                 config_file,
                 data_dir: None,
                 alerting: true,
-                mode: mode_line(is_service, None),
+                mode: edr_desktop::mode_line(is_service, None),
                 service_note: None,
                 service_absent: false,
             },
@@ -271,20 +270,6 @@ pub async fn engine_view(state: &AppState) -> (EngineView, Option<Snapshot>) {
         ),
     }
 }
-
-/// How events are captured, in one line (the tray's second line).
-pub fn mode_line(service: bool, snap: Option<&Snapshot>) -> String {
-    if service {
-        return MODE_SERVICE.to_string();
-    }
-    match snap.and_then(|s| s.coverage.process_capture) {
-        Some(ProcessCapture::Event) => "Embedded · real-time".to_string(),
-        _ => MODE_POLLING.to_string(),
-    }
-}
-
-pub const MODE_SERVICE: &str = "Real-time · service";
-pub const MODE_POLLING: &str = "Embedded · polling (processes shorter than 1 s can be missed)";
 
 /// Why the app is not the service's client, or what just changed.
 fn service_note(service: &Service, switched: Option<String>) -> Option<String> {
@@ -300,18 +285,12 @@ fn service_note(service: &Service, switched: Option<String>) -> Option<String> {
 }
 
 fn engine_view_of(s: &Snapshot, config_file: String) -> EngineView {
-    let (state, status) = match s.state() {
-        edr_engine::EngineState::Running => (
-            EngineState::Running,
-            format!(
-                "Running · {} ev/s · {}",
-                rate(s.latest.events_per_sec_total()),
-                Unit::Bytes.format(s.latest.rss_bytes as f64)
-            ),
-        ),
-        edr_engine::EngineState::Paused => (EngineState::Paused, "Paused".to_string()),
-        edr_engine::EngineState::Stopped => (EngineState::Off, "Engine stopped".to_string()),
+    let state = match s.state() {
+        edr_engine::EngineState::Running => EngineState::Running,
+        edr_engine::EngineState::Paused => EngineState::Paused,
+        edr_engine::EngineState::Stopped => EngineState::Off,
     };
+    let status = edr_desktop::status_line(s);
     EngineView {
         state,
         status,
@@ -322,14 +301,6 @@ fn engine_view_of(s: &Snapshot, config_file: String) -> EngineView {
         mode: String::new(),
         service_note: None,
         service_absent: false,
-    }
-}
-
-fn rate(v: f32) -> String {
-    if v >= 10.0 || v == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
     }
 }
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edr_api::Client;
-use edr_engine::{EngineState, Snapshot};
-use edr_model::capture::ProcessCapture;
+use edr_engine::Snapshot;
 use ksni::TrayMethods;
 use tokio::process::{Child, Command as Process};
 use tokio::sync::mpsc;
@@ -24,10 +23,6 @@ use crate::tray::{Command, IconKind, Shown, Tray};
 pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// How long one look (or one status read) may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
-
-pub const MODE_SERVICE: &str = "Real-time · service";
-pub const MODE_POLLING: &str = "Embedded · polling (processes shorter than 1 s can be missed)";
-pub const MODE_REALTIME: &str = "Embedded · real-time";
 
 /// Where things are, from the environment.
 #[derive(Debug, Clone)]
@@ -288,7 +283,19 @@ async fn look_again(s: &Settings, source: Source) -> (Source, Option<String>) {
                 Some("Attached to the edr-agent service.".into()),
             )
         }
-        (other, Err(_)) => (other, None),
+        // Nothing runs (the engine did not start: a config the user may
+        // have fixed since, a tray that has gone): try again.
+        (Source::Nothing(was), Err(_)) => match start_own(s).await {
+            Ok(own) => (own, Some("The engine started.".into())),
+            Err(e) => {
+                let now = format!("Not running: {e}");
+                if now != was {
+                    tracing::warn!(error = %e, "engine did not start");
+                }
+                (Source::Nothing(now), None)
+            }
+        },
+        (own @ Source::Own(..), Err(_)) => (own, None),
     }
 }
 
@@ -308,16 +315,13 @@ fn wanted(source: &Source, snap: &Result<Snapshot, String>, note: Option<String>
             } else {
                 IconKind::Running
             };
-            (status_line(s), Some(s.paused), icon)
+            (edr_desktop::status_line(s), Some(s.paused), icon)
         }
     };
-    let mode = match (source, snap) {
-        (Source::Service(_), _) => MODE_SERVICE.to_string(),
-        (Source::Own(..), Ok(s)) if s.coverage.process_capture == Some(ProcessCapture::Event) => {
-            MODE_REALTIME.to_string()
-        }
-        (Source::Own(..), _) => MODE_POLLING.to_string(),
-        (Source::Nothing(_), _) => "No engine".to_string(),
+    let mode = match source {
+        Source::Service(_) => edr_desktop::mode_line(true, None),
+        Source::Own(..) => edr_desktop::mode_line(false, snap.as_ref().ok()),
+        Source::Nothing(_) => "No engine".to_string(),
     };
     Shown {
         status,
@@ -325,26 +329,6 @@ fn wanted(source: &Source, snap: &Result<Snapshot, String>, note: Option<String>
         note,
         paused,
         icon,
-    }
-}
-
-/// `Running · 12 ev/s · 9.8 MB`, `Paused` or `Engine stopped`.
-pub fn status_line(s: &Snapshot) -> String {
-    match s.state() {
-        EngineState::Running => {
-            let rate = s.latest.events_per_sec_total();
-            let rate = if rate >= 10.0 || rate == 0.0 {
-                format!("{rate:.0}")
-            } else {
-                format!("{rate:.1}")
-            };
-            format!(
-                "Running · {rate} ev/s · {:.1} MB",
-                s.latest.rss_bytes as f64 / 1e6
-            )
-        }
-        EngineState::Paused => "Paused".to_string(),
-        EngineState::Stopped => "Engine stopped".to_string(),
     }
 }
 
@@ -382,13 +366,17 @@ fn open_dashboard(s: &Settings, source: &Source, viewer: &mut Option<Child>) {
         .env("EDR_APP_API_SOCKET", socket)
         .env("EDR_APP_CONFIG", &s.config_path)
         .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn();
     match spawned {
-        Ok(child) => {
+        Ok(mut child) => {
             tracing::info!(program = %program.display(), pid = ?child.id(), "dashboard opened");
             if viewer.is_none() {
                 *viewer = Some(child);
+            } else {
+                // The hand-over ends at once; reaped off this task.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
             }
         }
         Err(e) => {
