@@ -110,7 +110,8 @@ pub struct BoundSocket {
 }
 
 impl BoundSocket {
-    /// Makes the socket at `path`: its directory (0755) if missing, a lock
+    /// Makes the socket at `path`: its directory if missing (0755 as root,
+    /// 0700 as any other user), a lock
     /// beside it (`<socket>.lock`), a stale socket from a crash removed
     /// (one nobody answers on), a live one left alone ([`ServeError::InUse`]).
     /// The socket is made under a temporary name, given its mode (as root
