@@ -48,6 +48,11 @@ impl Tray {
 
     /// With the root service's socket at `service`.
     fn launch_with_service(fx: &Fixture, service: &Path) -> Tray {
+        Tray::launch_with(fx, service, &[])
+    }
+
+    /// ... and `env` on top.
+    fn launch_with(fx: &Fixture, service: &Path, env: &[(&str, &Path)]) -> Tray {
         let log = fx.dir.path().join("tray.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -61,6 +66,7 @@ impl Tray {
             .env("EDR_TRAY_SOCKET", &socket)
             .env("EDR_TRAY_VIEWER", APP)
             .env("HOME", fx.home())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
@@ -173,7 +179,13 @@ fn the_light_tray_runs_the_engine_steers_it_notifies_and_opens_the_dashboard_apa
     assert!(labels[1].starts_with("Embedded"), "mode line: {labels:?}");
     assert_eq!(
         &labels[2..],
-        ["Pause", "Open Dashboard", "Open Data Folder", "Quit"],
+        [
+            "Pause",
+            "Open Dashboard",
+            "Open Data Folder",
+            "Install the service…",
+            "Quit"
+        ],
         "{labels:?}"
     );
     // What makes it light: no web engine and no GTK in the process.
@@ -285,6 +297,11 @@ fn the_light_tray_is_the_services_client_while_it_answers() {
         !tray.socket.exists(),
         "the tray runs an engine beside the service"
     );
+    assert!(
+        !menu.labels().iter().any(|l| l == "Install the service…"),
+        "{:?}",
+        menu.labels()
+    );
 
     // Pause goes to the service: its own status says paused.
     pause_and_resume_reach_the_service(&menu, &fx.dir.path().join("agent-data"));
@@ -305,4 +322,30 @@ fn the_light_tray_is_the_services_client_while_it_answers() {
     wait_for("the own engine stopped", SOON, || {
         (!tray.socket.exists()).then_some(())
     });
+}
+
+/// "Install the service…" without pkexec says what to run instead, in the
+/// menu, and the tray lives on.
+#[test]
+fn install_the_service_without_pkexec_says_what_to_run() {
+    let fx = Fixture::new(1000, 2000);
+    // A PATH without pkexec (edr-agent is found beside the tray).
+    let empty = fx.dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let mut tray = Tray::launch_with(
+        &fx,
+        &fx.dir.path().join("no-service.sock"),
+        &[("PATH", &empty)],
+    );
+    let menu = menu_of(&tray);
+    wait_status(&menu, "the engine running", |s| s.starts_with("Running"));
+    menu.click("Install the service…");
+    let said = wait_for("the install's outcome in the menu", SOON, || {
+        menu.labels()
+            .into_iter()
+            .find(|l| l.starts_with("The service was not installed"))
+    });
+    assert!(said.contains("pkexec is not installed"), "{said}");
+    assert!(said.contains("service install --operator"), "{said}");
+    assert!(tray.running(), "the tray ended");
 }

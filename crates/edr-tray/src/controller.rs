@@ -49,7 +49,8 @@ impl Settings {
             service_socket: env_path("EDR_APP_API_SOCKET")
                 .unwrap_or_else(|| edr_config::ApiConfig::default().socket_path()),
             own_socket: env_path("EDR_TRAY_SOCKET").unwrap_or_else(default_own_socket),
-            viewer: env_path("EDR_TRAY_VIEWER").or_else(|| find_program("edr-agent-app")),
+            viewer: env_path("EDR_TRAY_VIEWER")
+                .or_else(|| edr_desktop::find_program("edr-agent-app")),
         }
     }
 }
@@ -65,22 +66,6 @@ fn default_own_socket() -> PathBuf {
             PathBuf::from(format!("/tmp/edr-agent-tray-{uid}")).join("tray.sock")
         }
     }
-}
-
-/// Next to this binary first (an install ships both), then on PATH.
-fn find_program(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)));
-    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .collect();
-    beside.into_iter().chain(on_path).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
 }
 
 /// What the tray reads and steers.
@@ -193,6 +178,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // tray attached is not news).
     let mut notified: Option<u64> = None;
     let mut viewer: Option<Child> = None;
+    // An install waits for the administrator; its outcome comes back here.
+    let (install_done, mut installed) = mpsc::channel::<Result<(), String>>(1);
+    let mut installing = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_look = tokio::time::Instant::now() + LOOK_EVERY;
@@ -206,7 +194,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 Some(Command::TogglePause) => toggle_pause(&source).await,
                 Some(Command::OpenDashboard) => open_dashboard(&settings, &source, &mut viewer),
                 Some(Command::OpenData) => open_data(&source).await,
+                Some(Command::InstallService) if !installing => {
+                    installing = true;
+                    note = Some("Installing the service…".into());
+                    let done = install_done.clone();
+                    tokio::task::spawn_blocking(move || {
+                        // The user database, not $USER: the environment may lack it or lie.
+                        let user = edr_api::peer::current_user_name().unwrap_or_default();
+                        let _ = done.try_send(edr_desktop::install_service(&user));
+                    });
+                }
+                Some(Command::InstallService) => {}
             },
+            Some(outcome) = installed.recv() => {
+                installing = false;
+                note = Some(match outcome {
+                    Ok(()) => {
+                        tracing::info!("service installed");
+                        "The service is installed. Log out and in again if the tray cannot use it yet (group membership).".into()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "service not installed");
+                        format!("The service was not installed: {e}")
+                    }
+                });
+            }
         }
         if tokio::time::Instant::now() >= next_look {
             let (next, switched) = look_again(&settings, source).await;
@@ -327,6 +339,7 @@ fn wanted(source: &Source, snap: &Result<Snapshot, String>, note: Option<String>
         status,
         mode,
         note,
+        install: !matches!(source, Source::Service(_)),
         paused,
         icon,
     }

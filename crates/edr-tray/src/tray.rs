@@ -13,6 +13,7 @@ pub const LABEL_PAUSE: &str = "Pause";
 pub const LABEL_RESUME: &str = "Resume";
 pub const LABEL_OPEN: &str = "Open Dashboard";
 pub const LABEL_DATA: &str = "Open Data Folder";
+pub const LABEL_INSTALL: &str = "Install the service…";
 pub const LABEL_QUIT: &str = "Quit";
 
 /// What a click asks the controller for.
@@ -21,6 +22,7 @@ pub enum Command {
     TogglePause,
     OpenDashboard,
     OpenData,
+    InstallService,
     Quit,
 }
 
@@ -39,8 +41,11 @@ pub struct Shown {
     pub status: String,
     /// Where the events come from: the service, or this tray's engine.
     pub mode: String,
-    /// What just switched, or why the service cannot be used (tooltip).
+    /// What just switched, why the service cannot be used, how an install
+    /// went (a line of the menu, and the tooltip).
     pub note: Option<String>,
+    /// "Install the service…" is offered (no service answers).
+    pub install: bool,
     /// None when there is nothing to pause.
     pub paused: Option<bool>,
     pub icon: IconKind,
@@ -52,6 +57,7 @@ impl Shown {
             status: "Starting…".into(),
             mode: "Looking for the service…".into(),
             note: None,
+            install: false,
             paused: None,
             icon: IconKind::Running,
         }
@@ -129,16 +135,27 @@ impl ksni::Tray for Tray {
             Some(false) => item(LABEL_PAUSE, true, Some(Command::TogglePause)),
             None => item(LABEL_PAUSE, false, None),
         };
-        vec![
+        let mut menu = vec![
             item(&self.shown.status, false, None),
             item(&self.shown.mode, false, None),
+        ];
+        if let Some(n) = &self.shown.note {
+            menu.push(item(n, false, None));
+        }
+        menu.extend([
             MenuItem::Separator,
             pause,
             item(LABEL_OPEN, true, Some(Command::OpenDashboard)),
             item(LABEL_DATA, true, Some(Command::OpenData)),
+        ]);
+        if self.shown.install {
+            menu.push(item(LABEL_INSTALL, true, Some(Command::InstallService)));
+        }
+        menu.extend([
             MenuItem::Separator,
             item(LABEL_QUIT, true, Some(Command::Quit)),
-        ]
+        ]);
+        menu
     }
 }
 
