@@ -28,7 +28,8 @@ fn tray_binary() -> PathBuf {
     let p = Path::new(APP).with_file_name("edr-tray");
     assert!(
         p.exists(),
-        "no edr-tray at {} (build it: `cargo build -p edr-tray`; `cargo test --workspace` does)",
+        "no edr-tray at {} (build it: `cargo build -p edr-tray`; `cargo test --workspace` does, \
+         as edr-tray has tests of its own)",
         p.display()
     );
     p
