@@ -240,7 +240,7 @@ fn the_light_tray_runs_the_engine_steers_it_notifies_and_opens_the_dashboard_apa
     assert!(tray.running(), "the tray ended with its dashboard");
     assert!(menu.status().starts_with("Running"));
 
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     let st = tray.wait_exit();
     assert!(st.success(), "{st}; log:\n{}", tray.log());
     assert!(!tray.socket.exists(), "the API socket was left behind");

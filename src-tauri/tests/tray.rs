@@ -147,7 +147,7 @@ fn menu_lists_its_items_and_pause_toggles_the_engine() {
         (web_processes(app.pid()) > 0).then_some(())
     });
 
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 }
 
@@ -173,7 +173,7 @@ fn quit_commits_the_open_batch_and_exits_zero() {
         Vec::<std::path::PathBuf>::new()
     );
 
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 
     let batches = list_batches(&fx.data).expect("list");
@@ -213,7 +213,7 @@ fn a_second_launch_opens_the_first_ones_dashboard_and_exits() {
         (web_processes(first.pid()) > 0).then_some(())
     });
 
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     assert_eq!(first.wait_exit().code(), Some(0));
 }
 
@@ -230,7 +230,7 @@ fn the_tray_says_when_the_engine_is_not_running() {
     wait_status(&menu, "a failed status", |s| s == "Engine failed to start");
     assert!(!menu.items()[2].enabled, "no Pause without an engine");
     assert!(app.running(), "a bad config does not end the app");
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 
     no_app_on_the_bus();
@@ -239,7 +239,7 @@ fn the_tray_says_when_the_engine_is_not_running() {
     let menu = tray_of(&conn, &app);
     wait_status(&menu, "an engine-off status", |s| s == "Engine off");
     assert!(!off.data.exists(), "the engine never started");
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 }
 
@@ -287,7 +287,7 @@ fn a_detection_alert_is_notified_and_marked_in_the_menu_until_the_alerts_view_op
     wait_for("the mark to clear once the view is open", START, || {
         menu.labels().iter().any(|l| l == "Alerts").then_some(())
     });
-    menu.click("Quit");
+    menu.click_to_quit("Quit");
     assert_eq!(app.wait_exit().code(), Some(0));
 }
 

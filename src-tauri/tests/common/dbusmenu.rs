@@ -128,15 +128,28 @@ impl TrayMenu {
     }
 
     pub fn click(&self, label: &str) {
+        self.try_click(label).expect("click");
+    }
+
+    /// A click that ends the exporter (Quit): it may leave the bus before
+    /// it answers, which the bus reports as `NoReply`; any other error fails.
+    pub fn click_to_quit(&self, label: &str) {
+        match self.try_click(label) {
+            Ok(()) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.DBus.Error.NoReply" => {}
+            Err(e) => panic!("click {label:?}: {e}"),
+        }
+    }
+
+    fn try_click(&self, label: &str) -> zbus::Result<()> {
         let item = self
             .items()
             .into_iter()
             .find(|i| i.label == label)
             .unwrap_or_else(|| panic!("no menu item {label:?} in {:?}", self.labels()));
-        let _: () = self
-            .proxy
+        self.proxy
             .call("Event", &(item.id, "clicked", Value::I32(0), 0u32))
-            .expect("click");
     }
 }
 
