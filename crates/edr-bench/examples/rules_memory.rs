@@ -4,19 +4,23 @@
 //! summed from its strings.
 //!
 //! ```text
-//! cargo run --release -p edr-bench --example rules_memory -- [RULE_PATH...]
+//! cargo run --release -p edr-bench --example rules_memory -- [--events N] [RULE_PATH...]
 //! ```
 //!
-//! Without arguments: the built-in rules (the default config). With
-//! paths: the built-in rules plus those files or directories, at every
-//! level, as `detection.rule_paths` would load them.
+//! Without paths: the built-in rules (the default config). With paths:
+//! the built-in rules plus those files or directories, at every level, as
+//! `detection.rule_paths` would load them. `--events N` then evaluates N
+//! events of the seeded synthetic mix and says what the heap grew by: the
+//! matchers' search caches, which are allocated on first use.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+use edr_bench::workload::SyntheticEvents;
 use edr_config::RuleLevel;
 use edr_detect::rules::{LoadOptions, RuleInfo, RuleSet};
+use edr_model::event::Origin;
 
 struct Counting;
 
@@ -81,7 +85,17 @@ fn kib(b: isize) -> f64 {
 }
 
 fn main() -> ExitCode {
-    let paths: Vec<String> = std::env::args().skip(1).collect();
+    let mut paths: Vec<String> = std::env::args().skip(1).collect();
+    let mut events = 0usize;
+    if let Some(i) = paths.iter().position(|a| a == "--events") {
+        let n = paths.get(i + 1).and_then(|n| n.parse().ok());
+        let Some(n) = n else {
+            eprintln!("--events takes a number of events");
+            return ExitCode::FAILURE;
+        };
+        events = n;
+        paths.drain(i..i + 2);
+    }
     let opts = if paths.is_empty() {
         LoadOptions::of(&edr_config::Config::default().detection)
     } else {
@@ -116,6 +130,19 @@ fn main() -> ExitCode {
         kib(infos as isize),
         kib(live - infos as isize)
     );
+    if events > 0 {
+        let evs = SyntheticEvents::new(Origin::detect(), 42).take(events);
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut matches = 0usize;
+        for e in &evs {
+            matches += set.evaluate(e).len();
+        }
+        let grown = LIVE.load(Ordering::Relaxed) - before;
+        println!(
+            "  after evaluating {events} synthetic events ({matches} matches): {:.0} KiB more live",
+            kib(grown)
+        );
+    }
     std::hint::black_box(&set);
     ExitCode::SUCCESS
 }

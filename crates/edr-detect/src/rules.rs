@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use edr_config::{DetectionConfig, RuleLevel};
 use edr_model::event::Event;
-use rsigma_eval::Engine;
+use rsigma_eval::{apply_pipelines, compile_rule, CompiledRule, Engine, Pipeline};
 use rsigma_parser::{parse_sigma_yaml, FilterRule, Level, SigmaRule};
 use serde::Serialize;
 use serde_json::Value;
@@ -130,7 +130,7 @@ impl RuleSet {
     /// No rules.
     pub fn empty() -> Result<RuleSet, DetectError> {
         Ok(RuleSet {
-            engine: new_engine()?,
+            engine: new_engine(),
             rules: Vec::new(),
             by_key: HashMap::new(),
             skipped: Vec::new(),
@@ -174,7 +174,7 @@ impl RuleSet {
                 }),
             }
         }
-        set.add_sources(sources, opts.min_level);
+        set.add_sources(sources, opts.min_level, &crate::mapping::pipeline()?);
         if !set.skipped.is_empty() {
             tracing::warn!(
                 skipped = set.skipped.len(),
@@ -195,8 +195,9 @@ impl RuleSet {
         })
     }
 
-    fn add_sources(&mut self, sources: Vec<Source>, min_level: RuleLevel) {
+    fn add_sources(&mut self, sources: Vec<Source>, min_level: RuleLevel, pipeline: &Pipeline) {
         let mut filters: Vec<(String, FilterRule)> = Vec::new();
+        let mut compiled: Vec<CompiledRule> = Vec::new();
         for src in sources {
             let text = match &src.text {
                 Ok(t) => t.as_str(),
@@ -226,9 +227,14 @@ impl RuleSet {
                 filters.push((src.file.clone(), f));
             }
             for rule in collection.rules {
-                self.add_rule(&src, rule, min_level);
+                if let Some(c) = self.add_rule(&src, rule, min_level, pipeline) {
+                    compiled.push(c);
+                }
             }
         }
+        // One batch: the engine builds its indexes once, not at every
+        // doubling of the rule count as it does per added rule.
+        self.engine.extend_compiled_rules(compiled);
         for (file, f) in filters {
             if let Err(e) = self.engine.apply_filter(&f) {
                 self.skip(&file, Some(f.title.clone()), format!("filter: {e}"));
@@ -236,12 +242,19 @@ impl RuleSet {
         }
     }
 
-    fn add_rule(&mut self, src: &Source, rule: SigmaRule, min_level: RuleLevel) {
+    /// Records the rule and returns it compiled, or records why not.
+    fn add_rule(
+        &mut self,
+        src: &Source,
+        rule: SigmaRule,
+        min_level: RuleLevel,
+        pipeline: &Pipeline,
+    ) -> Option<CompiledRule> {
         let title = Some(rule.title.clone());
         let ls = &rule.logsource;
         if let Some(p) = ls.product.as_deref() {
             if !matches!(p, "linux" | "macos") {
-                return self.skip(
+                return self.skipped_rule(
                     &src.file,
                     title,
                     format!("logsource product {p:?}: the agent runs on linux and macos"),
@@ -250,7 +263,7 @@ impl RuleSet {
         }
         if let Some(c) = ls.category.as_deref() {
             if !SUPPORTED_CATEGORIES.contains(&c) {
-                return self.skip(
+                return self.skipped_rule(
                     &src.file,
                     title,
                     format!(
@@ -261,7 +274,7 @@ impl RuleSet {
             }
         }
         if let Some(s) = ls.service.as_deref() {
-            return self.skip(
+            return self.skipped_rule(
                 &src.file,
                 title,
                 format!("logsource service {s:?}: the agent reads no log services"),
@@ -270,11 +283,11 @@ impl RuleSet {
         let level = level_of(rule.level);
         if level < min_level {
             self.below_level += 1;
-            return;
+            return None;
         }
         let id = rule.id.clone().unwrap_or_else(|| rule.title.clone());
         if let Some(&i) = self.by_key.get(&id) {
-            return self.skip(
+            return self.skipped_rule(
                 &src.file,
                 title,
                 format!(
@@ -283,9 +296,13 @@ impl RuleSet {
                 ),
             );
         }
-        if let Err(e) = self.engine.add_rule(&rule) {
-            return self.skip(&src.file, title, e.to_string());
-        }
+        // Compiled here rather than by `Engine::add_rule`, which also keeps
+        // every rule's intermediate form for a cache we do not use: about
+        // a fifth of the engine's heap.
+        let compiled = match compile_with(pipeline, &rule) {
+            Ok(c) => c,
+            Err(e) => return self.skipped_rule(&src.file, title, e.to_string()),
+        };
         let (tactics, techniques) = attack_of(&rule.tags);
         let license = rule
             .license
@@ -320,6 +337,17 @@ impl RuleSet {
             tactics,
             techniques,
         });
+        Some(compiled)
+    }
+
+    fn skipped_rule(
+        &mut self,
+        file: &str,
+        title: Option<String>,
+        reason: String,
+    ) -> Option<CompiledRule> {
+        self.skip(file, title, reason);
+        None
     }
 
     fn skip(&mut self, file: &str, title: Option<String>, reason: String) {
@@ -399,8 +427,22 @@ impl RuleSet {
     }
 }
 
-fn new_engine() -> Result<Engine, DetectError> {
-    Ok(Engine::new_with_pipeline(crate::mapping::pipeline()?))
+/// The rules arrive compiled, with our field mapping already applied, so
+/// the engine holds no pipeline of its own.
+fn new_engine() -> Engine {
+    let mut engine = Engine::new();
+    // The per-field bloom filters serve only the bloom pre-filter, which
+    // stays off (rsigma's default); without a budget they are built anyway.
+    engine.set_bloom_max_bytes(0);
+    engine
+}
+
+/// What `Engine::add_rule` does with a pipeline, minus keeping the
+/// intermediate form.
+fn compile_with(pipeline: &Pipeline, rule: &SigmaRule) -> rsigma_eval::Result<CompiledRule> {
+    let mut mapped = rule.clone();
+    apply_pipelines(std::slice::from_ref(pipeline), &mut mapped)?;
+    compile_rule(&mapped)
 }
 
 /// A rule without a level is treated as low.
