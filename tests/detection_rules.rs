@@ -273,3 +273,50 @@ fn hostile_events_neither_crash_nor_stall() {
         "the base64 rule did not match the huge command line"
     );
 }
+
+/// A Sigma filter document names fields as rules do (Sysmon-style), and
+/// our field mapping applies to it as to the rules: it excludes what it
+/// says from the rule it names, and only from that rule.
+#[test]
+fn a_sigma_filter_excludes_what_it_names_from_its_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rule = |id: &str, title: &str| {
+        format!(
+            "title: {title}\nid: {id}\nlogsource:\n  product: linux\n  category: process_creation\ndetection:\n  sel:\n    Image|endswith: /whoami\n  condition: sel\nlevel: low\n"
+        )
+    };
+    let filtered = "aaaaaaaa-0000-4000-8000-000000000001";
+    let other = "aaaaaaaa-0000-4000-8000-000000000002";
+    std::fs::write(dir.path().join("a.yml"), rule(filtered, "Filtered")).expect("write");
+    std::fs::write(dir.path().join("b.yml"), rule(other, "Other")).expect("write");
+    std::fs::write(
+        dir.path().join("filter.yml"),
+        format!(
+            "title: Not the build account\nlogsource:\n  product: linux\n  category: process_creation\nfilter:\n  rules:\n    - {filtered}\n  selection:\n    User: builder\n    CommandLine|contains: --verbose\n  condition: not selection\n"
+        ),
+    )
+    .expect("write");
+    let set = RuleSet::check(&[dir.path().to_path_buf()]).expect("loads");
+    assert!(set.skipped().is_empty(), "{:?}", set.skipped());
+    let event = |user: &str, args: &str| {
+        serde_json::json!({
+            "@timestamp": "2026-12-02T10:00:00Z",
+            "event": {"kind": "event", "category": ["process"], "type": ["start"]},
+            "host": {"os": {"type": "linux"}},
+            "process": {"executable": "/usr/bin/whoami", "command_line": format!("whoami {args}")},
+            "user": {"name": user}
+        })
+    };
+    let raised = |e: &Value| {
+        let mut ids: Vec<String> = set
+            .evaluate_json(e)
+            .iter()
+            .map(|m| m.rule.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(raised(&event("alice", "--verbose")), [filtered, other]);
+    assert_eq!(raised(&event("builder", "")), [filtered, other]);
+    assert_eq!(raised(&event("builder", "--verbose")), [other]);
+}

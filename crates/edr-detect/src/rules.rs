@@ -235,7 +235,11 @@ impl RuleSet {
         // One batch: the engine builds its indexes once, not at every
         // doubling of the rule count as it does per added rule.
         self.engine.extend_compiled_rules(compiled);
-        for (file, f) in filters {
+        for (file, mut f) in filters {
+            if let Err(e) = map_filter(pipeline, &mut f) {
+                self.skip(&file, Some(f.title.clone()), format!("filter: {e}"));
+                continue;
+            }
             if let Err(e) = self.engine.apply_filter(&f) {
                 self.skip(&file, Some(f.title.clone()), format!("filter: {e}"));
             }
@@ -435,6 +439,26 @@ fn new_engine() -> Engine {
     // stays off (rsigma's default); without a budget they are built anyway.
     engine.set_bloom_max_bytes(0);
     engine
+}
+
+/// Our field mapping applied to a filter document's detection: rsigma
+/// compiles a filter's fields as written, so a filter naming `User` or
+/// `CommandLine`, as Sigma filters do, would look for fields our events do
+/// not have and never exclude anything. The pipeline takes rules only, so
+/// the detection passes through it inside a rule that carries nothing else.
+fn map_filter(pipeline: &Pipeline, f: &mut FilterRule) -> Result<(), String> {
+    const CARRIER: &str =
+        "title: filter\nlogsource: {}\ndetection:\n  sel:\n    x: y\n  condition: sel\n";
+    let mut carrier = parse_sigma_yaml(CARRIER)
+        .map_err(|e| e.to_string())?
+        .rules
+        .pop()
+        .ok_or("the rule that carries a filter through the field mapping did not parse")?;
+    carrier.logsource = f.logsource.clone().unwrap_or_default();
+    carrier.detection = f.detection.clone();
+    apply_pipelines(std::slice::from_ref(pipeline), &mut carrier).map_err(|e| e.to_string())?;
+    f.detection = carrier.detection;
+    Ok(())
 }
 
 /// What `Engine::add_rule` does with a pipeline, minus keeping the
