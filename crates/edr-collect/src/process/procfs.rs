@@ -76,7 +76,7 @@ impl ProcReader {
         let args = self
             .read(pid, "cmdline", CMDLINE_MAX)
             .ok()
-            .map(nul_separated);
+            .and_then(args_of);
         // Released at exit like the command line, so read with it.
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
             .ok()
@@ -112,7 +112,7 @@ impl ProcReader {
         let Program {
             executable,
             executable_id,
-            mut args,
+            args,
             cwd,
             env,
         } = program;
@@ -125,17 +125,10 @@ impl ProcReader {
         };
         if let Ok(text) = self.read(pid, "stat", usize::MAX) {
             if let Some(stat) = parse_stat(&String::from_utf8_lossy(text)) {
-                // A zombie's command line reads empty: that is not the
-                // program's real (empty) argument list.
-                if stat.state == 'Z' && args.as_ref().is_some_and(Vec::is_empty) {
-                    args = None;
-                }
                 x.comm = Some(stat.comm.to_string());
                 x.ppid = Some(stat.ppid);
                 x.start_ms = start_ms_from_ticks(stat.start_ticks);
             }
-        } else if args.as_ref().is_some_and(Vec::is_empty) {
-            args = None;
         }
         x.executable = executable;
         x.executable_id = executable_id;
@@ -165,6 +158,16 @@ pub(crate) fn reread(pid: u32, at: Timestamp) -> Option<Exec> {
 }
 
 /// `cmdline` and `environ` hold NUL-terminated strings.
+/// The arguments in a `/proc/<pid>/cmdline`, None if they are gone.
+/// Nothing at all (not even argv[0]'s NUL) means the process has released
+/// its memory: it is exiting, whatever state `stat` still shows (a zombie,
+/// or still running its exit), so its arguments are unknown, not empty.
+/// Since Linux 5.18 an exec always has an argv[0]; before, a program run
+/// with no argv at all reads the same and is reported partial too.
+fn args_of(cmdline: &[u8]) -> Option<Vec<String>> {
+    (!cmdline.is_empty()).then(|| nul_separated(cmdline))
+}
+
 fn nul_separated(bytes: &[u8]) -> Vec<String> {
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     if bytes.is_empty() {
@@ -242,6 +245,16 @@ mod tests {
         assert_eq!(nul_separated(b"ls\0-l\0"), ["ls", "-l"]);
         assert_eq!(nul_separated(b"rewritten title"), ["rewritten title"]);
         assert!(nul_separated(b"").is_empty());
+    }
+
+    #[test]
+    fn a_command_line_that_reads_nothing_is_gone_not_empty() {
+        assert_eq!(args_of(b""), None);
+        assert_eq!(args_of(b"\0"), Some(Vec::new()));
+        assert_eq!(
+            args_of(b"/bin/true\0run-1\0"),
+            Some(vec!["/bin/true".to_string(), "run-1".to_string()])
+        );
     }
 
     #[test]
