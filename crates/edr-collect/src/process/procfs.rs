@@ -157,7 +157,6 @@ pub(crate) fn reread(pid: u32, at: Timestamp) -> Option<Exec> {
     x.start_ms.is_some().then_some(x)
 }
 
-/// `cmdline` and `environ` hold NUL-terminated strings.
 /// The arguments in a `/proc/<pid>/cmdline`, None if they are gone.
 /// Nothing at all (not even argv[0]'s NUL) means the process has released
 /// its memory: it is exiting, whatever state `stat` still shows (a zombie,
@@ -168,6 +167,7 @@ fn args_of(cmdline: &[u8]) -> Option<Vec<String>> {
     (!cmdline.is_empty()).then(|| nul_separated(cmdline))
 }
 
+/// `cmdline` and `environ` hold NUL-terminated strings.
 fn nul_separated(bytes: &[u8]) -> Vec<String> {
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     if bytes.is_empty() {
