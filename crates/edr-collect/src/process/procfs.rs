@@ -41,7 +41,6 @@ pub(crate) struct Program {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Stat<'a> {
     pub comm: &'a str,
-    pub state: char,
     pub ppid: u32,
     pub start_ticks: u64,
 }
@@ -186,11 +185,12 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat<'_>> {
     let close = line.rfind(')')?;
     let comm = line.get(open + 1..close)?;
     let mut rest = line.get(close + 1..)?.split_ascii_whitespace();
-    let state = rest.next()?.chars().next()?;
+    // Field 3, the state, is skipped: an exec's reader goes by what the
+    // files hold, not by what the state says (see `args_of`).
+    rest.next()?;
     let ppid = rest.next()?.parse().ok()?;
     Some(Stat {
         comm,
-        state,
         ppid,
         start_ticks: parse_starttime(line)?,
     })
@@ -231,7 +231,6 @@ mod tests {
             parse_stat(line),
             Some(Stat {
                 comm: "we (ird) x",
-                state: 'Z',
                 ppid: 17,
                 start_ticks: 987_654,
             })
